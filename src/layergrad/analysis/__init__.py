@@ -1,0 +1,28 @@
+"""Statistics on stored results: curves, MAD, group comparisons, length effects.
+
+Pure functions on arrays and DataFrames: no plotting, no file I/O except reading a run
+directory through :func:`layergrad.store.load_results` (:func:`load_group`).
+"""
+from .compare import COMPARE_COLUMNS, N_PERM, auroc, bh_adjust, compare_groups, compare_table, permutation_pvalues
+from .curves import CURVE_COLUMNS, DEFAULT_METRICS, N_BOOT, Curves, cosine_table, curve_table, group_curves
+from .groups import (
+    AnalysisError,
+    Group,
+    IncompatibleGroups,
+    comparability_problems,
+    exclusions,
+    group_from_results,
+    load_group,
+    require_comparable,
+    status_table,
+)
+from .length import layer_mean, length_points, length_table, partial_corr, partial_table
+from .mad import MAD_COLUMNS, SEGMENTS, mad, mad_table, segments
+
+__all__ = [
+    "AnalysisError", "COMPARE_COLUMNS", "CURVE_COLUMNS", "Curves", "DEFAULT_METRICS", "Group", "IncompatibleGroups",
+    "MAD_COLUMNS", "N_BOOT", "N_PERM", "SEGMENTS", "auroc", "bh_adjust", "comparability_problems", "compare_groups",
+    "compare_table", "cosine_table", "curve_table", "exclusions", "group_curves", "group_from_results",
+    "layer_mean", "length_points", "length_table", "load_group", "mad", "mad_table", "partial_corr", "partial_table",
+    "permutation_pvalues", "require_comparable", "segments", "status_table",
+]

@@ -1,0 +1,421 @@
+"""The run loop: plan batches, forward, activation-only backward, statistics, parts on disk.
+
+A run is resumable: examples whose id is stored in a committed part are skipped. Batches
+are planned once for all examples (:mod:`batching`), so a resumed or sharded run computes
+every batch exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .batching import Batch, pad, plan_batches, shard_batches
+from .capture import Capture, activation_only_backward
+from .config import RunConfig
+from .data import DataError, Example, Fields, load_examples
+from .loss import loss_positions, per_example_loss
+from .measure import Measurer
+from .modules import Target, find_targets
+from .prompting import Encoded, encode
+from .store import RunStore
+from .store.schema import SCHEMA_VERSION
+
+LOSS_RULE = "mean-ce-response-tokens/v1"
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    total: int  # examples in the data (after --limit)
+    computed: int  # computed by this call
+    skipped_done: int  # already stored before this call
+    status_counts: dict
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------
+
+
+def data_fingerprint(cfg: RunConfig) -> str:
+    h = hashlib.sha256()
+    for p in cfg.data:
+        h.update(str(Path(p).name).encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(json.dumps([cfg.group, cfg.fields, cfg.limit, cfg.record_slice], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_data(cfg: RunConfig) -> tuple[list[Example], list]:
+    fields = Fields(**cfg.fields) if cfg.fields else Fields()
+    examples, problems = load_examples(cfg.data, group=cfg.group, fields=fields, skip_invalid=cfg.skip_invalid)
+    if cfg.record_slice is not None:
+        examples, problems = _slice_records(examples, problems, *cfg.record_slice)
+    if cfg.limit is not None:
+        per_file: dict[str, int] = {}
+        kept = []
+        for ex in examples:
+            c = per_file.get(ex.source, 0)
+            if c < cfg.limit:
+                kept.append(ex)
+            per_file[ex.source] = c + 1
+        examples = kept
+        problems = [p for p in problems if p.index is None or p.index < cfg.limit]
+    return examples, problems
+
+
+def _slice_records(examples, problems, start: float, end: float):
+    """The paper's ``--start_idx_ratio`` / ``--end_idx_ratio``: a value above 1 is an index, else a ratio."""
+    sizes: dict[str, int] = {}
+    for ex in examples:
+        sizes[ex.source] = max(sizes.get(ex.source, 0), ex.index + 1)
+    for p in problems:
+        if p.index is not None:
+            sizes[p.source] = max(sizes.get(p.source, 0), p.index + 1)
+
+    def bounds(src):
+        n = sizes[src]
+        lo = int(start) if start > 1 else int(n * start)
+        e = 1 if end == -1 else end
+        hi = int(e) if e > 1 else int(n * e)
+        return lo, hi
+
+    keep = lambda src, i: bounds(src)[0] <= i < bounds(src)[1]  # noqa: E731
+    return [ex for ex in examples if keep(ex.source, ex.index)], [p for p in problems if p.index is None or keep(p.source, p.index)]
+
+
+def resolve_prompt_mode(cfg: RunConfig, tokenizer) -> str:
+    if cfg.prompt_mode != "auto":
+        return cfg.prompt_mode
+    return "chat" if getattr(tokenizer, "chat_template", None) else "base"
+
+
+def build_manifest(cfg: RunConfig, loaded, mode: str, targets: list[Target]) -> dict:
+    import transformers
+
+    model_cfg = loaded.model.config
+    text_cfg = model_cfg.get_text_config() if hasattr(model_cfg, "get_text_config") else model_cfg
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "layergrad_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": cfg.model,
+        "model_path": loaded.path,
+        "model_fingerprint": loaded.fingerprint,
+        "model_type": getattr(model_cfg, "model_type", None),
+        "n_layers": int(getattr(text_cfg, "num_hidden_layers", 0) or (max(t.layer for t in targets) + 1)),
+        "dtype": loaded.dtype,
+        "stats_dtype": cfg.stats_dtype,
+        "prompt_mode": ("reference-" if cfg.reference else "") + mode,
+        "max_length": cfg.max_length,
+        "modules": cfg.modules,
+        "module_names": [t.name for t in targets],
+        "data": [str(p) for p in cfg.data],
+        "data_fingerprint": data_fingerprint(cfg),
+        "group": cfg.group,
+        "spectrum_k": cfg.spectrum_k,
+        "elementwise": cfg.elementwise,
+        "cosine": cfg.cosine,
+        "ifd": cfg.ifd,
+        "loss_rule": LOSS_RULE,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# One batch
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gather_logits_at(model, index: dict):
+    """Compute the output layer only at the positions that are loss terms.
+
+    A forward pre-hook on the output embedding replaces its input ``(n, t, h)`` by the rows
+    ``index["rows"], index["pos"]`` ``(1, N, h)``. The vocabulary projection is a large part
+    of a small model's work; the other positions' logits never reach the loss.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield False
+        return
+
+    def pre(module, args):
+        h = args[0]
+        if h.dim() == 3 and "rows" in index:
+            rows = index["rows"].to(h.device)
+            pos = index["pos"].to(h.device)
+            return (h[rows, pos].unsqueeze(0),) + tuple(args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(pre)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+class BatchRunner:
+    """Computes the rows of one batch; holds the hooks for the whole run."""
+
+    def __init__(self, model, targets: list[Target], measurer: Measurer, device, pad_id: int):
+        self.model = model
+        self.targets = targets
+        self.measurer = measurer
+        self.device = device
+        self.pad_id = pad_id
+        self.by_layer_role = {(t.layer, t.role): t for t in targets if t.layer >= 0}
+        self.gather = not any(t.role == "lm_head" for t in targets)
+        self._index: dict = {}
+
+    @contextlib.contextmanager
+    def hooks(self):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(activation_only_backward(self.model))
+            self.capture = stack.enter_context(Capture(self.targets, self.measurer))
+            if self.gather:
+                stack.enter_context(gather_logits_at(self.model, self._index))
+            yield self
+
+    def run(self, encoded: list[Encoded]) -> tuple[torch.Tensor, dict]:
+        """Forward + backward for a batch; returns per-example loss ``(n,)`` and the measurer's results."""
+        lengths = [e.n_tokens for e in encoded]
+        n_prompt = [e.n_prompt for e in encoded]
+        ids, mask = pad([e.input_ids for e in encoded], self.pad_id)
+        rows, pred, tgt = loss_positions(lengths, n_prompt)
+        targets = ids[rows, tgt].to(self.device)
+        self._index.clear()
+        if self.gather:
+            self._index.update(rows=rows, pos=pred)
+        try:
+            with torch.enable_grad():
+                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+                logits = out.logits
+                if logits.shape[:2] == ids.shape:  # the model bypassed the gather: select here
+                    logits = logits[rows.to(logits.device), pred.to(logits.device)]
+                else:
+                    logits = logits.reshape(-1, logits.shape[-1])
+                loss = per_example_loss(logits, targets.to(logits.device), rows.to(logits.device), len(encoded))
+                finite = torch.isfinite(loss)
+                self.measurer.begin(mask, self.capture.consumers(), self.by_layer_role)
+                objective = loss[finite].sum()
+                if objective.requires_grad:
+                    objective.backward()
+                self.capture.finish()
+            return loss.detach().cpu().double(), self.measurer.results
+        finally:
+            self.capture.reset()
+            self._index.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------
+
+
+def example_row(ex: Example, order: int, enc: Encoded | None, status: str, reason: str | None, loss: float | None) -> dict:
+    return {
+        "id": ex.id,
+        "group": ex.group,
+        "source": ex.source,
+        "index": ex.index,
+        "order": order,
+        "status": status,
+        "reason": reason,
+        "instruction": ex.prompt if ex.messages is None else json.dumps(list(ex.messages), ensure_ascii=False),
+        "output": ex.response,
+        "loss": loss,
+        "n_tokens": enc.n_tokens if enc else None,
+        "n_prompt_tokens": enc.n_prompt if enc else None,
+        "n_response_tokens": enc.n_response if enc else None,
+        "response_chars": len(ex.response),
+        "truncated": enc.truncated if enc else None,
+    }
+
+
+def module_rows(ex_id: str, b: int, results: dict, targets: list[Target]) -> tuple[list[dict], str | None]:
+    """Rows of example ``b`` of a batch; a reason if any statistic is not finite."""
+    rows = []
+    bad = []
+    for t in targets:
+        r = results[t.name]
+        st = {k: float(v[b]) for k, v in r.stats.items()}
+        if not math.isfinite(st["nuclear"]) or not math.isfinite(st["frobenius"]):
+            bad.append(t.name)
+        row = {
+            "id": ex_id,
+            "module": t.name,
+            "param": t.param,
+            "layer": t.layer,
+            "role": t.role,
+            "out_features": t.out_features,
+            "in_features": t.in_features,
+            "rank": r.rank,
+            **st,
+            "spectrum": r.spectrum[b].tolist(),
+            "m_mean": None,
+            "m_max": None,
+            "m_min": None,
+            "method": r.method,
+        }
+        if r.elementwise is not None:
+            row["m_mean"], row["m_max"], row["m_min"] = (float(v[b]) for v in r.elementwise)
+        rows.append(row)
+    reason = None
+    if bad:
+        reason = f"non-finite gradient in {len(bad)} module(s), first {bad[0]}"
+    return rows, reason
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {spec}: need 0 <= i < N")
+    return i, n
+
+
+def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
+    """Compute and store the statistics of every example of ``cfg.data``; resume if possible."""
+    from tqdm.auto import tqdm
+
+    from .models import load_model
+
+    t0 = time.time()
+    examples, problems = load_data(cfg)
+    device = resolve_device(cfg.device)
+    if loaded is None:
+        loaded = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code)
+    model, tok = loaded.model, loaded.tokenizer
+    model.eval()
+    targets = find_targets(model, "reference" if cfg.reference and cfg.modules == "reference" else cfg.modules)
+    mode = resolve_prompt_mode(cfg, tok)
+
+    shard = parse_shard(cfg.shard)
+    writer = f"s{shard[0]}of{shard[1]}" if shard else "r0"
+    store = RunStore(cfg.out, writer=writer)
+    store.open(build_manifest(cfg, loaded, mode, targets))
+    store.remove_orphans()
+    done = store.done_ids()
+
+    encoded = [encode(ex, tok, mode, cfg.max_length, reference=cfg.reference) for ex in examples]
+    computable = [k for k, e in enumerate(encoded) if e.skip_reason is None]
+    batches = plan_batches([encoded[k].n_tokens for k in computable], cfg.batch_size, cfg.max_batch_tokens)
+    batches = [Batch(b.index, tuple(computable[j] for j in b.items), b.max_len) for b in batches]
+    if shard:
+        batches = shard_batches(batches, *shard)
+    first_writer = shard is None or shard[0] == 0
+
+    # examples that need no compute: skipped (nothing to score) and invalid records
+    if first_writer:
+        rows = [
+            example_row(ex, k, encoded[k], "skipped", encoded[k].skip_reason, None)
+            for k, ex in enumerate(examples)
+            if encoded[k].skip_reason is not None and ex.id not in done
+        ]
+        rows += invalid_rows(problems, len(examples))
+        rows = [r for r in rows if r["id"] not in done]
+        if rows:
+            store.write_part(rows, [])
+
+    todo = [b for b in batches if not all(examples[k].id in done for k in b.items)]
+    n_todo = sum(len(b.items) for b in todo)
+    stats_dtype = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64}[cfg.stats_dtype]
+    measurer = Measurer(stats_dtype=stats_dtype, spectrum_k=cfg.spectrum_k, elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id if tok.eos_token_id is not None else 0)
+    model_device = next(model.parameters()).device
+    runner = BatchRunner(model, targets, measurer, model_device, pad_id)
+
+    computed = 0
+    bar = tqdm(total=n_todo, unit="ex", desc="layergrad", disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        with runner.hooks():
+            for b in todo:
+                items = [k for k in b.items if examples[k].id not in done]
+                ex_rows, mod_rows, cos_rows = compute_batch(runner, [examples[k] for k in items], [encoded[k] for k in items], items)
+                store.write_part(ex_rows, mod_rows, cos_rows)
+                computed += len(items)
+                bar.update(len(items))
+    finally:
+        bar.close()
+    counts: dict[str, int] = {}
+    for r in store.read_tables()[0].column("status").to_pylist():
+        counts[r] = counts.get(r, 0) + 1
+    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0)
+
+
+def invalid_rows(problems: list, first_order: int) -> list[dict]:
+    """One row per invalid record (``--skip-invalid``), every problem of it in ``reason``."""
+    by_record: dict[tuple, list] = {}
+    for p in problems:
+        if p.index is not None:
+            by_record.setdefault((p.source, p.index), []).append(p)
+    return [invalid_row(src, idx, ps, first_order + j) for j, ((src, idx), ps) in enumerate(by_record.items())]
+
+
+def invalid_row(source: str, index: int, problems: list, order: int) -> dict:
+    return {
+        "id": f"invalid:{source}:{index}",
+        "group": None,
+        "source": source,
+        "index": index,
+        "order": order,
+        "status": "invalid",
+        "reason": "; ".join(str(p) for p in problems),
+        "instruction": None,
+        "output": None,
+        "loss": None,
+        "n_tokens": None,
+        "n_prompt_tokens": None,
+        "n_response_tokens": None,
+        "response_chars": None,
+        "truncated": None,
+    }
+
+
+def compute_batch(runner: BatchRunner, exs: list[Example], encs: list[Encoded], orders: list[int]):
+    loss, results = runner.run(encs)
+    ex_rows, mod_rows, cos_rows = [], [], []
+    for b, (ex, enc, order) in enumerate(zip(exs, encs, orders)):
+        L = float(loss[b])
+        if not math.isfinite(L):
+            ex_rows.append(example_row(ex, order, enc, "failed", f"non-finite loss ({L})", None))
+            continue
+        rows, reason = module_rows(ex.id, b, results, runner.targets)
+        if reason:
+            ex_rows.append(example_row(ex, order, enc, "failed", reason, L))
+            continue
+        ex_rows.append(example_row(ex, order, enc, "ok", None, L))
+        mod_rows.extend(rows)
+        by_name = {t.name: t for t in runner.targets}
+        for kind, a, bname, cos in runner.measurer.cosines:
+            ta = by_name[a]
+            cos_rows.append({"id": ex.id, "kind": kind, "role": ta.role, "layer": ta.layer, "module_a": a, "module_b": bname, "cosine": float(cos[b])})
+    return ex_rows, mod_rows, cos_rows

@@ -1,0 +1,26 @@
+"""Expected errors end the command with their message and exit code 2, not a traceback."""
+from __future__ import annotations
+
+import sys
+
+
+def expected_errors() -> tuple[type, ...]:
+    from .data import DataError
+    from .models import ModelError
+    from .modules import SelectionError
+    from .prompting import PromptError
+    from .reference import ReferenceFormatError
+    from .store import ConfigMismatch
+
+    return (DataError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch, FileNotFoundError)
+
+
+def friendly(func, args) -> int:
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; results stored so far are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except expected_errors() as e:
+        print(f"layergrad: error: {e}", file=sys.stderr)
+        return 2

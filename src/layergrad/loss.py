@@ -1,0 +1,36 @@
+"""The per-example loss, defined in one place.
+
+For example ``e`` with tokens ``x_0..x_{T-1}`` and ``P`` prompt tokens, the loss is the mean
+cross-entropy (natural log) of its response tokens given everything before them:
+
+    L_e = (1 / |R_e|) * sum_{j in R_e} -log p(x_j | x_<j),   R_e = {j : max(P, 1) <= j < T}
+
+the usual supervised fine-tuning loss, identical to Hugging Face's ``labels`` loss with the
+prompt tokens set to -100. A batch's objective is ``sum_e L_e`` (a sum, not a mean), so each
+example's output gradients are exactly those a batch of one would give.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def loss_positions(lengths: list[int], n_prompt: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """For the loss terms of a padded batch: ``(rows, predicting positions j-1, target positions j)``."""
+    rows, pos = [], []
+    for r, (T, P) in enumerate(zip(lengths, n_prompt)):
+        js = range(max(P, 1), T)
+        rows.extend([r] * len(js))
+        pos.extend(js)
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    tgt = torch.tensor(pos, dtype=torch.long)
+    return rows_t, tgt - 1, tgt
+
+
+def per_example_loss(logits: Tensor, targets: Tensor, rows: Tensor, n: int) -> Tensor:
+    """Mean cross-entropy per example, ``(n,)``, from gathered logits ``(N, V)``; fp32 at least."""
+    nll = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets, reduction="none")  # (N,)
+    total = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+    count = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add(0, rows, torch.ones_like(nll))
+    return total / count

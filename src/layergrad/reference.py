@@ -1,0 +1,136 @@
+"""The paper's JSON-lines format (``code_gradient/get_gradient_values.py`` of Layer_Gradient).
+
+One line per example: ``instruction``, ``output``, ``loss``, and per weight parameter name
+(``model.layers.0.self_attn.q_proj.weight``) a dict of ``M_mean``, ``M_max``, ``M_min``
+(entries of the dense gradient), ``frobenius_norm``, ``S_sum``, ``S_max``, ``S_min``
+(singular values). Reading and writing it lets users bring results of the paper's code here.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .data import content_id
+from .modules import layer_of, role_of
+from .store import RunStore, load_results
+from .store.parts import write_text_atomic
+
+KEYS = ("M_mean", "M_max", "M_min", "frobenius_norm", "S_sum", "S_max", "S_min")
+#: reference key -> our column
+COLUMN = {
+    "M_mean": "m_mean",
+    "M_max": "m_max",
+    "M_min": "m_min",
+    "frobenius_norm": "frobenius",
+    "S_sum": "nuclear",
+    "S_max": "spectral",
+    "S_min": "min_sigma",
+}
+
+
+class ReferenceFormatError(ValueError):
+    pass
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def to_reference_lines(run_dir: str | Path) -> tuple[list[str], int]:
+    """Lines for every ok example, in example order; and how many lacked the elementwise values."""
+    res = load_results(run_dir)
+    lines, missing = [], 0
+    mods = res.modules.groupby("id", sort=False)
+    for _, ex in res.ok.iterrows():
+        rec = {"instruction": ex["instruction"], "output": ex["output"], "loss": float(ex["loss"])}
+        if ex["id"] in mods.groups:
+            for _, m in mods.get_group(ex["id"]).iterrows():
+                vals = {k: _num(m[COLUMN[k]]) for k in KEYS}
+                if vals["M_max"] is None:
+                    missing += 1
+                rec[m["param"]] = vals
+        lines.append(json.dumps(rec))
+    return lines, missing
+
+
+def export_reference(run_dir: str | Path, to: str | Path) -> tuple[int, int]:
+    """Write the paper's format atomically; returns ``(examples written, modules without M_*)``."""
+    lines, missing = to_reference_lines(run_dir)
+    Path(to).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic("".join(line + "\n" for line in lines), Path(to))
+    return len(lines), missing
+
+
+def import_reference(path: str | Path, to: str | Path, group: str | None = None) -> int:
+    """Read a JSONL file written by the paper's code into a run directory; returns the examples read."""
+    path = Path(path)
+    group = group or path.stem
+    examples, modules, module_names = [], [], []
+    seen: dict[str, int] = {}
+    problems = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"{path}: line {lineno}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(rec, dict):
+                problems.append(f"{path}: line {lineno}: expected an object, found {type(rec).__name__}")
+                continue
+            bad = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str)]
+            if not isinstance(rec.get("loss"), (int, float)):
+                bad.append("loss")
+            params = {k: v for k, v in rec.items() if k not in ("instruction", "output", "loss")}
+            for name, v in params.items():
+                if not isinstance(v, dict) or any(not isinstance(v.get(k), (int, float)) for k in ("S_sum", "S_max", "S_min", "frobenius_norm")):
+                    bad.append(name)
+            if bad:
+                problems.append(f"{path}: line {lineno}: field(s) {', '.join(repr(b) for b in bad)} missing or not numeric as the reference format requires")
+                continue
+            base = content_id({"instruction": rec["instruction"], "output": rec["output"]})
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            ex_id = base if n == 0 else f"{base}-{n}"
+            order = len(examples)
+            examples.append({
+                "id": ex_id, "group": group, "source": str(path), "index": lineno - 1, "order": order,
+                "status": "ok", "reason": None, "instruction": rec["instruction"], "output": rec["output"],
+                "loss": float(rec["loss"]), "n_tokens": None, "n_prompt_tokens": None, "n_response_tokens": None,
+                "response_chars": len(rec["output"]), "truncated": None,
+            })
+            for name, v in params.items():
+                module = name[: -len(".weight")] if name.endswith(".weight") else name
+                if module not in module_names:
+                    module_names.append(module)
+                s_sum, s_max, frob = float(v["S_sum"]), float(v["S_max"]), float(v["frobenius_norm"])
+                modules.append({
+                    "id": ex_id, "module": module, "param": name, "layer": layer_of(module), "role": role_of(module),
+                    "out_features": None, "in_features": None, "rank": None,
+                    "nuclear": s_sum, "spectral": s_max, "frobenius": frob, "min_sigma": float(v["S_min"]),
+                    "top1_share": s_max / s_sum if s_sum else float("nan"),
+                    "effective_rank": float("nan"),  # needs the whole spectrum, which the format lacks
+                    "stable_rank": frob * frob / (s_max * s_max) if s_max else float("nan"),
+                    "spectrum": [], "m_mean": _num(v.get("M_mean")), "m_max": _num(v.get("M_max")),
+                    "m_min": _num(v.get("M_min")), "method": "imported",
+                })
+    if problems:
+        raise ReferenceFormatError("\n".join(problems) + "\nFix or remove these lines; nothing was imported.")
+    if not examples:
+        raise ReferenceFormatError(f"{path}: no records")
+    layers = [layer_of(m) for m in module_names]
+    store = RunStore(to, writer="import")
+    manifest = {
+        "model": f"imported:{path.name}", "model_fingerprint": None, "prompt_mode": "imported", "max_length": None,
+        "modules": "reference", "module_names": module_names, "n_layers": max(layers) + 1 if layers else 0,
+        "data": [str(path)], "data_fingerprint": None, "group": group, "dtype": None, "stats_dtype": None,
+        "spectrum_k": 0, "elementwise": True, "loss_rule": "imported", "imported_from": str(path),
+    }
+    store.open(manifest)
+    if store.done_ids():
+        raise ReferenceFormatError(f"{to} already holds results; import into an empty directory")
+    store.write_part(examples, modules)
+    return len(examples)

@@ -1,0 +1,265 @@
+"""build_report: run directories in, a folder with index.html, tables and figures out.
+
+Layout of ``OUT``::
+
+    index.html                     the report (static, no scripts, opens from disk)
+    curves.csv|md|tex              group, role, layer, metric, mean, ci_low, ci_high, n
+    mad.csv|md|tex                 group, role, segment, metric, mad, ci_low, ci_high
+    compare.csv|md|tex             group_a, group_b, role, layer, metric, rel_diff, auroc, p_value, p_adjusted, n_a, n_b
+    compare_summary.csv|md|tex     per pair and metric: tests, significant after BH, AUROC range
+    length.csv|md|tex              per group and role: length vs nuclear norm correlations
+    length_partial.csv|md|tex      per pair and role: group effect controlling for length
+    length_points.csv              the scatter's points (per example)
+    cosine.csv|md|tex              only when the runs hold cosine rows
+    runs.csv|md|tex                the runs: model, prompt mode, data, depth, examples ok / not ok
+    status.csv|md|tex              examples that were not ok, by status and reason
+    exclusions.csv|md|tex          cells where examples had no finite value
+    figures/*.png|svg              PNG at 300 dpi and SVG
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from layergrad.analysis.compare import N_PERM, compare_table
+from layergrad.analysis.curves import DEFAULT_METRICS, N_BOOT, cosine_table, curve_table
+from layergrad.analysis.length import length_points, length_table, partial_table
+from layergrad.analysis.mad import mad_table, segments
+from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_group, require_comparable, status_table
+from layergrad.store.schema import METRICS
+
+from . import figures, html, tables
+
+FIGURE_METRICS = ("nuclear", "top1_share", "effective_rank")
+ALPHA = 0.05
+
+
+@dataclass
+class Report:
+    index: Path
+    notes: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM) -> Path:
+    """Write the report for ``runs`` (``[(label, run_dir), ...]``) under ``out``; return ``out/index.html``.
+
+    Raises :class:`layergrad.analysis.AnalysisError` (or its subclass ``IncompatibleGroups``)
+    with a message naming the problem when the runs cannot be reported or compared.
+    """
+    return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm).index
+
+
+def _check_args(runs, metrics) -> tuple[list[tuple[str, Path]], list[str]]:
+    runs = [(str(label), Path(path)) for label, path in runs]
+    if not runs:
+        raise AnalysisError("no runs given: pass at least one LABEL=DIR")
+    labels = [label for label, _ in runs]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise AnalysisError(f"group labels must be unique; repeated: {', '.join(map(repr, dup))}")
+    if any(not label.strip() for label in labels):
+        raise AnalysisError("empty group label; use --run \"LABEL=DIR\"")
+    metrics = list(dict.fromkeys(metrics))
+    for m in metrics:
+        if m not in METRICS:
+            close = difflib.get_close_matches(m, METRICS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise AnalysisError(f"unknown metric {m!r}{hint} available: {', '.join(METRICS)}")
+    if not metrics:
+        raise AnalysisError(f"no metrics selected; available: {', '.join(METRICS)}")
+    return runs, metrics
+
+
+def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM) -> Report:
+    """Like :func:`build_report`, also returning the notes and the tables as DataFrames."""
+    runs, metrics = _check_args(runs, metrics)
+    groups = [load_group(label, path) for label, path in runs]
+    if len(groups) > 1:
+        require_comparable(groups)  # before any heavy work
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    fig_metrics = [m for m in FIGURE_METRICS if m in metrics] or metrics[:3]
+
+    t: dict[str, pd.DataFrame] = {}
+    t["curves"] = curve_table(groups, metrics, n_boot=n_boot, seed=seed)
+    t["mad"] = mad_table(groups, metrics, n_boot=n_boot, seed=seed)
+    t["compare"] = compare_table(groups, metrics, n_perm=n_perm, seed=seed)
+    t["compare_summary"] = _compare_summary(t["compare"])
+    t["length"] = length_table(groups)
+    t["length_partial"] = partial_table(groups)
+    points = length_points(groups)
+    t["cosine"] = cosine_table(groups, n_boot=n_boot, seed=seed)
+    t["runs"] = _runs_frame(groups)
+    t["status"] = status_table(groups)
+    t["exclusions"] = pd.concat([exclusions(g, metrics) for g in groups], ignore_index=True)
+    notes = [n for g in groups for n in g.notes] + _exclusion_notes(groups, t["exclusions"])
+
+    files = {name: tables.write_table(df, out, name, CAPTIONS.get(name, "")) for name, df in t.items() if name != "cosine" or len(df)}
+    points.to_csv(out / "length_points.csv", index=False)
+
+    sections = _sections(groups, t, files, points, fig_metrics, out)
+    page = html.render(
+        title="layergrad report: " + " vs ".join(g.label for g in groups),
+        subtitle=_subtitle(seed, n_boot, n_perm),
+        runs_table=tables.to_html(t["runs"]) + '<p class="files">' + " ".join(f'<a href="{p.name}">{p.name}</a>' for p in files["runs"].values()) + "</p>",
+        notes=notes,
+        methods=_methods(groups, n_boot, n_perm, seed),
+        sections=sections,
+    )
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return Report(index, notes, {**t, "length_points": points})
+
+
+CAPTIONS = {
+    "curves": "Per-layer mean over examples with 95% percentile bootstrap interval; n = examples with a finite value.",
+    "mad": "Mean absolute difference between consecutive layers of the mean curve; segments are thirds of the depth (np.array_split); 95% bias-corrected bootstrap interval.",
+    "compare": "Group b against group a per role and layer: relative difference of means, AUROC P(b > a), two-sided permutation p-value, Benjamini-Hochberg adjusted within each pair of groups.",
+    "compare_summary": "Per pair of groups and metric: tests, tests with BH-adjusted p < 0.05, and the AUROC range.",
+    "length": "Per group and role: correlation of response length (tokens) with the per-example mean over layers of the nuclear norm.",
+    "length_partial": "Per pair and role: correlation of the layer-mean nuclear norm with group membership (0 = group_a, 1 = group_b), raw and partial on response length (Pearson on values, Spearman on ranks).",
+    "cosine": "Per-layer mean gradient cosine similarity with 95% bootstrap interval.",
+    "runs": "The runs compared: one group per run directory, with the provenance of its numbers.",
+    "status": "Examples that were not ok, by status and reason; they take no part in any statistic.",
+    "exclusions": "Cells (metric, role, layer) where some ok examples had no finite value and were excluded from that cell only.",
+}
+
+
+def _compare_summary(c: pd.DataFrame) -> pd.DataFrame:
+    cols = ["group_a", "group_b", "metric", "tests", "significant", "auroc_min", "auroc_median", "auroc_max", "min_p_adjusted"]
+    if len(c) == 0:
+        return pd.DataFrame(columns=cols)
+    g = c.groupby(["group_a", "group_b", "metric"], sort=False)
+    s = g.agg(tests=("p_value", "count"), significant=("p_adjusted", lambda p: int((p < ALPHA).sum())),
+              auroc_min=("auroc", "min"), auroc_median=("auroc", "median"), auroc_max=("auroc", "max"),
+              min_p_adjusted=("p_adjusted", "min"))
+    return s.reset_index()[cols]
+
+
+def _exclusion_notes(groups: list[Group], ex: pd.DataFrame) -> list[str]:
+    notes = []
+    for g in groups:
+        e = ex[ex["group"] == g.label]
+        if len(e):
+            worst = e.loc[e["n_excluded"].idxmax()]
+            notes.append(
+                f"group {g.label!r}: in {len(e)} (metric, role, layer) cells some examples have NaN or missing values; "
+                f"they are excluded from those cells only, never replaced (at most {int(worst['n_excluded'])} of {g.n}, "
+                f"e.g. {worst['metric']} {worst['role']} layer {int(worst['layer'])}). Counts per cell: exclusions.csv; n per cell: curves.csv"
+            )
+    return notes
+
+
+def _runs_frame(groups: list[Group]) -> pd.DataFrame:
+    rows = []
+    for g in groups:
+        d = g.describe()
+        rows.append({"group": g.label, "model": d["model"], "prompt mode": d["prompt_mode"], "dtype": d["dtype"],
+                     "data": d["data"], "layers": g.n_layers, "roles": ", ".join(g.series), "examples ok": d["n_ok"],
+                     "not ok": d["n_not_ok"], "fingerprint": str(g.manifest.get("model_fingerprint", ""))[:12]})
+    return pd.DataFrame(rows)
+
+
+def _subtitle(seed: int, n_boot: int, n_perm: int) -> str:
+    try:
+        from importlib.metadata import version
+
+        v = version("layergrad")
+    except Exception:  # not installed (running from a source tree)
+        v = "unknown"
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"layergrad {v} · {now} · seed {seed} · {n_boot} bootstrap resamples · {n_perm} permutations"
+
+
+def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int) -> list[str]:
+    segs = segments(groups[0].n_layers)
+    seg_text = ", ".join(f"{k} = layers {v[0]}-{v[-1]}" if len(v) else f"{k} = (none)" for k, v in segs.items() if k != "all")
+    return [
+        "Only examples with status ok enter any statistic; per group, the not-ok ones are counted by status and reason (status.csv).",
+        "Curves: per group, role and layer, the mean of the metric over examples. Interval: 95% percentile bootstrap over "
+        f"examples, {n_boot} resamples (seed {seed}); the same resamples for every role, layer and metric of a group. An example "
+        "with no finite value in one cell is excluded from that cell only (n in curves.csv). With fewer than 2 examples an interval is undefined (NaN).",
+        "MAD: mean absolute difference |c(l+1) - c(l)| of the mean curve c over consecutive layer pairs with both layers in the segment. "
+        f"Segments are thirds of the depth by np.array_split (for {groups[0].n_layers} layers: {seg_text}); the pairs straddling a "
+        "boundary count only in 'all' (all L-1 pairs). Interval: bias-corrected (BC) percentile bootstrap of the MAD of the "
+        "resampled mean curves; noise inflates a MAD (a flat curve's sample MAD is positive), by about 1/sqrt(n), so compare groups of similar size.",
+        "Comparisons (every pair of groups, b against a; independent samples, not paired): rel_diff = (mean_b - mean_a)/|mean_a|; "
+        "AUROC = P(b > a) + 0.5 P(b = a) from the Mann-Whitney U (midranks, ties half); p_value from a two-sided permutation test "
+        f"of the difference of means with {n_perm} relabellings (p = (1 + #extreme)/(1 + {n_perm}); exact enumeration when there "
+        "are fewer distinct splits). Multiple testing: Benjamini-Hochberg FDR across all tests of one pair of groups (every metric, "
+        f"role and layer together), reported as p_adjusted; dots in the heat maps mark p_adjusted < {ALPHA}.",
+        "Length: per example, the nuclear norm averaged over the layers of a role, against the number of response tokens "
+        "(Pearson and Spearman). The partial correlation of that value with group membership controlling for length is the "
+        "correlation of the residuals of least-squares fits on [1, length] (Pearson on values; Spearman: the same on ranks), "
+        "p-values from a t statistic with n - 3 degrees of freedom.",
+    ]
+
+
+def _fig(fig, out: Path, name: str, caption: str) -> html.FigureRef:
+    figures.save(fig, out / "figures", name)
+    return html.FigureRef(f"figures/{name}.png", f"figures/{name}.svg", caption)
+
+
+def _table(title: str, df: pd.DataFrame, files: dict, max_rows: int | None = 400, collapsed: bool = False, name: str = "", shown=None) -> html.TableRef:
+    src = f"{name}.csv"
+    view = df if shown is None else shown
+    return html.TableRef(
+        title=title, html=html.jinja2.utils.markupsafe.Markup(tables.to_html(view, max_rows, src)),
+        files=[(ext, p.name) for ext, p in files.items()], n_rows=len(df), caption=CAPTIONS.get(name, ""), collapsed=collapsed,
+    )
+
+
+def _sections(groups, t, files, points, fig_metrics, out) -> list[html.Section]:
+    s = []
+    curves = html.Section("curves", "Per-layer curves", "One panel per group, one line per role; the band is the 95% bootstrap interval of the mean.")
+    for m in fig_metrics:
+        curves.figures.append(_fig(figures.curves_figure(groups, t["curves"], m), out, f"curves_{m}", f"{figures.metric_label(m).capitalize()} per layer."))
+    curves.tables.append(_table("curves.csv", t["curves"], files["curves"], 2000, True, "curves"))
+    s.append(curves)
+
+    mad = html.Section("mad", "Layer-to-layer change (MAD)")
+    for m in fig_metrics:
+        mad.figures.append(_fig(figures.mad_figure(groups, t["mad"], m), out, f"mad_{m}", f"MAD of the mean {figures.metric_label(m)} curve per segment."))
+    mad.tables.append(_table("mad.csv", t["mad"], files["mad"], 1000, len(t["mad"]) > 60, "mad"))
+    s.append(mad)
+
+    if len(groups) > 1:
+        comp = html.Section("compare", "Group comparisons", "AUROC above 0.5 (red) means group b tends to have larger values than group a.")
+        for j in range(len(groups)):
+            for k in range(j + 1, len(groups)):
+                a, b = groups[j], groups[k]
+                comp.figures.append(_fig(figures.auroc_figure(a, b, t["compare"], fig_metrics, ALPHA), out, f"auroc_{j + 1}_vs_{k + 1}",
+                                         f"AUROC of {b.label} against {a.label} per role and layer."))
+        comp.tables.append(_table("Summary per pair and metric (compare_summary.csv)", t["compare_summary"], files["compare_summary"], None, False, "compare_summary"))
+        c = t["compare"]
+        top = c.assign(_e=-(c["auroc"] - 0.5).abs()).sort_values(["p_adjusted", "_e"], kind="stable").drop(columns="_e").head(40)
+        ref = _table("Strongest differences (first 40 rows of compare.csv by p_adjusted, then |AUROC - 0.5|)", c, files["compare"], None, False, "compare", shown=top)
+        ref.n_rows = len(c)
+        comp.tables.append(ref)
+        s.append(comp)
+
+    length = html.Section("length", "Length effect", "Is a difference only a length effect? Each point is one example.")
+    if len(points):
+        length.figures.append(_fig(figures.length_figure(groups, points, t["length"]), out, "length_nuclear", "Response length against the nuclear norm averaged over layers."))
+    length.tables.append(_table("length.csv", t["length"], files["length"], None, False, "length"))
+    if len(groups) > 1:
+        length.tables.append(_table("length_partial.csv", t["length_partial"], files["length_partial"], None, False, "length_partial"))
+    s.append(length)
+
+    if len(t["cosine"]):
+        cos = html.Section("cosine", "Cross-layer gradient similarity")
+        for kind in dict.fromkeys(t["cosine"]["kind"]):
+            cos.figures.append(_fig(figures.cosine_figure(groups, t["cosine"], kind), out, f"cosine_{kind}", f"Gradient cosine similarity, kind {kind}."))
+        cos.tables.append(_table("cosine.csv", t["cosine"], files["cosine"], 2000, True, "cosine"))
+        s.append(cos)
+
+    data = html.Section("data", "Examples left out")
+    data.tables.append(_table("status.csv", t["status"], files["status"], 200, False, "status"))
+    data.tables.append(_table("exclusions.csv", t["exclusions"], files["exclusions"], 200, len(t["exclusions"]) > 20, "exclusions"))
+    s.append(data)
+    return s

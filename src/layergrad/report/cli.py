@@ -1,0 +1,76 @@
+"""``layergrad report``: the command. Heavy imports happen in the handler, so ``--help`` is instant."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Kept here (not imported from the analysis) so that building the parser imports nothing heavy.
+_METRICS = ("nuclear", "spectral", "frobenius", "min_sigma", "top1_share", "effective_rank", "stable_rank")
+_DEFAULT_METRICS = ("nuclear", "spectral", "frobenius", "top1_share", "effective_rank")
+
+EPILOG = """\
+examples:
+  # two groups of one study, report in ./report
+  layergrad report --run "None CoT=runs/none" --run "Detailed CoT=runs/detailed" --out report
+
+  # only the nuclear norm and effective rank, another seed, fewer permutations (faster)
+  layergrad report --run fast=runs/fast --run slow=runs/slow --out report \\
+      --metric nuclear --metric effective_rank --seed 1 --n-perm 1999
+
+  # a single run (curves, MAD and length only; no comparison)
+  layergrad report --run runs/none --out report
+
+A run without "LABEL=" is labelled by its directory name. Open OUT/index.html in a browser;
+the tables are beside it as CSV, Markdown and LaTeX, the figures in OUT/figures as PNG and SVG.
+"""
+
+
+def parse_run(text: str) -> tuple[str, Path]:
+    """``"LABEL=DIR"`` -> (label, dir); split at the first '='. A bare DIR is labelled by its name."""
+    if "=" in text:
+        label, path = text.split("=", 1)
+        if not label.strip() or not path.strip():
+            raise argparse.ArgumentTypeError(f"expected LABEL=DIR, got {text!r}")
+        return label.strip(), Path(path.strip())
+    return Path(text).name or text, Path(text)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "report",
+        help="figures, tables and an HTML report comparing groups of examples",
+        description="Build a static HTML report (with CSV/Markdown/LaTeX tables and PNG/SVG figures) "
+        "from one or more layergrad run directories, one group per run.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", dest="runs", action="append", type=parse_run, required=True, metavar="LABEL=DIR",
+                   help="a group: its label and run directory (repeat for each group; groups are compared in this order)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; files in it are overwritten)")
+    p.add_argument("--metric", dest="metrics", action="append", choices=_METRICS, metavar="METRIC",
+                   help=f"metric to report (repeatable; default: {', '.join(_DEFAULT_METRICS)}; choices: {', '.join(_METRICS)})")
+    p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and permutations (default 0)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--n-perm", type=int, default=9999, help="permutations per test (default 9999)")
+    p.set_defaults(func=handler)
+    return p
+
+
+def handler(args: argparse.Namespace) -> int:
+    from layergrad.analysis.groups import AnalysisError
+    from layergrad.report.build import make_report
+
+    if args.n_boot < 1 or args.n_perm < 1:
+        print("layergrad report: error: --n-boot and --n-perm must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
+                          n_boot=args.n_boot, n_perm=args.n_perm)
+    except (AnalysisError, FileNotFoundError) as e:
+        print(f"layergrad report: error: {e}", file=sys.stderr)
+        return 2
+    for n in rep.notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(rep.index)
+    return 0

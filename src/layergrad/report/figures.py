@@ -1,0 +1,245 @@
+"""Figures drawn from the report's tables (so every plotted number is in a CSV).
+
+Matplotlib's object API only (``Figure``, no ``pyplot``): no global backend or state is touched,
+so the report can be built from notebooks and servers alike. Each figure is saved as PNG
+(300 dpi) and SVG, and carries a title block naming model, data, prompt mode and examples.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context, ticker
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from layergrad.analysis.groups import Group
+from layergrad.analysis.mad import SEGMENTS
+
+DPI = 300
+METRIC_LABELS = {
+    "nuclear": "nuclear norm", "spectral": "spectral norm", "frobenius": "Frobenius norm",
+    "min_sigma": "smallest singular value", "top1_share": "top-1 share", "effective_rank": "effective rank",
+    "stable_rank": "stable rank",
+}
+_ROLE_ORDER = ("q", "k", "v", "o", "qkv", "gate", "up", "gate_up", "down", "lm_head", "unknown")
+_ROLE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_GROUP_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def role_colors(series: list[str]) -> dict[str, str]:
+    known = [s for s in _ROLE_ORDER if s in series]
+    rest = [s for s in series if s not in known]
+    return {s: _ROLE_COLORS[i % len(_ROLE_COLORS)] for i, s in enumerate(known + rest)}
+
+
+def group_colors(groups: list[Group]) -> dict[str, str]:
+    return {g.label: _GROUP_COLORS[i % len(_GROUP_COLORS)] for i, g in enumerate(groups)}
+
+
+def provenance(groups: list[Group]) -> str:
+    """Title-block text: model, prompt mode (once if shared), and per group its data and n."""
+    d = [g.describe() for g in groups]
+    lines = []
+    shared = {(x["model_short"], x["prompt_mode"]) for x in d}
+    if len(shared) == 1:
+        model, mode = shared.pop()
+        lines.append(f"model: {model} · prompt mode: {mode}")
+        per = [f"{x['group']}: {_short(x['data'])}, n={x['n_ok']}" for x in d]
+    else:
+        per = [f"{x['group']}: {x['model_short']}, {x['prompt_mode']}, {_short(x['data'])}, n={x['n_ok']}" for x in d]
+    # Wrap the per-group parts three to a line so wide reports stay readable.
+    lines += [" · ".join(per[i:i + 3]) for i in range(0, len(per), 3)]
+    return "\n".join(lines)
+
+
+def _short(text: str, k: int = 48) -> str:
+    return text if len(text) <= k else text[: k - 1] + "…"
+
+
+def _grid(n: int, max_cols: int) -> tuple[int, int]:
+    cols = max(1, min(n, max_cols))
+    return math.ceil(n / cols), cols
+
+
+def _axes(fig: Figure, n: int, max_cols: int, **kw):
+    rows, cols = _grid(n, max_cols)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, **kw)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return axes[:n], cols
+
+
+def _title(fig: Figure, headline: str, groups: list[Group]) -> None:
+    fig.suptitle(f"{headline}\n{provenance(groups)}", fontsize=9, linespacing=1.4)
+
+
+def save(fig: Figure, out: Path, name: str) -> dict[str, Path]:
+    """Write ``name.png`` (300 dpi) and ``name.svg`` under ``out``."""
+    paths = {"png": out / f"{name}.png", "svg": out / f"{name}.svg"}
+    fig.savefig(paths["png"], dpi=DPI, metadata={"Software": None})
+    # Text stays text in the SVG (editable in a paper's figure, searchable), not glyph outlines.
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "layergrad"}):
+        fig.savefig(paths["svg"], metadata={"Date": None})
+    return paths
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain tick labels (0.2, 0.5, 1, 2, 5) instead of 2x10^-1."""
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _use_log(values: pd.Series, metric: str) -> bool:
+    v = values[np.isfinite(values)]
+    return metric in ("nuclear", "spectral", "frobenius") and len(v) > 0 and v.min() > 0 and v.max() / v.min() > 100
+
+
+def curves_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Figure:
+    """Per group a panel of per-layer mean curves (one line per role, CI band); shared y-axis."""
+    d = curves[curves["metric"] == metric]
+    series = list(dict.fromkeys(s for g in groups for s in g.series))
+    colors = role_colors(series)
+    fig = Figure(figsize=(4.2 * min(len(groups), 3) + 1.2, 3.4 * _grid(len(groups), 3)[0] + 0.9), layout="constrained")
+    axes, cols = _axes(fig, len(groups), 3, sharey=True)
+    log = _use_log(pd.concat([d["ci_low"], d["mean"]]), metric)
+    for i, (ax, g) in enumerate(zip(axes, groups)):
+        dg = d[d["group"] == g.label]
+        for s in g.series:
+            ds = dg[dg["role"] == s]
+            if len(ds) == 0:
+                continue
+            ax.plot(ds["layer"], ds["mean"], color=colors[s], lw=1.4, marker="o", ms=2.2, label=s)
+            ax.fill_between(ds["layer"], ds["ci_low"], ds["ci_high"], color=colors[s], alpha=0.2, lw=0)
+        if len(dg) == 0:
+            ax.text(0.5, 0.5, f"{metric} not stored\nfor this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.set_title(f"{g.label} (n={g.n})", fontsize=9)
+        ax.set_xlabel("layer")
+        if i % cols == 0:
+            ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
+        if log:
+            ax.set_yscale("log")
+            _log_axis(ax.yaxis)
+        ax.grid(alpha=0.3, lw=0.5)
+    handles = [Line2D([], [], color=colors[s], lw=2, label=s) for s in series]
+    fig.legend(handles=handles, loc="outside right upper", title="role", fontsize=8, title_fontsize=8)
+    _title(fig, f"{metric_label(metric).capitalize()} per layer: mean over examples, 95% bootstrap CI", groups)
+    return fig
+
+
+def mad_figure(groups: list[Group], mad: pd.DataFrame, metric: str) -> Figure:
+    """MAD bars per segment, one bar per group, one panel per role; bootstrap CI as error bars."""
+    d = mad[mad["metric"] == metric]
+    series = list(dict.fromkeys(s for g in groups for s in g.series))
+    gcol = group_colors(groups)
+    fig = Figure(figsize=(3.2 * min(len(series), 4) + 1.6, 2.9 * _grid(len(series), 4)[0] + 0.9), layout="constrained")
+    axes, cols = _axes(fig, len(series), 4, sharey=False)
+    width = 0.8 / max(len(groups), 1)
+    x = np.arange(len(SEGMENTS))
+    for i, (ax, s) in enumerate(zip(axes, series)):
+        for j, g in enumerate(groups):
+            dg = d[(d["group"] == g.label) & (d["role"] == s)].set_index("segment").reindex(list(SEGMENTS))
+            y = dg["mad"].to_numpy(float)
+            err = np.vstack([y - dg["ci_low"].to_numpy(float), dg["ci_high"].to_numpy(float) - y])
+            ax.bar(x + (j - (len(groups) - 1) / 2) * width, y, width, color=gcol[g.label],
+                   yerr=np.clip(np.nan_to_num(err), 0, None), error_kw={"lw": 0.8, "capsize": 1.5})
+        ax.set_xticks(x, SEGMENTS, fontsize=8)
+        ax.set_title(s, fontsize=9)
+        if i % cols == 0:
+            ax.set_ylabel(f"MAD of {metric_label(metric)}")
+        ax.grid(axis="y", alpha=0.3, lw=0.5)
+    handles = [Patch(color=gcol[g.label], label=g.label) for g in groups]
+    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
+    _title(fig, f"MAD between consecutive layers of the mean {metric_label(metric)} curve (thirds of depth), 95% BC bootstrap CI", groups)
+    return fig
+
+
+def auroc_figure(a: Group, b: Group, compare: pd.DataFrame, metrics: list[str], alpha: float = 0.05) -> Figure:
+    """Heat maps (role x layer) of AUROC(b vs a) per metric; dots mark BH-adjusted p < alpha."""
+    d = compare[(compare["group_a"] == a.label) & (compare["group_b"] == b.label)]
+    metrics = [m for m in metrics if (d["metric"] == m).any()] or metrics[:1]
+    series = a.series
+    fig = Figure(figsize=(max(6.0, 0.22 * a.n_layers + 2.5), (0.22 * len(series) + 0.9) * len(metrics) + 1.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(metrics), 1, squeeze=False, sharex=True)).ravel()
+    im = None
+    for ax, m in zip(axes, metrics):
+        grid = np.full((len(series), a.n_layers), np.nan)
+        sig = np.zeros_like(grid, dtype=bool)
+        dm = d[d["metric"] == m]
+        r = dm["role"].map({s: i for i, s in enumerate(series)}).to_numpy()
+        grid[r, dm["layer"].to_numpy(int)] = dm["auroc"].to_numpy(float)
+        sig[r, dm["layer"].to_numpy(int)] = dm["p_adjusted"].to_numpy(float) < alpha
+        im = ax.imshow(grid, cmap="RdBu_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        yy, xx = np.nonzero(sig)
+        ax.scatter(xx, yy, s=4, c="black", marker="o", linewidths=0)
+        ax.set_yticks(range(len(series)), series, fontsize=8)
+        ax.set_ylabel(metric_label(m), fontsize=9)
+    axes[-1].set_xlabel("layer")
+    fig.colorbar(im, ax=list(axes), shrink=0.9, label=f"AUROC: P({b.label} > {a.label})")
+    _title(fig, f"Where {b.label!r} differs from {a.label!r}: AUROC per role and layer (dot: BH-adjusted p < {alpha})", [a, b])
+    return fig
+
+
+def length_figure(groups: list[Group], points: pd.DataFrame, stats: pd.DataFrame, metric: str = "nuclear") -> Figure:
+    """Response length against the per-example layer-mean metric, one panel per role, colour by group."""
+    series = list(dict.fromkeys(s for g in groups for s in g.series))
+    gcol = group_colors(groups)
+    fig = Figure(figsize=(3.2 * min(len(series), 4) + 1.8, 2.9 * _grid(len(series), 4)[0] + 0.9), layout="constrained")
+    axes, cols = _axes(fig, len(series), 4)
+    for i, (ax, s) in enumerate(zip(axes, series)):
+        for g in groups:
+            p = points[(points["group"] == g.label) & (points["role"] == s)]
+            st = stats[(stats["group"] == g.label) & (stats["role"] == s)]
+            rho = st["spearman_rho"].iloc[0] if len(st) else np.nan
+            ax.scatter(p["n_response_tokens"], p[metric], s=5, alpha=0.6, color=gcol[g.label], linewidths=0,
+                       label=f"{g.label} (ρ={rho:.2f})")
+        ok = points[(points["role"] == s)]
+        if len(ok) and (ok["n_response_tokens"] > 0).all() and (ok[metric] > 0).all():
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _log_axis(ax.xaxis)
+            _log_axis(ax.yaxis)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("response tokens")
+        if i % cols == 0:
+            ax.set_ylabel(f"{metric_label(metric)} (mean over layers)")
+        ax.legend(fontsize=6, loc="best", handletextpad=0.2, borderpad=0.3)
+        ax.grid(alpha=0.3, lw=0.5)
+    _title(fig, f"Response length against {metric_label(metric)} per example (ρ: Spearman)", groups)
+    return fig
+
+
+def cosine_figure(groups: list[Group], cos: pd.DataFrame, kind: str) -> Figure:
+    """Per group a panel of the per-layer mean cosine similarity of one kind, one line per role."""
+    d = cos[cos["kind"] == kind]
+    series = list(dict.fromkeys(d["role"]))
+    colors = role_colors(series)
+    fig = Figure(figsize=(4.2 * min(len(groups), 3) + 1.2, 3.4 * _grid(len(groups), 3)[0] + 0.9), layout="constrained")
+    axes, cols = _axes(fig, len(groups), 3, sharey=True)
+    what = {"next_layer": "same role, layer l vs l+1", "q_o": "q vs o, same layer", "k_v": "k vs v, same layer"}.get(kind, kind)
+    for i, (ax, g) in enumerate(zip(axes, groups)):
+        dg = d[d["group"] == g.label]
+        for s in series:
+            ds = dg[dg["role"] == s]
+            ax.plot(ds["layer"], ds["mean"], color=colors[s], lw=1.4, marker="o", ms=2.2)
+            ax.fill_between(ds["layer"], ds["ci_low"], ds["ci_high"], color=colors[s], alpha=0.2, lw=0)
+        if len(dg) == 0:
+            ax.text(0.5, 0.5, "no cosine rows\nfor this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.axhline(0, color="0.5", lw=0.6)
+        ax.set_title(f"{g.label} (n={g.n})", fontsize=9)
+        ax.set_xlabel("layer")
+        if i % cols == 0:
+            ax.set_ylabel("gradient cosine similarity")
+        ax.grid(alpha=0.3, lw=0.5)
+    handles = [Line2D([], [], color=colors[s], lw=2, label=s) for s in series]
+    fig.legend(handles=handles, loc="outside right upper", title="role", fontsize=8, title_fontsize=8)
+    _title(fig, f"Gradient cosine similarity ({what}): mean over examples, 95% bootstrap CI", groups)
+    return fig

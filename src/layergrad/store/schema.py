@@ -1,0 +1,88 @@
+"""The results schema: one place, one comment per column, one version.
+
+A run directory holds ``manifest.json`` and Parquet parts under ``parts/``.
+Each committed part is a pair written atomically: ``modules-<tag>.parquet``
+(one row per example x module) and then ``examples-<tag>.parquet`` (one row per
+example). The examples part is the commit marker: a modules part without its
+examples twin is a leftover of a crash and is ignored (and removed on resume).
+Optional ``cosine-<tag>.parquet`` parts hold gradient cosine similarities.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+#: Per-example rows. ``status`` is one of STATUSES; only ``ok`` rows have metrics.
+EXAMPLES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # stable example id (record's own `id`, else a content hash)
+        pa.field("group", pa.string()),  # group label (``--group``, else the data file's stem)
+        pa.field("source", pa.string()),  # data file the record came from
+        pa.field("index", pa.int64()),  # 0-based record index in that file
+        pa.field("order", pa.int64()),  # position in the run's example order (sorting key of the final store)
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed | invalid
+        pa.field("reason", pa.string()),  # why status is not ok (null when ok)
+        pa.field("instruction", pa.string()),  # prompt text as scored (instruction + "\n" + input), or chat prompt as JSON
+        pa.field("output", pa.string()),  # response text as given
+        pa.field("loss", pa.float64()),  # mean cross-entropy (nats) over this example's response tokens
+        pa.field("n_tokens", pa.int32()),  # tokens fed to the model (after truncation)
+        pa.field("n_prompt_tokens", pa.int32()),  # tokens before the response (masked out of the loss)
+        pa.field("n_response_tokens", pa.int32()),  # response tokens that are loss terms
+        pa.field("response_chars", pa.int32()),  # characters of the response text
+        pa.field("truncated", pa.bool_()),  # the text was cut at --max-length
+    ]
+)
+
+#: Optional per-example columns added by ``run --ifd`` (data quality).
+IFD_FIELDS = [
+    pa.field("loss_no_prompt", pa.float64()),  # mean CE of the same response tokens with no prompt
+    pa.field("ifd", pa.float64()),  # loss / loss_no_prompt (NaN where undefined)
+    pa.field("ifd_ppl", pa.float64()),  # exp(loss) / exp(loss_no_prompt)
+    pa.field("ifd_reason", pa.string()),  # why IFD is NaN (null when defined)
+]
+
+#: Per example x module rows (status ok only). Singular values s_1 >= s_2 >= ... of the
+#: example's weight gradient G (out x in) for that module.
+MODULES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # example id
+        pa.field("module", pa.string(), nullable=False),  # module path, e.g. model.layers.0.self_attn.q_proj
+        pa.field("param", pa.string()),  # weight parameter name, e.g. model.layers.0.self_attn.q_proj.weight
+        pa.field("layer", pa.int32()),  # decoder layer index; -1 for modules outside the layer stack
+        pa.field("role", pa.string()),  # q, k, v, o, qkv, gate, up, gate_up, down, lm_head, unknown
+        pa.field("out_features", pa.int32()),
+        pa.field("in_features", pa.int32()),
+        pa.field("rank", pa.int32()),  # number of singular values computed: min(T, in, out)
+        pa.field("nuclear", pa.float64()),  # sum(s)
+        pa.field("spectral", pa.float64()),  # s_1
+        pa.field("frobenius", pa.float64()),  # sqrt(sum(s^2))
+        pa.field("min_sigma", pa.float64()),  # smallest of the min(in, out) singular values (0 if rank < min(in, out))
+        pa.field("top1_share", pa.float64()),  # s_1 / sum(s)
+        pa.field("effective_rank", pa.float64()),  # exp(-sum p ln p), p = s / sum(s)
+        pa.field("stable_rank", pa.float64()),  # sum(s^2) / s_1^2
+        pa.field("spectrum", pa.list_(pa.float32())),  # top-k singular values, descending (--spectrum-k)
+        pa.field("m_mean", pa.float64()),  # mean of G's entries (reference mode / --elementwise; else null)
+        pa.field("m_max", pa.float64()),  # largest entry of G (same)
+        pa.field("m_min", pa.float64()),  # smallest entry of G (same)
+        pa.field("method", pa.string()),  # factored | dense: how the singular values were computed
+    ]
+)
+
+#: Cosine similarity of two gradients of one example (``run --cosine``).
+COSINE = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # example id
+        pa.field("kind", pa.string()),  # next_layer | q_o | k_v
+        pa.field("role", pa.string()),  # role of module_a
+        pa.field("layer", pa.int32()),  # layer of module_a
+        pa.field("module_a", pa.string()),
+        pa.field("module_b", pa.string()),
+        pa.field("cosine", pa.float64()),  # <G_a, G_b> / (|G_a|_F |G_b|_F); needs equal shapes
+    ]
+)
+
+#: Metrics that the analysis and report treat as per-module scalars.
+METRICS = ("nuclear", "spectral", "frobenius", "min_sigma", "top1_share", "effective_rank", "stable_rank")
+
+STATUSES = ("ok", "skipped", "failed", "invalid")

@@ -1,0 +1,357 @@
+"""Statistics of the analysis on synthetic run directories with known answers.
+
+Runs are written through the real store (``RunStore.open`` + ``write_part``) and read back
+through ``load_group``; no engine or model is involved. ``make_run`` is also used by
+``test_report.py``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from layergrad.analysis import (
+    AnalysisError,
+    IncompatibleGroups,
+    auroc,
+    bh_adjust,
+    compare_groups,
+    compare_table,
+    cosine_table,
+    curve_table,
+    exclusions,
+    group_curves,
+    length_table,
+    load_group,
+    mad_table,
+    partial_table,
+    permutation_pvalues,
+    segments,
+    status_table,
+)
+from layergrad.store import RunStore
+from layergrad.store.schema import METRICS
+
+ROLE_PATHS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+              "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def make_run(path, values, roles=("q", "o"), *, n_layers=None, lengths=None, not_ok=(), model="tiny-llama",
+             prompt_mode="base", data=("fast.json",), cosine=None, manifest_extra=None, fill=True, seed=0) -> Path:
+    """Write a run directory. ``values``: metric -> (n, R, L) array (NaN = stored NaN, None = no row).
+
+    Metrics not given are filled with positive random numbers when ``fill`` (else stored as null).
+    ``not_ok``: (status, reason) per extra example that is not ok. ``cosine``: list of COSINE rows.
+    """
+    path = Path(path)
+    first = next(iter(values.values()))
+    n, R, L = first.shape
+    assert R == len(roles)
+    n_layers = L if n_layers is None else n_layers
+    rng = np.random.default_rng(seed)
+    lengths = np.full(n, 50) if lengths is None else np.asarray(lengths)
+    modules = [f"model.layers.{l}.{ROLE_PATHS.get(r, r)}" for l in range(L) for r in roles]
+    manifest = {"model": model, "model_fingerprint": f"fp-{model}", "dtype": "float32", "prompt_mode": prompt_mode,
+                "max_length": 1024, "modules": "all", "module_names": modules, "n_layers": n_layers,
+                "data": list(data), "group": None, "spectrum_k": 8, "created": "2025-01-01T00:00:00Z",
+                "layergrad_version": "0.1.0", **(manifest_extra or {})}
+    if manifest_extra and "n_layers" in manifest_extra and manifest_extra["n_layers"] is None:
+        del manifest["n_layers"]
+    store = RunStore(path)
+    store.open(manifest)
+    ex_rows, mod_rows = [], []
+    for i in range(n):
+        ex_rows.append({"id": f"e{i}", "group": None, "source": data[0], "index": i, "order": i, "status": "ok",
+                        "reason": None, "instruction": "q", "output": "a", "loss": 1.0, "n_tokens": int(lengths[i]) + 10,
+                        "n_prompt_tokens": 10, "n_response_tokens": int(lengths[i]), "response_chars": 4 * int(lengths[i]),
+                        "truncated": False})
+        for l in range(L):
+            for r, role in enumerate(roles):
+                row = {"id": f"e{i}", "module": f"model.layers.{l}.{ROLE_PATHS.get(role, role)}", "layer": l, "role": role,
+                       "out_features": 8, "in_features": 8, "rank": 8, "method": "factored"}
+                skip = False
+                for m in METRICS:
+                    if m in values:
+                        v = values[m][i, r, l]
+                        if v is None:
+                            skip = True
+                        row[m] = None if v is None else float(v)
+                    else:
+                        row[m] = float(rng.uniform(0.5, 1.5)) if fill else None
+                if not skip:
+                    mod_rows.append(row)
+    for j, (status, reason) in enumerate(not_ok):
+        ex_rows.append({"id": f"x{j}", "group": None, "source": data[0], "index": n + j, "order": n + j, "status": status,
+                        "reason": reason})
+    store.write_part(ex_rows, mod_rows, cosine)
+    return path
+
+
+def grp(tmp_path, label, values, **kw):
+    return load_group(label, make_run(tmp_path / label, values, **kw))
+
+
+def noise(rng, n, R, L, loc=1.0, scale=0.1):
+    return loc + scale * rng.standard_normal((n, R, L))
+
+
+# ---- MAD -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "L, expected",
+    [
+        (9, {"early": 2.0, "middle": 8.0, "late": 14.0, "all": 8.0}),  # thirds 0-2, 3-5, 6-8; steps 1,3,...,15
+        (10, {"early": 3.0, "middle": 10.0, "late": 16.0, "all": 9.0}),  # thirds 0-3, 4-6, 7-9; steps 1,3,...,17
+    ],
+)
+def test_mad_known_curve(tmp_path, L, expected):
+    # Mean curve c_l = l^2 exactly (offsets +-d cancel); each example is the curve shifted by a
+    # constant, so every bootstrap resample has the same MAD: the interval is a point.
+    c = np.arange(L, dtype=float) ** 2
+    off = np.array([-0.3, 0.3, -1.0, 1.0])[:, None, None]
+    g = grp(tmp_path, "g", {"nuclear": c[None, None, :] + off + np.zeros((4, 1, 1))}, roles=("q",))
+    t = mad_table([g], ["nuclear"], n_boot=200).set_index("segment")
+    for seg, want in expected.items():
+        assert t.loc[seg, "mad"] == pytest.approx(want)
+        assert t.loc[seg, "ci_low"] == pytest.approx(want) and t.loc[seg, "ci_high"] == pytest.approx(want)
+
+
+def test_segments_are_thirds_of_depth():
+    s = segments(30)
+    assert [list(s[k][[0, -1]]) for k in ("early", "middle", "late")] == [[0, 9], [10, 19], [20, 29]]
+    s = segments(32)
+    assert [len(s[k]) for k in ("early", "middle", "late", "all")] == [11, 11, 10, 32]
+    s = segments(2)  # too shallow for thirds: segments with < 2 layers have no pair -> NaN MAD
+    assert [len(s[k]) for k in ("early", "middle", "late")] == [1, 1, 0]
+
+
+def test_mad_ci_reflects_noise(tmp_path):
+    # Flat true curve: MAD of the sample mean is pure noise, the interval must contain it and be wide.
+    rng = np.random.default_rng(1)
+    g = grp(tmp_path, "g", {"nuclear": noise(rng, 30, 1, 12)}, roles=("q",))
+    t = mad_table([g], ["nuclear"], n_boot=300).set_index("segment")
+    assert (t["ci_low"] <= t["mad"]).all() and (t["mad"] <= t["ci_high"] * 1.5).all()
+    assert (t["ci_high"] - t["ci_low"] > 0).all()
+
+
+# ---- curves and bootstrap --------------------------------------------------------------------
+
+
+def test_bootstrap_ci_covers_true_mean(tmp_path):
+    cover, cover_wrong, cells = 0, 0, 0
+    for k in range(4):
+        rng = np.random.default_rng(100 + k)
+        g = grp(tmp_path, f"g{k}", {"nuclear": noise(rng, 40, 1, 250, loc=5.0, scale=1.0)}, roles=("q",))
+        c = group_curves(g, "nuclear", n_boot=1000, seed=k)
+        cover += ((c.low <= 5.0) & (5.0 <= c.high)).sum()
+        cover_wrong += ((c.low <= 5.8) & (5.8 <= c.high)).sum()  # 5 standard errors off
+        cells += c.mean.size
+    assert 0.90 <= cover / cells <= 0.98, cover / cells
+    assert cover_wrong / cells < 0.01
+
+
+def test_same_resamples_across_layers(tmp_path):
+    # Layer 1 = layer 0 + 5 for every example: with shared resamples the intervals shift exactly.
+    rng = np.random.default_rng(2)
+    x0 = rng.standard_normal((25, 1, 1))
+    g = grp(tmp_path, "g", {"nuclear": np.concatenate([x0, x0 + 5], axis=2)}, roles=("q",))
+    c = group_curves(g, "nuclear", n_boot=500)
+    assert c.low[0, 1] - c.low[0, 0] == pytest.approx(5.0)
+    assert c.high[0, 1] - c.high[0, 0] == pytest.approx(5.0)
+
+
+def test_curve_table_columns_and_means(tmp_path):
+    rng = np.random.default_rng(3)
+    x = noise(rng, 10, 2, 4)
+    g = grp(tmp_path, "g", {"nuclear": x})
+    t = curve_table([g], ["nuclear", "top1_share"], n_boot=100)
+    assert list(t.columns) == ["group", "role", "layer", "metric", "mean", "ci_low", "ci_high", "n"]
+    assert len(t) == 2 * 2 * 4
+    q = t[(t.metric == "nuclear") & (t.role == "o")].sort_values("layer")
+    np.testing.assert_allclose(q["mean"], x[:, 1, :].mean(axis=0))
+    assert (q["n"] == 10).all()
+    # determinism: same seed, same numbers
+    pd.testing.assert_frame_equal(t, curve_table([g], ["nuclear", "top1_share"], n_boot=100))
+
+
+# ---- comparisons -----------------------------------------------------------------------------
+
+
+def test_auroc_ties_count_half():
+    a = np.array([[1.0], [1.0]])
+    assert auroc(a, a.copy())[0] == 0.5
+    assert auroc(np.array([[0.0], [1.0]]), np.array([[1.0], [2.0]]))[0] == pytest.approx(3.5 / 4)
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(0, 4, (13, 3)).astype(float), rng.integers(0, 4, (9, 3)).astype(float)
+    brute = ((b[None] > a[:, None]).sum((0, 1)) + 0.5 * (b[None] == a[:, None]).sum((0, 1))) / (13 * 9)
+    np.testing.assert_allclose(auroc(a, b), brute)
+
+
+def test_permutation_exact_enumeration():
+    # C(4, 2) = 6 splits; only the observed split and its mirror reach |diff| = 10.
+    p = permutation_pvalues(np.array([[0.0], [1.0]]), np.array([[10.0], [11.0]]), n_perm=999)
+    assert p[0] == pytest.approx(2 / 6)
+
+
+def test_permutation_nominal_rate_under_null():
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((12, 3000)), rng.standard_normal((15, 3000))
+    p = permutation_pvalues(a, b, n_perm=999, rng=np.random.default_rng(6))
+    assert 0.035 <= (p < 0.05).mean() <= 0.065
+    assert 0.17 <= (p < 0.2).mean() <= 0.23
+    assert p.min() >= 1 / 1000
+
+
+def test_same_distribution_not_significant_at_nominal_rate(tmp_path):
+    rates, any_sig = [], 0
+    for k in range(5):
+        rng = np.random.default_rng(200 + k)
+        ga = grp(tmp_path / str(k), "a", {"nuclear": noise(rng, 14, 2, 60)})
+        gb = grp(tmp_path / str(k), "b", {"nuclear": noise(rng, 18, 2, 60)})
+        t = compare_groups(ga, gb, ["nuclear"], n_perm=499, seed=k)
+        assert len(t) == 120
+        rates.append((t["p_value"] < 0.05).mean())
+        any_sig += bool((t["p_adjusted"] < 0.05).any())
+    assert 0.025 <= np.mean(rates) <= 0.075, rates
+    assert any_sig <= 1  # BH keeps family-wise false alarms rare under the global null
+
+
+def test_separated_groups(tmp_path):
+    rng = np.random.default_rng(7)
+    ga = grp(tmp_path, "low", {"nuclear": noise(rng, 20, 2, 5, loc=10.0, scale=1.0)})
+    gb = grp(tmp_path, "high", {"nuclear": noise(rng, 25, 2, 5, loc=20.0, scale=1.0)})
+    t = compare_groups(ga, gb, ["nuclear"], n_perm=999)
+    assert list(t.columns) == ["group_a", "group_b", "role", "layer", "metric", "rel_diff", "auroc", "p_value", "p_adjusted", "n_a", "n_b"]
+    assert (t["auroc"] == 1.0).all()
+    assert (t["p_value"] == 1 / 1000).all() and (t["p_adjusted"] < 0.01).all()
+    np.testing.assert_allclose(t["rel_diff"], 1.0, atol=0.2)
+    assert (t["n_a"] == 20).all() and (t["n_b"] == 25).all()
+    back = compare_groups(gb, ga, ["nuclear"], n_perm=99)
+    assert (back["auroc"] == 0.0).all()
+
+
+def test_bh_matches_scipy():
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    np.testing.assert_allclose(bh_adjust(p), [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    rng = np.random.default_rng(8)
+    p = rng.uniform(size=200) ** 3
+    np.testing.assert_allclose(bh_adjust(p), stats.false_discovery_control(p))
+    p[[3, 50]] = np.nan
+    q = bh_adjust(p)
+    assert np.isnan(q[[3, 50]]).all()
+    np.testing.assert_allclose(q[np.isfinite(p)], stats.false_discovery_control(p[np.isfinite(p)]))
+
+
+# ---- length ----------------------------------------------------------------------------------
+
+
+def test_length_effect_vs_group_effect(tmp_path):
+    rng = np.random.default_rng(9)
+    la, lb = rng.uniform(20, 200, 60), rng.uniform(150, 400, 60)  # b answers are longer
+
+    def size(lengths, shift=0.0):  # nuclear grows with length only (plus a group shift)
+        return (0.01 * lengths[:, None, None] + shift + 0.05 * rng.standard_normal((len(lengths), 1, 3)))
+
+    ga = grp(tmp_path, "short", {"nuclear": size(la)}, roles=("q",), lengths=la)
+    gb = grp(tmp_path, "long", {"nuclear": size(lb)}, roles=("q",), lengths=lb)
+    lt = length_table([ga, gb])
+    assert list(lt.columns) == ["group", "role", "metric", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p"]
+    assert (lt["pearson_r"] > 0.9).all()
+    pt = partial_table([ga, gb]).iloc[0]
+    assert pt["r_group"] > 0.6  # the groups differ ...
+    assert abs(pt["partial_pearson"]) < 0.15 and pt["partial_pearson_p"] > 0.05  # ... only through length
+    gc = grp(tmp_path, "long+1", {"nuclear": size(lb, shift=1.0)}, roles=("q",), lengths=lb)
+    pt = partial_table([ga, gc]).iloc[0]
+    assert pt["partial_pearson"] > 0.5 and pt["partial_pearson_p"] < 1e-6  # a real group effect survives
+    assert pt["partial_spearman"] > 0.3
+
+
+# ---- validation and clear messages -----------------------------------------------------------
+
+
+def test_different_depths_refused(tmp_path):
+    rng = np.random.default_rng(10)
+    ga = grp(tmp_path, "deep", {"nuclear": noise(rng, 5, 2, 6)})
+    gb = grp(tmp_path, "shallow", {"nuclear": noise(rng, 5, 2, 4)})
+    with pytest.raises(IncompatibleGroups) as e:
+        compare_table([ga, gb], ["nuclear"], n_perm=9)
+    msg = str(e.value)
+    assert "'deep'" in msg and "'shallow'" in msg and "6 layers" in msg and "4" in msg and "depth differs" in msg
+
+
+def test_different_module_sets_refused(tmp_path):
+    rng = np.random.default_rng(11)
+    ga = grp(tmp_path, "attn", {"nuclear": noise(rng, 5, 2, 3)}, roles=("q", "o"))
+    gb = grp(tmp_path, "qonly", {"nuclear": noise(rng, 5, 1, 3)}, roles=("q",))
+    with pytest.raises(IncompatibleGroups, match=r"module sets differ: 3 only in 'attn' \(e\.g\. model\.layers\.0\.self_attn\.o_proj"):
+        compare_groups(ga, gb, ["nuclear"], n_perm=9)
+
+
+def test_single_example_group(tmp_path):
+    g = grp(tmp_path, "one", {"nuclear": np.full((1, 2, 3), 2.5)})
+    assert any("single ok example" in n and "undefined" in n for n in g.notes)
+    t = curve_table([g], ["nuclear"], n_boot=50)
+    assert (t["mean"] == 2.5).all() and t["ci_low"].isna().all() and t["ci_high"].isna().all() and (t["n"] == 1).all()
+    assert mad_table([g], ["nuclear"], n_boot=50)["ci_low"].isna().all()
+
+
+def test_nan_values_excluded_per_layer_and_reported(tmp_path):
+    rng = np.random.default_rng(12)
+    x = noise(rng, 8, 2, 4).astype(object)
+    x[3, 0, 2] = np.nan  # stored NaN
+    x[5, 0, 2] = None  # no row at all
+    x[5, 1, 1] = np.nan
+    g = grp(tmp_path, "holes", {"nuclear": x})
+    t = curve_table([g], ["nuclear"], n_boot=100).set_index(["role", "layer"])
+    assert t.loc[("q", 2), "n"] == 6 and t.loc[("o", 1), "n"] == 7 and t.loc[("q", 1), "n"] == 8
+    keep = [i for i in range(8) if i not in (3, 5)]
+    assert t.loc[("q", 2), "mean"] == pytest.approx(np.mean([x[i, 0, 2] for i in keep]))
+    ex = exclusions(g, ["nuclear"]).set_index(["role", "layer"])
+    assert ex.loc[("q", 2), "n_excluded"] == 2 and ex.loc[("o", 1), "n_excluded"] == 1 and len(ex) == 2
+    other = grp(tmp_path, "full", {"nuclear": noise(rng, 8, 2, 4)})
+    c = compare_groups(other, g, ["nuclear"], n_perm=99).set_index(["role", "layer"])
+    assert c.loc[("q", 2), "n_b"] == 6 and c.loc[("q", 2), "n_a"] == 8 and np.isfinite(c.loc[("q", 2), "p_value"])
+
+
+def test_not_ok_examples_counted(tmp_path):
+    rng = np.random.default_rng(13)
+    g = grp(tmp_path, "g", {"nuclear": noise(rng, 4, 2, 3)},
+            not_ok=[("skipped", "no response tokens"), ("skipped", "no response tokens"), ("failed", "out of memory")])
+    s = status_table([g]).set_index(["status", "reason"])
+    assert s.loc[("skipped", "no response tokens"), "count"] == 2 and s.loc[("failed", "out of memory"), "count"] == 1
+    assert g.n == 4 and any("3 of 7 examples are not ok" in n for n in g.notes)
+
+
+def test_no_ok_examples_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad"
+    store = RunStore(path)
+    store.open({"model": "m", "n_layers": 2, "module_names": []})
+    store.write_part([{"id": "x", "status": "failed", "reason": "boom", "order": 0}], [])
+    with pytest.raises(AnalysisError, match=r"no examples with status ok \(failed \(boom\): 1\)"):
+        load_group("bad", path)
+
+
+def test_imported_run_without_spectrum_metrics(tmp_path):
+    # Runs imported from the paper's JSONL store nuclear/spectral/frobenius but no spectrum.
+    rng = np.random.default_rng(14)
+    vals = {m: noise(rng, 5, 2, 3) for m in ("nuclear", "spectral", "frobenius", "min_sigma")}
+    g = grp(tmp_path, "paper", vals, prompt_mode="imported", fill=False, manifest_extra={"n_layers": None})
+    assert g.n_layers == 3 and any("n_layers" in n for n in g.notes)
+    assert not g.available("effective_rank") and any("effective_rank" in n for n in g.notes)
+    t = curve_table([g], ["nuclear", "effective_rank"], n_boot=50)
+    assert set(t["metric"]) == {"nuclear"}
+
+
+def test_cosine_curves(tmp_path):
+    rng = np.random.default_rng(15)
+    n, L = 6, 3
+    rows = [{"id": f"e{i}", "kind": "next_layer", "role": "q", "layer": l, "module_a": f"model.layers.{l}.self_attn.q_proj",
+             "module_b": f"model.layers.{l + 1}.self_attn.q_proj", "cosine": 0.1 * l + 0.01 * (i - 2.5)}
+            for i in range(n) for l in range(L - 1)]
+    g = grp(tmp_path, "cos", {"nuclear": noise(rng, n, 2, L)}, cosine=rows)
+    t = cosine_table([g], n_boot=100)
+    assert list(t["layer"]) == [0, 1] and np.allclose(t["mean"], [0.0, 0.1]) and (t["n"] == n).all()

@@ -1,0 +1,233 @@
+"""The fast path against the dense autograd oracle, on tiny models of several architectures (fp64)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import ARCHS, make_model, write_json
+from layergrad import engine, oracle
+from layergrad.config import RunConfig
+from layergrad.data import load_examples
+from layergrad.models import LoadedModel
+from layergrad.modules import find_targets
+from layergrad.prompting import encode
+from layergrad.store import load_results
+
+RTOL = 1e-8  # fp64 model and statistics: agreement to ~1e-12 is typical; 1e-8 leaves room for the QR path
+
+
+def loaded(model, tok):
+    return LoadedModel(model=model, tokenizer=tok, source="test", path="test", fingerprint="fp", dtype=str(model.dtype).removeprefix("torch."))
+
+
+def run_and_load(tmp_path, model, tok, records, **kw):
+    data = write_json(tmp_path / "d.json", records)
+    cfg = RunConfig(data=[str(data)], out=str(tmp_path / kw.pop("out", "run")), progress=False, stats_dtype="float64",
+                    spectrum_k=None, **kw)
+    engine.run(cfg, loaded=loaded(model, tok))
+    return load_results(cfg.out), data
+
+
+def oracle_for(model, tok, data, mode, targets, max_length=1024):
+    exs, _ = load_examples([str(data)])
+    out = {}
+    for ex in exs:
+        enc = encode(ex, tok, mode, max_length)
+        if enc.skip_reason:
+            continue
+        loss, grads = oracle.example_gradients(model, enc.input_ids, max(enc.n_prompt, 1), targets)
+        out[ex.id] = (loss, oracle.dense_stats(grads))
+    return out
+
+
+def assert_matches_oracle(res, want, tol=RTOL):
+    assert len(res.ok) == len(want)
+    for _, ex in res.ok.iterrows():
+        loss, stats = want[ex["id"]]
+        assert ex["loss"] == pytest.approx(loss, rel=1e-10)
+        rows = res.modules[res.modules["id"] == ex["id"]]
+        assert len(rows) == len(stats)
+        for _, r in rows.iterrows():
+            o = stats[r["module"]]
+            scale = o["spectral"]
+            for k in ("nuclear", "spectral", "frobenius", "top1_share", "effective_rank", "stable_rank"):
+                assert r[k] == pytest.approx(o[k], rel=tol), (r["module"], k)
+            assert abs(r["min_sigma"] - o["min_sigma"]) <= tol * scale
+            s = torch.tensor(r["spectrum"], dtype=torch.float64)
+            torch.testing.assert_close(s, o["svdvals"][: len(s)].float().double(), rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mode", ["base", "chat"])
+def test_batched_run_equals_dense_oracle(tmp_path, tokenizer, records, arch, mode):
+    model = make_model(arch, len(tokenizer))
+    res, data = run_and_load(tmp_path, model, tokenizer, records, modules="all", prompt_mode=mode, batch_size=3)
+    targets = find_targets(model, "all")
+    assert_matches_oracle(res, oracle_for(model, tokenizer, data, mode, targets))
+    # both computation paths were exercised somewhere in the suite
+    assert set(res.modules["method"]) <= {"factored", "dense"}
+
+
+@pytest.mark.parametrize("method", ["factored", "dense"])
+def test_each_method_equals_oracle(tmp_path, tokenizer, records, method):
+    model = make_model("llama", len(tokenizer))
+    res, data = run_and_load(tmp_path, model, tokenizer, records, method=method, prompt_mode="base", batch_size=5)
+    assert set(res.modules["method"]) == {method}
+    assert_matches_oracle(res, oracle_for(model, tokenizer, data, "base", find_targets(model, "all")))
+
+
+def test_batch_of_many_equals_each_alone_padding_changes_nothing(tmp_path, tokenizer, records):
+    model = make_model("qwen2", len(tokenizer))
+    many, _ = run_and_load(tmp_path, model, tokenizer, records, batch_size=5, out="many")
+    one, _ = run_and_load(tmp_path, model, tokenizer, records, batch_size=1, out="one")
+    cols = ["nuclear", "spectral", "frobenius", "min_sigma", "top1_share", "effective_rank", "stable_rank"]
+    a = many.modules.sort_values(["id", "module"]).reset_index(drop=True)
+    b = one.modules.sort_values(["id", "module"]).reset_index(drop=True)
+    assert list(a["module"]) == list(b["module"])
+    for c in cols:
+        torch.testing.assert_close(torch.tensor(a[c].values), torch.tensor(b[c].values), rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(torch.tensor(many.examples["loss"].values), torch.tensor(one.examples["loss"].values), rtol=1e-12, atol=0)
+
+
+def test_users_model_is_left_as_found(tmp_path, tokenizer, records):
+    model = make_model("llama", len(tokenizer))
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run_and_load(tmp_path, model, tokenizer, records)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_no_weight_gradient_is_computed(tmp_path, tokenizer, records, monkeypatch):
+    """The backward carries activation gradients only: no parameter ever receives a .grad."""
+    model = make_model("llama", len(tokenizer))
+    seen = []
+    for p in model.parameters():
+        p.register_hook(lambda g: seen.append(g.shape))
+    run_and_load(tmp_path, model, tokenizer, records)
+    assert seen == []
+
+
+def test_single_token_response_and_attention_subset(tmp_path, tokenizer):
+    model = make_model("mistral", len(tokenizer))
+    recs = [{"instruction": "What is 12 plus 30?", "output": "4"}, {"instruction": "Q", "output": "The answer is 42."}]
+    res, data = run_and_load(tmp_path, model, tokenizer, recs, modules="q,k,v,o", prompt_mode="base")
+    assert set(res.modules["role"]) == {"q", "k", "v", "o"}
+    assert (res.ok["n_response_tokens"] >= 1).all()
+    assert_matches_oracle(res, oracle_for(model, tokenizer, data, "base", find_targets(model, "q,k,v,o")))
+
+
+def test_module_called_twice_sums_both_calls(tokenizer):
+    """A module shared by two places (weight tying): its gradient is the sum of both calls'."""
+    from layergrad.capture import Capture, activation_only_backward
+    from layergrad.measure import Measurer
+    from layergrad.modules import Target
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 6, bias=False).double()
+    net = torch.nn.Sequential(lin, torch.nn.Tanh(), lin)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    t = Target("shared", lin, 0, "unknown", 6, 6, "linear")
+    meas = Measurer(stats_dtype=torch.float64, spectrum_k=None)
+    with activation_only_backward(net), Capture([t], meas) as cap:
+        y = net(x)
+        meas.begin(torch.ones(2, 5), cap.consumers(), {})
+        (y ** 2).sum(dim=(1, 2)).sum().backward()
+        cap.finish()
+    got = meas.results["shared"].stats["nuclear"]
+    want = []
+    for b in range(2):
+        lin.weight.grad = None
+        with torch.enable_grad():
+            lin.weight.requires_grad_(True)
+            (net(x[b : b + 1]) ** 2).sum().backward()
+        want.append(torch.linalg.svdvals(lin.weight.grad).sum())
+    torch.testing.assert_close(got, torch.stack(want))
+
+
+def test_truncated_response_is_stored_as_skipped_with_reason(tmp_path, tokenizer):
+    model = make_model("llama", len(tokenizer))
+    recs = [{"instruction": "What is 12 plus 30? " * 5, "output": "The answer is 42."},
+            {"instruction": "Q", "output": "42"}]
+    res, _ = run_and_load(tmp_path, model, tokenizer, recs, max_length=8, prompt_mode="base")
+    skipped = res.examples[res.examples["status"] == "skipped"]
+    assert len(skipped) == 1 and "max-length 8" in skipped["reason"].iloc[0]
+    assert len(res.ok) == 1 and bool(res.ok["truncated"].iloc[0]) is False
+
+
+def test_resume_skips_stored_examples_by_id_not_instruction(tmp_path, tokenizer, records):
+    model = make_model("llama", len(tokenizer))
+    data = write_json(tmp_path / "d.json", records)
+    cfg = RunConfig(data=[str(data)], out=str(tmp_path / "run"), progress=False, limit=2, batch_size=1)
+    s1 = engine.run(cfg, loaded=loaded(model, tokenizer))
+    assert s1.computed == 2
+    cfg.limit = None
+    with pytest.raises(ValueError, match="data_fingerprint"):  # a different dataset slice is another run
+        engine.run(cfg, loaded=loaded(model, tokenizer))
+
+
+def test_rerun_resumes_and_final_store_equals_uninterrupted(tmp_path, tokenizer, records, monkeypatch):
+    model = make_model("llama", len(tokenizer))
+    data = write_json(tmp_path / "d.json", records)
+    full = RunConfig(data=[str(data)], out=str(tmp_path / "full"), progress=False, batch_size=2)
+    engine.run(full, loaded=loaded(model, tokenizer))
+    cut = RunConfig(data=[str(data)], out=str(tmp_path / "cut"), progress=False, batch_size=2)
+    calls = {"n": 0}
+    real = engine.compute_batch
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "compute_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(cut, loaded=loaded(model, tokenizer))
+    monkeypatch.setattr(engine, "compute_batch", real)
+    s = engine.run(cut, loaded=loaded(model, tokenizer))
+    assert s.skipped_done == 2 and s.computed == 3
+    a, b = load_results(full.out), load_results(cut.out)
+    assert list(a.examples["id"]) == list(b.examples["id"])
+    assert a.modules.drop(columns=["spectrum"]).equals(b.modules.drop(columns=["spectrum"]))
+    # the same instruction with two responses is two examples
+    assert (a.examples["instruction"] == records[0]["instruction"]).sum() == 2
+
+
+def test_gradient_checkpointing_model_gives_same_numbers(tmp_path, tokenizer, records):
+    model = make_model("llama", len(tokenizer))
+    plain, _ = run_and_load(tmp_path, model, tokenizer, records, out="plain")
+    model.gradient_checkpointing_enable()
+    model.train(False)
+    ckpt, _ = run_and_load(tmp_path, model, tokenizer, records, out="ckpt")
+    torch.testing.assert_close(torch.tensor(plain.modules["nuclear"].values), torch.tensor(ckpt.modules["nuclear"].values), rtol=1e-9, atol=0)
+
+
+def test_empty_selection_is_a_clear_error(tmp_path, tokenizer, records):
+    from layergrad.modules import SelectionError
+
+    model = make_model("gpt2", len(tokenizer))
+    with pytest.raises(SelectionError, match="roles present"):
+        run_and_load(tmp_path, model, tokenizer, records, modules="gate")
+
+
+def test_fp32_model_stats_close_to_fp64_oracle(tmp_path, tokenizer, records):
+    model = make_model("llama", len(tokenizer), dtype="float32")
+    data = write_json(tmp_path / "d.json", records)
+    cfg = RunConfig(data=[str(data)], out=str(tmp_path / "r"), progress=False)
+    engine.run(cfg, loaded=loaded(model, tokenizer))
+    res = load_results(cfg.out)
+    want = oracle_for(model.double(), tokenizer, data, "chat", find_targets(model, "all"))
+    worst = 0.0
+    for _, r in res.modules.iterrows():
+        o = want[r["id"]][1][r["module"]]
+        worst = max(worst, abs(r["nuclear"] - o["nuclear"]) / o["nuclear"])
+    assert worst < 1e-4
+    assert math.isfinite(worst)

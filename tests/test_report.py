@@ -1,0 +1,274 @@
+"""The report: files and columns, traceability, labels, validation, CLI, and a real headless browser."""
+from __future__ import annotations
+
+import argparse
+import html as htmllib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from layergrad.analysis import AnalysisError, IncompatibleGroups
+from layergrad.report import build_report, make_report
+from layergrad.report.cli import add_parser
+from test_analysis import make_run, noise
+
+ROLES = ("q", "k", "v", "o")
+L = 6
+FAST = {"n_boot": 200, "n_perm": 499}
+CHROMIUM = shutil.which("chromium")
+
+
+def _cosine_rows(n, rng):
+    rows = []
+    for i in range(n):
+        for l in range(L):
+            for kind, roles in (("next_layer", ROLES), ("q_o", ("q",)), ("k_v", ("k",))):
+                if kind == "next_layer" and l == L - 1:
+                    continue
+                for r in roles:
+                    rows.append({"id": f"e{i}", "kind": kind, "role": r, "layer": l, "module_a": f"model.layers.{l}.self_attn.{r}_proj",
+                                 "module_b": "b", "cosine": float(np.tanh(0.1 * l + 0.1 * rng.standard_normal()))})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """Two groups: 'fast' (short answers) and 'slow' (long, larger and flatter gradients); NaNs, failures, cosines."""
+    tmp = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    runs = []
+    for label, shift, n in (("fast", 0.0, 14), ("slow", 1.0, 16)):
+        lengths = rng.integers(20, 60, n) * (1 + 3 * shift)
+        vals = {
+            "nuclear": noise(rng, n, len(ROLES), L, loc=1.0 + shift, scale=0.1),
+            "top1_share": noise(rng, n, len(ROLES), L, loc=0.4 - 0.1 * shift, scale=0.02),
+            "effective_rank": noise(rng, n, len(ROLES), L, loc=4.0 + shift, scale=0.3),
+        }
+        if label == "slow":
+            vals["nuclear"][2, 1, 3] = np.nan  # one NaN: excluded from that cell, reported
+        path = make_run(tmp / label, vals, ROLES, lengths=lengths, model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                        prompt_mode="chat", data=(f"{label}_thinking.json",), cosine=_cosine_rows(n, rng),
+                        not_ok=[("skipped", "no response tokens after truncation")] if label == "fast" else [])
+        runs.append((label, path))
+    out = tmp / "out"
+    rep = make_report(runs, out, seed=0, **FAST)
+    return rep, out
+
+
+def test_outputs_and_columns(report):
+    rep, out = report
+    assert rep.index == out / "index.html" and rep.index.exists()
+    want = {
+        "curves": ["group", "role", "layer", "metric", "mean", "ci_low", "ci_high", "n"],
+        "mad": ["group", "role", "segment", "metric", "mad", "ci_low", "ci_high"],
+        "compare": ["group_a", "group_b", "role", "layer", "metric", "rel_diff", "auroc", "p_value", "p_adjusted", "n_a", "n_b"],
+        "length": ["group", "role", "metric", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p"],
+        "cosine": ["group", "kind", "role", "layer", "mean", "ci_low", "ci_high", "n"],
+    }
+    for name, cols in want.items():
+        df = pd.read_csv(out / f"{name}.csv")
+        assert list(df.columns) == cols, name
+        assert len(df) > 0, name
+        assert (out / f"{name}.md").read_text().splitlines()[2].startswith("| " + " | ".join(cols) + " |")
+        tex = (out / f"{name}.tex").read_text()
+        assert r"\begin{longtable}" in tex and r"\toprule" in tex and tex.count(r"\\") >= len(df)
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["metric"]) == {"nuclear", "spectral", "frobenius", "top1_share", "effective_rank"}
+    assert len(curves) == 2 * 5 * len(ROLES) * L
+    assert set(pd.read_csv(out / "mad.csv")["segment"]) == {"early", "middle", "late", "all"}
+    compare = pd.read_csv(out / "compare.csv")
+    assert len(compare) == 5 * len(ROLES) * L and set(compare["group_a"]) == {"fast"}
+    nuc = compare[compare["metric"] == "nuclear"]
+    assert (nuc["auroc"] == 1.0).all() and (nuc["p_adjusted"] < 0.01).all()
+    for stem in ("curves_nuclear", "curves_top1_share", "curves_effective_rank", "mad_nuclear", "auroc_1_vs_2",
+                 "length_nuclear", "cosine_next_layer", "cosine_q_o", "cosine_k_v"):
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
+        assert (out / "figures" / f"{stem}.svg").stat().st_size > 10_000
+
+
+def _png_dpi(path: Path) -> float:
+    data = path.read_bytes()
+    i = data.index(b"pHYs")
+    ppm = int.from_bytes(data[i + 4:i + 8], "big")  # pixels per metre
+    return ppm * 0.0254
+
+
+def test_png_300_dpi_and_figures_labelled(report):
+    _, out = report
+    assert _png_dpi(out / "figures" / "curves_nuclear.png") == pytest.approx(300, abs=1)
+    for svg in (out / "figures").glob("*.svg"):
+        text = htmllib.unescape(svg.read_text())
+        assert "SmolLM2-135M-Instruct" in text, svg.name  # model
+        assert "prompt mode: chat" in text, svg.name  # prompt mode
+        assert "slow_thinking.json" in text and "n=16" in text, svg.name  # data and number of examples
+        if svg.name.startswith("auroc"):
+            assert "fast_thinking.json" in text and "n=14" in text
+
+
+def test_html_is_traceable_to_csv(report):
+    """Every number shown in the HTML tables is a (rounded) value of a CSV written beside it."""
+    _, out = report
+    page = (out / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # no network, no JS
+    csv_numbers = set()
+    for f in out.glob("*.csv"):
+        for v in pd.read_csv(f).select_dtypes("number").to_numpy().ravel():
+            if np.isfinite(v):
+                csv_numbers.add(float(f"{v:.3g}"))
+                csv_numbers.add(float(f"{v:.4g}"))
+    cells = re.findall(r'<td class="num">([^<]*)</td>', page)
+    assert len(cells) > 500
+    shown = [float(c) for c in cells if c not in ("–",)]
+    missing = [v for v in shown if v not in csv_numbers]
+    assert not missing, missing[:10]
+    for img in re.findall(r'<img src="([^"]+)"', page):
+        assert (out / img).exists() and not img.startswith("/")
+
+
+def test_html_states_methods_and_notes(report):
+    _, out = report
+    text = htmllib.unescape(re.sub(r"<[^>]+>", " ", (out / "index.html").read_text()))
+    assert "Benjamini-Hochberg" in text and "across all tests of one pair of groups" in text
+    assert "np.array_split" in text and "early = layers 0-1, middle = layers 2-3, late = layers 4-5" in text
+    assert "1 of 15 examples are not ok" in text and "no response tokens after truncation" in text
+    assert "excluded from those cells only" in text and "nuclear q layer 3" not in text  # role k, not q
+    assert "nuclear k layer 3" in text
+    ex = pd.read_csv(out / "exclusions.csv")
+    assert ex.to_dict("records") == [{"group": "slow", "metric": "nuclear", "role": "k", "layer": 3, "n_excluded": 1, "n_total": 16}]
+    cur = pd.read_csv(out / "curves.csv").query("group == 'slow' and metric == 'nuclear' and role == 'k' and layer == 3")
+    assert int(cur["n"].iloc[0]) == 15
+
+
+def test_incompatible_runs_refused_before_writing(tmp_path):
+    rng = np.random.default_rng(1)
+    a = make_run(tmp_path / "a", {"nuclear": noise(rng, 4, 2, 6)})
+    b = make_run(tmp_path / "b", {"nuclear": noise(rng, 4, 2, 8)})
+    with pytest.raises(IncompatibleGroups, match=r"'A' vs 'B': depth differs: 'A' has 6 layers, 'B' has 8"):
+        build_report([("A", a), ("B", b)], tmp_path / "out", **FAST)
+    assert not (tmp_path / "out" / "index.html").exists()
+    with pytest.raises(AnalysisError, match="repeated: 'A'"):
+        build_report([("A", a), ("A", a)], tmp_path / "out")
+    with pytest.raises(AnalysisError, match="unknown metric 'nuclaer'; did you mean 'nuclear'"):
+        build_report([("A", a)], tmp_path / "out", metrics=("nuclaer",))
+
+
+def test_single_imported_run(tmp_path):
+    """A run imported from the paper's JSONL (no spectrum metrics, depth inferred) reports alone."""
+    rng = np.random.default_rng(2)
+    vals = {m: noise(rng, 1, 2, 3) for m in ("nuclear", "spectral", "frobenius", "min_sigma")}
+    run = make_run(tmp_path / "paper", vals, prompt_mode="imported", fill=False, manifest_extra={"n_layers": None})
+    rep = make_report([("paper", run)], tmp_path / "out", **FAST)
+    text = rep.index.read_text()
+    assert "single ok example" in text and "stores no values of" in text and "effective_rank" in text
+    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    assert set(curves["metric"]) == {"nuclear", "spectral", "frobenius"} and curves["ci_low"].isna().all()
+    assert not (tmp_path / "out" / "figures" / "auroc_1_vs_2.png").exists()
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="layergrad")
+    add_parser(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_cli(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    a = make_run(tmp_path / "a", {"nuclear": noise(rng, 5, 2, 3)})
+    b = make_run(tmp_path / "b", {"nuclear": noise(rng, 5, 2, 3)})
+    args = _parser().parse_args(["report", "--run", "None CoT=" + str(a), "--run", str(b), "--out", str(tmp_path / "o"),
+                                 "--metric", "nuclear", "--n-boot", "50", "--n-perm", "99"])
+    assert args.runs == [("None CoT", a), ("b", b)]
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "o" / "index.html")
+    assert set(pd.read_csv(tmp_path / "o" / "curves.csv")["metric"]) == {"nuclear"}
+    c = make_run(tmp_path / "c", {"nuclear": noise(rng, 5, 1, 3)}, roles=("q",))
+    args = _parser().parse_args(["report", "--run", f"A={a}", "--run", f"C={c}", "--out", str(tmp_path / "o2")])
+    assert args.func(args) == 2
+    assert "module sets differ" in capsys.readouterr().err
+    args = _parser().parse_args(["report", "--run", f"X={tmp_path / 'nothing'}", "--out", str(tmp_path / "o3")])
+    assert args.func(args) == 2 and "not a layergrad run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["report", "--out", "x"])  # --run is required
+    help_text = _parser()._subparsers._group_actions[0].choices["report"].format_help()
+    assert "examples:" in help_text and 'layergrad report --run "None CoT=' in help_text
+
+
+# ---- headless browser ------------------------------------------------------------------------
+
+_PROBE = """<script>
+window.__lgErrors = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  window.__lgErrors.push(t && t !== window && (t.src || t.href) ? 'failed to load ' + (t.src || t.href) : String(e.message));
+}, true);
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.map.call(document.images, function (i) {
+    return {src: i.getAttribute('src'), width: i.naturalWidth, complete: i.complete};
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'layergrad-probe';
+  pre.textContent = JSON.stringify({errors: window.__lgErrors, images: imgs});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def browser_check(page: Path, profile: Path) -> dict:
+    """Load ``page`` in headless chromium: console messages, error events, and every image's natural width.
+
+    A copy of the page with a probe script (error listener + image check on load) is placed beside
+    it, so relative image paths resolve exactly as for the page itself; the probe's findings are
+    read back from the DOM (``--dump-dom``). Console messages come from chromium's log on stderr.
+    """
+    probe = page.with_name("_browser_probe.html")
+    probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + _PROBE, 1), encoding="utf-8")
+    try:
+        res = _chromium(["--dump-dom", "--virtual-time-budget=10000", probe.as_uri()], profile)
+    finally:
+        probe.unlink()
+    m = re.search(r'<pre id="layergrad-probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"probe did not run; chromium rc={res.returncode}, stderr tail: {res.stderr[-800:]}"
+    found = json.loads(htmllib.unescape(m.group(1)))
+    found["console"] = [line for line in res.stderr.splitlines() if ":CONSOLE" in line and "_browser_probe" in line]
+    return found
+
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not found on PATH: run `make browser` (Debian package chromium)")
+
+
+@needs_chromium
+def test_browser_check_detects_problems(tmp_path):
+    """The check itself can fail: a missing image and a script error are caught."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><title>t</title></head><body><img src="missing.png">'
+                    "<script>undefinedFunction();</script></body></html>")
+    found = browser_check(page, tmp_path / "profile")
+    assert found["images"] == [{"src": "missing.png", "width": 0, "complete": True}]
+    assert any("missing.png" in e for e in found["errors"]) and any("undefinedFunction" in e for e in found["errors"])
+    assert any("undefinedFunction" in c for c in found["console"])
+
+
+@needs_chromium
+def test_report_in_headless_browser(report, tmp_path):
+    _, out = report
+    found = browser_check(out / "index.html", tmp_path / "profile")
+    assert found["errors"] == [] and found["console"] == []
+    assert len(found["images"]) == 3 + 3 + 1 + 1 + 3  # curves, MAD, AUROC, length, cosine
+    bad = [i for i in found["images"] if not (i["complete"] and i["width"] > 0)]
+    assert not bad, bad
+    shot = tmp_path / "report.png"
+    res = _chromium([f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", (out / "index.html").as_uri()], tmp_path / "profile2")
+    assert shot.exists() and shot.stat().st_size > 50_000, res.stderr[-800:]
+    assert not [line for line in res.stderr.splitlines() if ":CONSOLE" in line]

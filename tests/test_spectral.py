@@ -1,0 +1,99 @@
+"""Unit tests of the math core: no model, tensors only."""
+import math
+
+import pytest
+import torch
+
+from layergrad import spectral as S
+
+SHAPES = [  # (t, i, o): short sequences, long sequences, square, a single token
+    (5, 16, 8), (40, 16, 8), (7, 7, 7), (1, 4, 6), (12, 9, 30), (3, 50, 50),
+]
+
+
+@pytest.mark.parametrize("t,i,o", SHAPES, ids=[f"t{t}-i{i}-o{o}" for t, i, o in SHAPES])
+def test_factored_equals_dense_oracle(t, i, o):
+    g = torch.Generator().manual_seed(t * 1000 + i * 10 + o)
+    X = torch.randn(4, t, i, dtype=torch.float64, generator=g)
+    D = torch.randn(4, t, o, dtype=torch.float64, generator=g)
+    dense = S.dense_svdvals(X, D)
+    fact = S.factored_svdvals(X, D)
+    r = fact.shape[-1]
+    assert r == min(t, i, o)
+    torch.testing.assert_close(fact, dense[:, :r], rtol=1e-10, atol=1e-12)
+    # beyond the rank everything is zero
+    assert dense[:, r:].abs().max().item() < 1e-10 if dense.shape[-1] > r else True
+
+
+def test_zero_padding_rows_change_nothing():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(2, 6, 10, dtype=torch.float64, generator=g)
+    D = torch.randn(2, 6, 5, dtype=torch.float64, generator=g)
+    Xp = torch.cat([X, torch.zeros(2, 4, 10, dtype=torch.float64)], 1)
+    Dp = torch.cat([D, torch.zeros(2, 4, 5, dtype=torch.float64)], 1)
+    torch.testing.assert_close(S.factored_svdvals(Xp, Dp)[:, :5], S.factored_svdvals(X, D), rtol=1e-10, atol=1e-12)
+
+
+def test_metrics_of_known_spectrum():
+    s = torch.tensor([[4.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
+    st = S.spectrum_stats(s, full_rank=4)
+    assert st.nuclear.item() == 8.0
+    assert st.spectral.item() == 4.0
+    assert st.frobenius.item() == pytest.approx(math.sqrt(24))
+    assert st.min_sigma.item() == 0.0
+    assert st.top1_share.item() == 0.5
+    p = [0.5, 0.25, 0.25]
+    assert st.effective_rank.item() == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)))
+    assert st.stable_rank.item() == pytest.approx(24 / 16)
+
+
+def test_min_sigma_is_zero_below_full_rank_and_smallest_at_full_rank():
+    s = torch.tensor([[3.0, 1.0]], dtype=torch.float64)
+    assert S.spectrum_stats(s, full_rank=5).min_sigma.item() == 0.0
+    assert S.spectrum_stats(s, full_rank=2).min_sigma.item() == 1.0
+
+
+def test_effective_rank_of_flat_spectrum_is_its_length():
+    s = torch.ones(1, 7, dtype=torch.float64)
+    assert S.spectrum_stats(s, 7).effective_rank.item() == pytest.approx(7.0)
+
+
+def test_zero_gradient_gives_nan_ratios_not_fake_numbers():
+    st = S.spectrum_stats(torch.zeros(1, 3, dtype=torch.float64), 3)
+    assert st.nuclear.item() == 0.0
+    assert math.isnan(st.top1_share.item()) and math.isnan(st.stable_rank.item())
+
+
+def test_elementwise_stats_equal_dense():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(3, 5, 6, dtype=torch.float64, generator=g)
+    D = torch.randn(3, 5, 4, dtype=torch.float64, generator=g)
+    G = S.dense_gradient(X, D)
+    mean, mx, mn = S.elementwise_stats(X, D)
+    torch.testing.assert_close(mean, G.mean(dim=(-2, -1)))
+    torch.testing.assert_close(mx, G.amax(dim=(-2, -1)))
+    torch.testing.assert_close(mn, G.amin(dim=(-2, -1)))
+
+
+def test_cosine_from_factors_equals_dense():
+    g = torch.Generator().manual_seed(4)
+    Xa, Xb = torch.randn(2, 2, 5, 6, dtype=torch.float64, generator=g)
+    Da, Db = torch.randn(2, 2, 5, 4, dtype=torch.float64, generator=g)
+    Ga, Gb = S.dense_gradient(Xa, Da), S.dense_gradient(Xb, Db)
+    want = (Ga * Gb).sum((-2, -1)) / (Ga.norm(dim=(-2, -1)) * Gb.norm(dim=(-2, -1)))
+    torch.testing.assert_close(S.gradient_cosine(Xa, Da, Xb, Db), want)
+    torch.testing.assert_close(S.gradient_cosine(Xa, Da, Xa, Da), torch.ones(2, dtype=torch.float64))
+
+
+def test_choose_method_prefers_factored_for_short_and_dense_for_long():
+    assert S.choose_method(50, 2048, 2048) == "factored"
+    assert S.choose_method(8000, 64, 64) == "dense"
+
+
+def test_fp32_factored_close_to_fp64_oracle():
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(2, 30, 64, dtype=torch.float64, generator=g)
+    D = torch.randn(2, 30, 48, dtype=torch.float64, generator=g) * 1e-4
+    want = S.dense_svdvals(X, D)[:, :30]
+    got = S.factored_svdvals(X.float(), D.float()).double()
+    assert ((got - want).abs().max() / want.max()).item() < 1e-5
