@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/layergrad demo
+	$(BIN)/layergrad experiment experiments/demo.toml
 
 # Headless Debian chromium for the HTML report's browser test (tests/test_report.py).
 browser:

@@ -166,12 +166,6 @@ def cmd_validate(a) -> int:
     return 0
 
 
-def cmd_demo(a) -> int:
-    from .demo import run_demo
-
-    return run_demo(a.out, n=a.n, limit_layers=None)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layergrad", description="Per-example, layer-wise gradient spectra of LLM fine-tuning data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -199,12 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("demo", help="run the embedded default model on the built-in fast/slow-thinking data")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--n", type=int, default=12, help="problems per response style")
-    p.set_defaults(func=cmd_demo)
-
-    for mod in ("layergrad.report.cli",):
+    for mod in ("layergrad.report.cli", "layergrad.experiment"):
         try:
             __import__(mod, fromlist=["add_parser"]).add_parser(sub)
         except ImportError:

@@ -6,13 +6,14 @@ import sys
 
 def expected_errors() -> tuple[type, ...]:
     from .data import DataError
+    from .experiment import ExperimentError
     from .models import ModelError
     from .modules import SelectionError
     from .prompting import PromptError
     from .reference import ReferenceFormatError
     from .store import ConfigMismatch
 
-    return (DataError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch, FileNotFoundError)
+    return (DataError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch, FileNotFoundError)
 
 
 def friendly(func, args) -> int:

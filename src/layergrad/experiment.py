@@ -1,0 +1,191 @@
+"""``layergrad experiment CONFIG.toml``: a whole study — models x groups — then one report per
+comparison and an overview page linking them. Every run is resumable, so rerunning the same
+command continues where it stopped.
+
+Config (TOML)::
+
+    name = "fast_slow"
+    out = "runs/fast_slow"            # relative to the current directory
+    data_root = "../../shared/data"   # relative to this file; $LAYERGRAD_DATA overrides
+    [run]                             # RunConfig options for every run (see `layergrad run --help`)
+    limit = 8
+    modules = "all"
+    [[models]]
+    name = "SmolLM2-135M-Instruct"
+    model = "default"
+    [[groups]]
+    label = "gsm8k / Detailed CoT"
+    data = "cot_500/gsm8k_train_with_cot_gpt4o.json"   # or "builtin:detailed" (synthetic data)
+    [[comparisons]]
+    title = "gsm8k: fast vs slow thinking"
+    groups = ["gsm8k / None CoT", "gsm8k / Detailed CoT"]
+"""
+from __future__ import annotations
+
+import html
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RunConfig
+
+
+class ExperimentError(ValueError):
+    pass
+
+
+@dataclass
+class Job:
+    model_name: str
+    label: str
+    cfg: RunConfig
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            conf = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ExperimentError(f"{path}: no such experiment file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ExperimentError(f"{path}: not valid TOML: {e}") from None
+    conf["_base"] = path.resolve().parent
+    for key in ("name", "models", "groups"):
+        if key not in conf:
+            raise ExperimentError(f"{path}: missing '{key}' (see `layergrad experiment --help` for the format)")
+    labels = [g.get("label") for g in conf["groups"]]
+    for i, g in enumerate(conf["groups"]):
+        for k in ("label", "data"):
+            if not isinstance(g.get(k), str):
+                raise ExperimentError(f"{path}: groups[{i}] needs a string '{k}'")
+    dup = {x for x in labels if labels.count(x) > 1}
+    if dup:
+        raise ExperimentError(f"{path}: group labels must be unique; repeated: {', '.join(sorted(dup))}")
+    for i, c in enumerate(conf.get("comparisons", [])):
+        unknown = [g for g in c.get("groups", []) if g not in labels]
+        if unknown or len(c.get("groups", [])) < 1:
+            raise ExperimentError(f"{path}: comparisons[{i}] ({c.get('title')!r}) names unknown group(s) {unknown}; groups are: {', '.join(labels)}")
+    return conf
+
+
+def data_root(conf: dict) -> Path:
+    env = os.environ.get("LAYERGRAD_DATA")
+    if env:
+        return Path(env)
+    return (conf["_base"] / conf.get("data_root", ".")).resolve()
+
+
+def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
+    """The runs to do, and a note for every group whose data is absent (skipped, not fatal)."""
+    from .synthetic import write_dataset
+
+    out = Path(out or conf.get("out", f"runs/{conf['name']}"))
+    root = data_root(conf)
+    jobs, notes = [], []
+    builtin = None
+    for m in conf["models"]:
+        mname = m.get("name") or m["model"]
+        for g in conf["groups"]:
+            spec = g["data"]
+            if spec.startswith("builtin:"):
+                if builtin is None:
+                    b = conf.get("builtin", {})
+                    builtin = write_dataset(out / "data", n=int(b.get("n", 12)), seed=int(b.get("seed", 0)))
+                style = spec.split(":", 1)[1]
+                if style not in builtin:
+                    raise ExperimentError(f"group {g['label']!r}: unknown built-in style {style!r}; choose one of {', '.join(builtin)}")
+                path = builtin[style]
+            else:
+                path = root / spec
+                if not path.exists():
+                    notes.append(f"skipped group {g['label']!r}: {path} not found (set data_root or $LAYERGRAD_DATA)")
+                    continue
+            opts = dict(conf.get("run", {}))
+            opts.update({k: v for k, v in m.items() if k not in ("name",)})
+            opts.update(g.get("run", {}))
+            opts.update(data=[str(path)], group=g["label"], out=str(out / "runs" / slug(mname) / slug(g["label"])))
+            jobs.append(Job(mname, g["label"], RunConfig.from_dict(opts)))
+    return jobs, notes
+
+
+def run_experiment(config_path: str | Path, out: str | Path | None = None, *, reports: bool = True, log=print) -> Path:
+    from . import engine
+    from .models import load_model
+
+    conf = load_config(config_path)
+    out = Path(out or conf.get("out", f"runs/{conf['name']}"))
+    jobs, notes = plan(conf, out)
+    for n in notes:
+        log(n)
+    if not jobs:
+        raise ExperimentError(f"{config_path}: nothing to run (no group's data was found)")
+    loaded_cache: dict[str, object] = {}
+    for k, job in enumerate(jobs, 1):
+        key = job.cfg.model
+        if key not in loaded_cache:
+            loaded_cache.clear()  # one model in memory at a time
+            loaded_cache[key] = load_model(job.cfg.model, dtype=job.cfg.dtype, device=engine.resolve_device(job.cfg.device), device_map=job.cfg.device_map, trust_remote_code=job.cfg.trust_remote_code)
+        log(f"[{k}/{len(jobs)}] {job.model_name} · {job.label}")
+        s = engine.run(job.cfg, loaded=loaded_cache[key])
+        log(f"    {s.out}: {s.status_counts}, {s.computed} computed now ({s.seconds:.0f} s)")
+    if not reports:
+        return out
+    from .report import build_report
+
+    by_label = {}
+    for job in jobs:
+        by_label.setdefault(job.model_name, {})[job.label] = job.cfg.out
+    links = []
+    comparisons = conf.get("comparisons") or [{"title": "all groups", "groups": [g["label"] for g in conf["groups"]]}]
+    for mname, runs in by_label.items():
+        for c in comparisons:
+            chosen = [(label, runs[label]) for label in c["groups"] if label in runs]
+            if not chosen:
+                continue
+            rdir = out / "reports" / slug(mname) / slug(c["title"])
+            index = build_report(chosen, rdir)
+            log(f"report: {index}")
+            links.append((mname, c["title"], index.relative_to(out), len(chosen)))
+    overview = out / "index.html"
+    overview.write_text(_overview_html(conf["name"], links, notes), encoding="utf-8")
+    log(f"overview: {overview}")
+    return overview
+
+
+def _overview_html(name: str, links, notes) -> str:
+    rows = "\n".join(
+        f'<tr><td>{html.escape(m)}</td><td><a href="{html.escape(str(p))}">{html.escape(t)}</a></td><td>{n}</td></tr>'
+        for m, t, p, n in links
+    )
+    note = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)} · layergrad</title>
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:900px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left}}</style></head>
+<body><h1>{html.escape(name)}</h1><p>One report per comparison; every number in a report is in the CSV files beside it.</p>
+<table><tr><th>model</th><th>comparison</th><th>groups</th></tr>{rows}</table>{f'<h2>Notes</h2><ul>{note}</ul>' if note else ''}</body></html>
+"""
+
+
+EPILOG = """examples:
+  layergrad experiment experiments/demo.toml
+  layergrad experiment experiments/fast_slow.toml --out runs/fast_slow
+  LAYERGRAD_DATA=/data/cot layergrad experiment experiments/fast_slow.toml --no-reports
+"""
+
+
+def add_parser(subparsers):
+    import argparse
+
+    p = subparsers.add_parser("experiment", help="run a whole study from a TOML file, then its reports",
+                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="experiment TOML file")
+    p.add_argument("--out", help="output directory (default: the file's 'out')")
+    p.add_argument("--no-reports", action="store_true", help="only the runs")
+    p.set_defaults(func=lambda a: (run_experiment(a.config, a.out, reports=not a.no_reports), 0)[1])
+    return p
