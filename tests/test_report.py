@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,10 +184,13 @@ def test_cli(tmp_path, capsys):
     b = make_run(tmp_path / "b", {"nuclear": noise(rng, 5, 2, 3)})
     args = _parser().parse_args(["report", "--run", "None CoT=" + str(a), "--run", str(b), "--out", str(tmp_path / "o"),
                                  "--metric", "nuclear", "--n-boot", "50", "--n-perm", "99"])
-    assert args.runs == [("None CoT", a), ("b", b)]
+    assert args.runs == [("None CoT", a), (None, b)]  # a bare DIR: labelled by its group, else its name
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "o" / "index.html")
     assert set(pd.read_csv(tmp_path / "o" / "curves.csv")["metric"]) == {"nuclear"}
+    assert (tmp_path / "o" / "figures" / "auroc_1_vs_2.png").exists()
+    build_report([("None CoT", a)], tmp_path / "o", metrics=("nuclear",), n_boot=50, n_perm=99)
+    assert not (tmp_path / "o" / "figures" / "auroc_1_vs_2.png").exists()  # no stale figure of the earlier report
     c = make_run(tmp_path / "c", {"nuclear": noise(rng, 5, 1, 3)}, roles=("q",))
     args = _parser().parse_args(["report", "--run", f"A={a}", "--run", f"C={c}", "--out", str(tmp_path / "o2")])
     assert args.func(args) == 2
@@ -272,3 +276,9 @@ def test_report_in_headless_browser(report, tmp_path):
     res = _chromium([f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", (out / "index.html").as_uri()], tmp_path / "profile2")
     assert shot.exists() and shot.stat().st_size > 50_000, res.stderr[-800:]
     assert not [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_cli_module_imports_nothing_heavy():
+    code = "import sys, layergrad.report.cli; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-500:]

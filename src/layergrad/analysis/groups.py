@@ -1,6 +1,7 @@
 """One group of examples as dense arrays: the input of every analysis.
 
-A group is one run directory under a label (``--run "LABEL=DIR"``). Its per-module metrics
+A group is one run directory under a label (``--run "LABEL=DIR"``), or one value of the
+examples' ``group`` column of a run (``--run DIR``, :func:`load_groups`). Its per-module metrics
 become arrays ``values[metric]`` of shape ``(n, R, L)``:
 
 - ``n``: examples with status ``ok``, in run order (``ids``);
@@ -25,6 +26,9 @@ import pandas as pd
 
 from layergrad.store.run import Results, load_results
 from layergrad.store.schema import METRICS
+
+
+COSINE_KINDS = ("next_layer", "q_o", "k_v")  # display order of cosine kinds (schema.COSINE)
 
 
 class AnalysisError(ValueError):
@@ -58,23 +62,21 @@ class Group:
         v = self.values.get(metric)
         return v is not None and bool(np.isfinite(v).any())
 
-    def present(self) -> np.ndarray:
-        """(R, L) bool: the series was measured in that layer for at least one example."""
-        out = np.zeros((len(self.series), self.n_layers), bool)
-        for v in self.values.values():
-            out |= np.isfinite(v).any(axis=0)
-        return out
-
     def describe(self) -> dict:
         """Provenance for labels: model, data, prompt mode, number of examples."""
         m = self.manifest
         data = m.get("data") or []
         if isinstance(data, str):
             data = [data]
+        model = str(m.get("model", "?"))
+        short = Path(model).name or model
+        resolved = Path(str(m.get("model_path") or "")).name  # where e.g. "default" was found
+        if resolved and resolved.lower() != short.lower():
+            short = f"{short} ({resolved})"
         return {
             "group": self.label,
-            "model": str(m.get("model", "?")),
-            "model_short": Path(str(m.get("model", "?"))).name or str(m.get("model", "?")),
+            "model": model,
+            "model_short": short,
             "prompt_mode": str(m.get("prompt_mode", "?")),
             "dtype": str(m.get("dtype", "?")),
             "data": ", ".join(Path(str(d)).name for d in data) or "?",
@@ -85,14 +87,40 @@ class Group:
 
 
 def load_group(label: str, path: str | Path) -> Group:
-    """Read a run directory (see :func:`layergrad.store.load_results`) as a :class:`Group`."""
-    return group_from_results(label, load_results(path))
+    """Read a run directory (see :func:`layergrad.store.load_results`) as one :class:`Group`."""
+    return load_groups(path, label)[0]
 
 
-def group_from_results(label: str, results: Results) -> Group:
+def load_groups(path: str | Path, label: str | None = None) -> list[Group]:
+    """Groups of a run directory.
+
+    With a ``label``, the whole run is one group (a note says so if its examples carry several
+    ``group`` values). Without one, the run is split by the examples' ``group`` column, one group
+    per value in order of appearance, labelled by the value; a run with no group values is one
+    group labelled by the directory name.
+    """
+    results = load_results(path)
+    names = [str(v) for v in dict.fromkeys(results.examples["group"].dropna())] if "group" in results.examples else []
+    if label is not None:
+        g = group_from_results(label, results)
+        if len(names) > 1:
+            g.notes.append(
+                f"group {label!r}: run {path} holds examples of {len(names)} groups ({', '.join(names)}), reported together "
+                "under this label; pass the directory without 'LABEL=' to report each group separately"
+            )
+        return [g]
+    if len(names) <= 1:
+        return [group_from_results(names[0] if names else (Path(path).resolve().name or str(path)), results)]
+    return [group_from_results(n, results, only=n) for n in names]
+
+
+def group_from_results(label: str, results: Results, only: str | None = None) -> Group:
+    """A :class:`Group` of ``results``; ``only``: keep the examples whose ``group`` column equals it."""
     notes: list[str] = []
     ex = results.examples
-    ok = results.ok
+    if only is not None:
+        ex = ex[ex["group"] == only]
+    ok = ex[ex["status"] == "ok"]
     status = _status_counts(ex)
     if len(ok) == 0:
         counts = "; ".join(f"{r.status} ({r.reason}): {r.count}" for r in status.itertuples()) or "no examples stored"
@@ -175,10 +203,15 @@ def _cosine_arrays(g: Group, cos: pd.DataFrame, row: dict) -> dict:
     if cos is None or len(cos) == 0:
         return out
     cos = cos[cos["id"].isin(row) & (cos["layer"] >= 0) & (cos["layer"] < g.n_layers)]
-    for kind, c in cos.groupby("kind", sort=False):
+    kinds = list(dict.fromkeys(cos["kind"]))
+    kinds.sort(key=lambda k: (COSINE_KINDS.index(k) if k in COSINE_KINDS else len(COSINE_KINDS), k))
+    for kind in kinds:
+        c = cos[cos["kind"] == kind]
         mt = c[["module_a", "layer", "role"]].drop_duplicates("module_a").rename(columns={"module_a": "module"})
         key = _series_keys(mt)
-        series = list(dict.fromkeys(key[m] for m in c["module_a"]))
+        seen = list(dict.fromkeys(key[m] for m in c["module_a"]))
+        order = {s: j for j, s in enumerate(g.series)}  # model order, like the metrics
+        series = sorted(seen, key=lambda s: (order.get(s, len(order)), seen.index(s)))
         r_of = {s: j for j, s in enumerate(series)}
         arr = np.full((g.n, len(series), g.n_layers), np.nan)
         arr[c["id"].map(row).to_numpy(), c["module_a"].map(key).map(r_of).to_numpy(), c["layer"].to_numpy(int)] = c["cosine"].to_numpy(float)

@@ -40,7 +40,7 @@ def segments(n_layers: int) -> dict[str, np.ndarray]:
     return {"early": early, "middle": middle, "late": late, "all": np.arange(n_layers)}
 
 
-def mad(curve: np.ndarray, layers: np.ndarray) -> np.ndarray:
+def mad_of_curve(curve: np.ndarray, layers: np.ndarray) -> np.ndarray:
     """MAD of ``curve`` (..., L) over consecutive pairs inside the contiguous ``layers``; (...)."""
     if len(layers) < 2:
         return np.full(curve.shape[:-1], np.nan)
@@ -60,8 +60,8 @@ def mad_table(groups: list[Group], metrics=DEFAULT_METRICS, *, n_boot: int = N_B
             for name in SEGMENTS:
                 layers = segs[name]
                 n_min = c.n[:, layers].min(axis=1) if len(layers) else np.zeros(len(c.series))  # (R,)
-                est = mad(c.mean, layers)  # (R,)
-                low, high = bootstrap.bias_corrected_interval(mad(c.boot, layers), est, n_min)
+                est = mad_of_curve(c.mean, layers)  # (R,)
+                low, high = bootstrap.bias_corrected_interval(mad_of_curve(c.boot, layers), est, n_min)
                 for r, s in enumerate(c.series):
                     rows.append((g.label, s, name, m, est[r], low[r], high[r]))
     return pd.DataFrame(rows, columns=MAD_COLUMNS)

@@ -1,4 +1,16 @@
-"""The report: tables (CSV, Markdown, LaTeX), figures (PNG, SVG) and a static HTML page."""
-from .build import Report, build_report, make_report
+"""The report: tables (CSV, Markdown, LaTeX), figures (PNG, SVG) and a static HTML page.
+
+Names are resolved lazily (PEP 562) so that ``layergrad.report.cli`` can register the
+``report`` command without importing matplotlib or pandas.
+"""
+from __future__ import annotations
 
 __all__ = ["Report", "build_report", "make_report"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

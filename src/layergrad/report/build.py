@@ -29,7 +29,7 @@ from layergrad.analysis.compare import N_PERM, compare_table
 from layergrad.analysis.curves import DEFAULT_METRICS, N_BOOT, cosine_table, curve_table
 from layergrad.analysis.length import length_points, length_table, partial_table
 from layergrad.analysis.mad import mad_table, segments
-from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_group, require_comparable, status_table
+from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_groups, require_comparable, status_table
 from layergrad.store.schema import METRICS
 
 from . import figures, html, tables
@@ -48,17 +48,20 @@ class Report:
 def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM) -> Path:
     """Write the report for ``runs`` (``[(label, run_dir), ...]``) under ``out``; return ``out/index.html``.
 
+    Each run is one group under its label; a label of ``None`` splits the run by its examples'
+    ``group`` column (see :func:`layergrad.analysis.load_groups`). Groups are compared in order.
+
     Raises :class:`layergrad.analysis.AnalysisError` (or its subclass ``IncompatibleGroups``)
     with a message naming the problem when the runs cannot be reported or compared.
     """
     return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm).index
 
 
-def _check_args(runs, metrics) -> tuple[list[tuple[str, Path]], list[str]]:
-    runs = [(str(label), Path(path)) for label, path in runs]
+def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]]:
+    runs = [(None if label is None else str(label), Path(path)) for label, path in runs]
     if not runs:
         raise AnalysisError("no runs given: pass at least one LABEL=DIR")
-    labels = [label for label, _ in runs]
+    labels = [label for label, _ in runs if label is not None]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise AnalysisError(f"group labels must be unique; repeated: {', '.join(map(repr, dup))}")
@@ -78,7 +81,11 @@ def _check_args(runs, metrics) -> tuple[list[tuple[str, Path]], list[str]]:
 def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM) -> Report:
     """Like :func:`build_report`, also returning the notes and the tables as DataFrames."""
     runs, metrics = _check_args(runs, metrics)
-    groups = [load_group(label, path) for label, path in runs]
+    groups = [g for label, path in runs for g in load_groups(path, label)]
+    labels = [g.label for g in groups]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise AnalysisError(f"two groups are labelled {', '.join(map(repr, dup))}; give each run a distinct label with --run \"LABEL=DIR\"")
     if len(groups) > 1:
         require_comparable(groups)  # before any heavy work
     out = Path(out)
@@ -113,7 +120,20 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
+    _remove_stale(out, sections, files)
     return Report(index, notes, {**t, "length_points": points})
+
+
+def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
+    """Delete outputs of an earlier report in ``out`` that this one did not write (e.g. a third
+    group's heat maps, cosine tables), so the folder holds exactly what index.html shows."""
+    keep = {Path(f.png).name for s in sections for f in s.figures} | {Path(f.svg).name for s in sections for f in s.figures}
+    for p in (out / "figures").glob("*"):
+        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "mad", "auroc", "length", "cosine") and p.name not in keep:
+            p.unlink()
+    if "cosine" not in files:
+        for ext in ("csv", "md", "tex"):
+            (out / f"cosine.{ext}").unlink(missing_ok=True)
 
 
 CAPTIONS = {
@@ -202,7 +222,7 @@ def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int) -> list[s
 
 def _fig(fig, out: Path, name: str, caption: str) -> html.FigureRef:
     figures.save(fig, out / "figures", name)
-    return html.FigureRef(f"figures/{name}.png", f"figures/{name}.svg", caption)
+    return html.FigureRef(f"figures/{name}.png", f"figures/{name}.svg", caption, int(fig.get_size_inches()[0] * 96))
 
 
 def _table(title: str, df: pd.DataFrame, files: dict, max_rows: int | None = 400, collapsed: bool = False, name: str = "", shown=None) -> html.TableRef:

@@ -18,22 +18,24 @@ examples:
   layergrad report --run fast=runs/fast --run slow=runs/slow --out report \\
       --metric nuclear --metric effective_rank --seed 1 --n-perm 1999
 
-  # a single run (curves, MAD and length only; no comparison)
-  layergrad report --run runs/none --out report
+  # one run over several data files: without "LABEL=" it is split by the examples' group
+  # (--group of `layergrad run`, else the data file's stem), one group per value
+  layergrad report --run runs/all --out report
 
-A run without "LABEL=" is labelled by its directory name. Open OUT/index.html in a browser;
+A run without "LABEL=" and without stored groups is labelled by its directory name; a run with
+one group alone gives curves, MAD and length only. Open OUT/index.html in a browser;
 the tables are beside it as CSV, Markdown and LaTeX, the figures in OUT/figures as PNG and SVG.
 """
 
 
-def parse_run(text: str) -> tuple[str, Path]:
-    """``"LABEL=DIR"`` -> (label, dir); split at the first '='. A bare DIR is labelled by its name."""
+def parse_run(text: str) -> tuple[str | None, Path]:
+    """``"LABEL=DIR"`` -> (label, dir), split at the first '='; a bare ``DIR`` -> (None, dir)."""
     if "=" in text:
         label, path = text.split("=", 1)
         if not label.strip() or not path.strip():
             raise argparse.ArgumentTypeError(f"expected LABEL=DIR, got {text!r}")
         return label.strip(), Path(path.strip())
-    return Path(text).name or text, Path(text)
+    return None, Path(text)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", dest="runs", action="append", type=parse_run, required=True, metavar="LABEL=DIR",
-                   help="a group: its label and run directory (repeat for each group; groups are compared in this order)")
+                   help="a group: its label and run directory (repeat for each group; groups are compared in this order). "
+                   "A bare DIR is split by the examples' group column")
     p.add_argument("--out", required=True, type=Path, help="output folder (created; files in it are overwritten)")
     p.add_argument("--metric", dest="metrics", action="append", choices=_METRICS, metavar="METRIC",
                    help=f"metric to report (repeatable; default: {', '.join(_DEFAULT_METRICS)}; choices: {', '.join(_METRICS)})")

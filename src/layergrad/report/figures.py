@@ -167,7 +167,7 @@ def auroc_figure(a: Group, b: Group, compare: pd.DataFrame, metrics: list[str], 
     d = compare[(compare["group_a"] == a.label) & (compare["group_b"] == b.label)]
     metrics = [m for m in metrics if (d["metric"] == m).any()] or metrics[:1]
     series = a.series
-    fig = Figure(figsize=(max(6.0, 0.22 * a.n_layers + 2.5), (0.22 * len(series) + 0.9) * len(metrics) + 1.0), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.2 * a.n_layers + 2.5), (0.18 * len(series) + 0.7) * len(metrics) + 1.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(metrics), 1, squeeze=False, sharex=True)).ravel()
     im = None
     for ax, m in zip(axes, metrics):

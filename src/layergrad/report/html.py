@@ -61,7 +61,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 {% if s.intro %}<p>{{ s.intro }}</p>{% endif %}
 {% for f in s.figures %}
 <figure>
-<img src="{{ f.png }}" alt="{{ f.caption }}">
+<img src="{{ f.png }}" alt="{{ f.caption }}" style="max-width: {{ f.width }}px">
 <figcaption>{{ f.caption }} <span class="dl"><a href="{{ f.png }}">PNG</a><a href="{{ f.svg }}">SVG</a></span></figcaption>
 </figure>
 {% endfor %}
@@ -84,6 +84,7 @@ class FigureRef:
     png: str
     svg: str
     caption: str
+    width: int = 1200  # display width cap in CSS px: the figure's size in inches at 96 px/inch
 
 
 @dataclass

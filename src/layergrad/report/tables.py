@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-_P_COLUMNS = {"p_value", "p_adjusted", "pearson_p", "spearman_p", "partial_pearson_p", "partial_spearman_p"}
+_P_COLUMNS = {"p_value", "p_adjusted", "min_p_adjusted", "pearson_p", "spearman_p", "partial_pearson_p", "partial_spearman_p"}
 NAN = "–"
 
 
@@ -68,6 +68,8 @@ def to_latex(df: pd.DataFrame, caption: str = "", label: str = "") -> str:
 
 def to_html(df: pd.DataFrame, max_rows: int | None = None, source: str = "") -> str:
     """An HTML table (escaped); beyond ``max_rows`` rows a line says where the full table is."""
+    if len(df) == 0:
+        return '<p class="empty">None.</p>'
     shown = df if max_rows is None or len(df) <= max_rows else df.head(max_rows)
     num = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
     out = ['<table class="data"><thead><tr>']
