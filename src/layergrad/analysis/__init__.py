@@ -13,16 +13,17 @@ from .groups import (
     exclusions,
     group_from_results,
     load_group,
+    load_groups,
     require_comparable,
     status_table,
 )
 from .length import layer_mean, length_points, length_table, partial_corr, partial_table
-from .mad import MAD_COLUMNS, SEGMENTS, mad, mad_table, segments
+from .mad import MAD_COLUMNS, SEGMENTS, mad_of_curve, mad_table, segments
 
 __all__ = [
     "AnalysisError", "COMPARE_COLUMNS", "CURVE_COLUMNS", "Curves", "DEFAULT_METRICS", "Group", "IncompatibleGroups",
     "MAD_COLUMNS", "N_BOOT", "N_PERM", "SEGMENTS", "auroc", "bh_adjust", "comparability_problems", "compare_groups",
     "compare_table", "cosine_table", "curve_table", "exclusions", "group_curves", "group_from_results",
-    "layer_mean", "length_points", "length_table", "load_group", "mad", "mad_table", "partial_corr", "partial_table",
+    "layer_mean", "length_points", "length_table", "load_group", "load_groups", "mad_of_curve", "mad_table", "partial_corr", "partial_table",
     "permutation_pvalues", "require_comparable", "segments", "status_table",
 ]
