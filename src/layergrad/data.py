@@ -523,6 +523,12 @@ def load_examples(
 # ----------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_records(examples: list[Example], path) -> Path:
     """Write the examples' original records to ``path``, in the format of its suffix.
 
@@ -553,6 +559,7 @@ def write_records(examples: list[Example], path) -> Path:
             else:
                 text = json.dumps([e.record for e in examples], ensure_ascii=False, indent=1) + "\n"
             Path(tmp).write_bytes(text.encode("utf-8"))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes a private file; give it the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -36,9 +36,11 @@ EXAMPLES = pa.schema(
 
 #: Optional per-example columns added by ``run --ifd`` (data quality).
 IFD_FIELDS = [
+    pa.field("loss_with_prompt", pa.float64()),  # mean CE of the IFD-scored response tokens given the prompt
+    # (= loss when the tokenizer adds a BOS; without one the first response token is left out of both passes)
     pa.field("loss_no_prompt", pa.float64()),  # mean CE of the same response tokens with no prompt
-    pa.field("ifd", pa.float64()),  # loss / loss_no_prompt (NaN where undefined)
-    pa.field("ifd_ppl", pa.float64()),  # exp(loss) / exp(loss_no_prompt)
+    pa.field("ifd", pa.float64()),  # loss_with_prompt / loss_no_prompt (NaN where undefined)
+    pa.field("ifd_ppl", pa.float64()),  # exp(loss_with_prompt) / exp(loss_no_prompt)
     pa.field("ifd_reason", pa.string()),  # why IFD is NaN (null when defined)
 ]
 
