@@ -156,7 +156,8 @@ def test_truncated_response_is_stored_as_skipped_with_reason(tmp_path, tokenizer
     model = make_model("llama", len(tokenizer))
     recs = [{"instruction": "What is 12 plus 30? " * 5, "output": "The answer is 42."},
             {"instruction": "Q", "output": "42"}]
-    res, _ = run_and_load(tmp_path, model, tokenizer, recs, max_length=8, prompt_mode="base")
+    # without --skip-invalid the run is refused instead (tests/test_reliability.py)
+    res, _ = run_and_load(tmp_path, model, tokenizer, recs, max_length=8, prompt_mode="base", skip_invalid=True)
     skipped = res.examples[res.examples["status"] == "skipped"]
     assert len(skipped) == 1 and "max-length 8" in skipped["reason"].iloc[0]
     assert len(res.ok) == 1 and bool(res.ok["truncated"].iloc[0]) is False

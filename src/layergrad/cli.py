@@ -114,6 +114,9 @@ def cmd_run(a) -> int:
 
     cfg, save_path = _run_config(a)
     s = engine.run(cfg)
+    if s.rank:  # under torchrun rank 0 alone reports the whole store and exports it, after the final barrier
+        print(f"[rank {s.rank}/{s.world_size}] computed {s.computed} examples now; {s.seconds:.1f} s")
+        return 0
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s.status_counts.items()))
     print(f"{s.out}: {s.total} examples ({counts}); computed {s.computed} now, {s.skipped_done} were already stored; {s.seconds:.1f} s")
     if save_path:
@@ -193,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+")
     p.set_defaults(func=cmd_validate)
 
-    for mod in ("layergrad.report.cli", "layergrad.experiment"):
+    for mod in ("layergrad.report.cli", "layergrad.experiment", "layergrad.merge_cli", "layergrad.selection_cli"):
         try:
             __import__(mod, fromlist=["add_parser"]).add_parser(sub)
         except ImportError:

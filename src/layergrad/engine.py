@@ -11,17 +11,19 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed, faults
 from .batching import Batch, pad, plan_batches, shard_batches
 from .capture import Capture, activation_only_backward
 from .config import RunConfig
 from .data import DataError, Example, Fields, load_examples
+from .ifd import NoPromptRule, score_batch, undefined
 from .loss import loss_positions, per_example_loss
 from .measure import Measurer
 from .modules import Target, find_targets
@@ -38,8 +40,10 @@ class RunSummary:
     total: int  # examples in the data (after --limit)
     computed: int  # computed by this call
     skipped_done: int  # already stored before this call
-    status_counts: dict
+    status_counts: dict  # of the whole store; empty on ranks other than 0 under torchrun
     seconds: float
+    rank: int = 0  # under torchrun: this process's rank (only rank 0 reports the whole store)
+    world_size: int = 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,10 +135,16 @@ def build_manifest(cfg: RunConfig, loaded, mode: str, targets: list[Target]) -> 
         "data": [str(p) for p in cfg.data],
         "data_fingerprint": data_fingerprint(cfg),
         "group": cfg.group,
+        # with data/group, what selects the examples (so `layergrad merge` can list missing ones)
+        "fields": cfg.fields,
+        "limit": cfg.limit,
+        "record_slice": cfg.record_slice,
+        "skip_invalid": cfg.skip_invalid,
         "spectrum_k": cfg.spectrum_k,
         "elementwise": cfg.elementwise,
         "cosine": cfg.cosine,
         "ifd": cfg.ifd,
+        "ifd_rule": NoPromptRule.for_tokenizer(loaded.tokenizer).describe() if cfg.ifd else None,
         "loss_rule": LOSS_RULE,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
@@ -176,8 +186,10 @@ def gather_logits_at(model, index: dict):
 class BatchRunner:
     """Computes the rows of one batch; holds the hooks for the whole run."""
 
-    def __init__(self, model, targets: list[Target], measurer: Measurer, device, pad_id: int):
+    def __init__(self, model, targets: list[Target], measurer: Measurer, device, pad_id: int, ifd=None):
         self.model = model
+        self.ifd = ifd  # ifd.NoPromptRule under --ifd: one extra no-grad forward per batch
+        self.ifd_rows: list[dict] | None = None  # IFD fields of the last batch's examples
         self.targets = targets
         self.measurer = measurer
         self.device = device
@@ -220,6 +232,9 @@ class BatchRunner:
                 if objective.requires_grad:
                     objective.backward()
                 self.capture.finish()
+            if self.ifd is not None:
+                self.ifd_rows = score_batch(self.ifd, self.model, encoded, logits, targets.to(logits.device), rows, tgt, loss,
+                                            pad_id=self.pad_id, device=self.device, index=self._index if self.gather else None)
             return loss.detach().cpu().double(), self.measurer.results
         finally:
             self.capture.reset()
@@ -279,10 +294,7 @@ def module_rows(ex_id: str, b: int, results: dict, targets: list[Target]) -> tup
         if r.elementwise is not None:
             row["m_mean"], row["m_max"], row["m_min"] = (float(v[b]) for v in r.elementwise)
         rows.append(row)
-    reason = None
-    if bad:
-        reason = f"non-finite gradient in {len(bad)} module(s), first {bad[0]}"
-    return rows, reason
+    return rows, (faults.nonfinite_gradient(bad) if bad else None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,29 +315,47 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
 
 
 def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
-    """Compute and store the statistics of every example of ``cfg.data``; resume if possible."""
+    """Compute and store the statistics of every example of ``cfg.data``; resume if possible.
+
+    Under torchrun (``RANK``/``WORLD_SIZE`` set) every rank calls this with the same ``cfg``
+    and computes its own shard of the global batch plan (see :mod:`distributed`).
+    """
+    world = distributed.detect()
+    device = resolve_device(cfg.device)
+    if world is not None:
+        device = distributed.local_device(world, device, cfg.device_map)
+    distributed.ensure_process_group(world, device)  # once per process, kept for later runs
+    return _run(cfg, loaded, world, device)
+
+
+def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -> RunSummary:
     from tqdm.auto import tqdm
 
     from .models import load_model
 
     t0 = time.time()
     examples, problems = load_data(cfg)
-    device = resolve_device(cfg.device)
     if loaded is None:
         loaded = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code)
     model, tok = loaded.model, loaded.tokenizer
     model.eval()
     targets = find_targets(model, "reference" if cfg.reference and cfg.modules == "reference" else cfg.modules)
     mode = resolve_prompt_mode(cfg, tok)
+    encoded = [encode(ex, tok, mode, cfg.max_length, reference=cfg.reference) for ex in examples]
+    if not cfg.skip_invalid:  # nothing to score is bad input: refused before anything is written
+        unscorable = faults.unscorable_problems(examples, encoded, (cfg.fields or {}).get("output", "output"))
+        if unscorable:
+            raise DataError(unscorable, hint=faults.unscorable_hint(encoded))
 
-    shard = parse_shard(cfg.shard)
-    writer = f"s{shard[0]}of{shard[1]}" if shard else "r0"
+    shard = distributed.shard_of(world, parse_shard(cfg.shard))
+    writer = world.writer if world else (f"s{shard[0]}of{shard[1]}" if shard else "r0")
     store = RunStore(cfg.out, writer=writer)
-    store.open(build_manifest(cfg, loaded, mode, targets))
+    distributed.open_store(store, build_manifest(cfg, loaded, mode, targets), world)  # rank 0 first
     store.remove_orphans()
+    for note in store.quarantine_unreadable():  # whole parts only: their examples are computed again
+        tqdm.write(note, file=sys.stderr)
     done = store.done_ids()
 
-    encoded = [encode(ex, tok, mode, cfg.max_length, reference=cfg.reference) for ex in examples]
     computable = [k for k, e in enumerate(encoded) if e.skip_reason is None]
     batches = plan_batches([encoded[k].n_tokens for k in computable], cfg.batch_size, cfg.max_batch_tokens)
     batches = [Batch(b.index, tuple(computable[j] for j in b.items), b.max_len) for b in batches]
@@ -342,33 +372,48 @@ def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
         ]
         rows += invalid_rows(problems, len(examples))
         rows = [r for r in rows if r["id"] not in done]
+        if cfg.ifd:
+            for r in rows:
+                r.update(undefined(f"not computed ({r['status']}): {r['reason']}"))
         if rows:
             store.write_part(rows, [])
 
     todo = [b for b in batches if not all(examples[k].id in done for k in b.items)]
     n_todo = sum(len(b.items) for b in todo)
     stats_dtype = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64}[cfg.stats_dtype]
-    measurer = Measurer(stats_dtype=stats_dtype, spectrum_k=cfg.spectrum_k, elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method)
+    measurer = faults.FiniteGuard(Measurer(stats_dtype=stats_dtype, spectrum_k=cfg.spectrum_k, elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id if tok.eos_token_id is not None else 0)
     model_device = next(model.parameters()).device
-    runner = BatchRunner(model, targets, measurer, model_device, pad_id)
+    ifd_rule = NoPromptRule.for_tokenizer(tok) if cfg.ifd else None
+    runner = BatchRunner(model, targets, measurer, model_device, pad_id, ifd=ifd_rule)
 
+    # out of memory: split the batch and retry, down to one example (stored as failed if it still fails)
+    backoff = faults.Backoff(log=lambda msg: tqdm.write(msg, file=sys.stderr))
+    compute = lambda part: compute_batch(runner, [examples[k] for k in part], [encoded[k] for k in part], part)  # noqa: E731
+    fail = lambda k, reason: ([failed_row(examples[k], k, encoded[k], reason, cfg.ifd)], [], [])  # noqa: E731
+    cost = lambda part: len(part) * max(encoded[k].n_tokens for k in part)  # noqa: E731
     computed = 0
-    bar = tqdm(total=n_todo, unit="ex", desc="layergrad", disable=not cfg.progress, dynamic_ncols=True)
+    main_rank = world is None or world.is_main
+    bar = tqdm(total=n_todo, unit="ex", desc="layergrad", disable=not cfg.progress or not main_rank, dynamic_ncols=True)
     try:
         with runner.hooks():
             for b in todo:
                 items = [k for k in b.items if examples[k].id not in done]
-                ex_rows, mod_rows, cos_rows = compute_batch(runner, [examples[k] for k in items], [encoded[k] for k in items], items)
+                pieces = backoff.run(items, compute, fail, cost)
+                ex_rows, mod_rows, cos_rows = ([r for p in pieces for r in p[i]] for i in range(3))
                 store.write_part(ex_rows, mod_rows, cos_rows)
                 computed += len(items)
                 bar.update(len(items))
     finally:
         bar.close()
+    if world is not None:
+        distributed.barrier()  # every rank's parts are committed past this point
     counts: dict[str, int] = {}
-    for r in store.read_tables()[0].column("status").to_pylist():
-        counts[r] = counts.get(r, 0) + 1
-    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0)
+    if main_rank:
+        for r in store.read_tables()[0].column("status").to_pylist():
+            counts[r] = counts.get(r, 0) + 1
+    rank, size = (world.rank, world.size) if world else (0, 1)
+    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, rank, size)
 
 
 def invalid_rows(problems: list, first_order: int) -> list[dict]:
@@ -400,15 +445,26 @@ def invalid_row(source: str, index: int, problems: list, order: int) -> dict:
     }
 
 
+def failed_row(ex: Example, order: int, enc: Encoded, reason: str, ifd: bool) -> dict:
+    """The row of an example that failed alone (out of memory, a factorisation that failed)."""
+    row = example_row(ex, order, enc, "failed", reason, None)
+    if ifd:
+        row.update(undefined(f"not computed (failed): {reason}"))
+    return row
+
+
 def compute_batch(runner: BatchRunner, exs: list[Example], encs: list[Encoded], orders: list[int]):
     loss, results = runner.run(encs)
     ex_rows, mod_rows, cos_rows = [], [], []
     for b, (ex, enc, order) in enumerate(zip(exs, encs, orders)):
         L = float(loss[b])
         if not math.isfinite(L):
-            ex_rows.append(example_row(ex, order, enc, "failed", f"non-finite loss ({L})", None))
+            ex_rows.append(example_row(ex, order, enc, "failed", faults.nonfinite_loss(L), None))
             continue
         rows, reason = module_rows(ex.id, b, results, runner.targets)
+        blamed = getattr(runner.measurer, "nonfinite", {}).get(b)  # faults.FiniteGuard: zeroed non-finite X or D
+        if blamed:
+            reason = faults.nonfinite_gradient(blamed)
         if reason:
             ex_rows.append(example_row(ex, order, enc, "failed", reason, L))
             continue
@@ -418,4 +474,7 @@ def compute_batch(runner: BatchRunner, exs: list[Example], encs: list[Encoded], 
         for kind, a, bname, cos in runner.measurer.cosines:
             ta = by_name[a]
             cos_rows.append({"id": ex.id, "kind": kind, "role": ta.role, "layer": ta.layer, "module_a": a, "module_b": bname, "cosine": float(cos[b])})
+    if runner.ifd is not None:  # one example row per batch item, in batch order
+        for row, fields in zip(ex_rows, runner.ifd_rows):
+            row.update(fields)
     return ex_rows, mod_rows, cos_rows

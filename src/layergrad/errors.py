@@ -12,8 +12,10 @@ def expected_errors() -> tuple[type, ...]:
     from .prompting import PromptError
     from .reference import ReferenceFormatError
     from .store import ConfigMismatch
+    from .store.parts import StoreWriteError  # disk full, no permission: names the path and the cause
 
-    return (DataError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch, FileNotFoundError)
+    return (DataError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch,
+            StoreWriteError, FileNotFoundError)
 
 
 def friendly(func, args) -> int:

@@ -2,10 +2,14 @@
 
 A part is written to a temporary name in the same folder, flushed and fsync'd,
 then renamed into place (rename is atomic on POSIX). A crash leaves at most a
-``.tmp`` file, which :func:`clean_temporaries` removes on resume.
+``.tmp`` file, which :func:`clean_temporaries` removes on resume. A failed write
+(disk full, no permission) removes its temporary file and raises
+:class:`StoreWriteError`, which names the path and the cause.
 """
 from __future__ import annotations
 
+import contextlib
+import errno as _errno
 import os
 from pathlib import Path
 
@@ -15,16 +19,49 @@ import pyarrow.parquet as pq
 TMP_SUFFIX = ".tmp"
 
 
+class StoreWriteError(OSError):
+    """Results could not be written (``errno`` as the OS said); what was committed before is intact."""
+
+    def __init__(self, path: Path, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        code = _errno.errorcode.get(self.errno, str(self.errno)) if self.errno else "unknown"
+        if self.errno in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
+            todo = "free some space"
+        elif self.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+            todo = "make it writable"
+        else:
+            todo = "fix the cause"
+        return (
+            f"cannot write {self.path}: {self.strerror} ({code}). Results committed before are intact; "
+            f"{todo}, then rerun the same command to resume."
+        )
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """An ``OSError`` while writing ``path`` becomes a :class:`StoreWriteError` naming it."""
+    try:
+        yield
+    except StoreWriteError:
+        raise
+    except OSError as e:
+        raise StoreWriteError(path, e) from e
+
+
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that ``path`` is either absent or complete."""
     path = Path(path)
     tmp = path.with_name(path.name + f".{os.getpid()}{TMP_SUFFIX}")
     try:
-        with open(tmp, "wb") as fh:
+        with _writing(path), open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with _writing(path):
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -35,11 +72,12 @@ def write_text_atomic(text: str, path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + f".{os.getpid()}{TMP_SUFFIX}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with _writing(path), open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with _writing(path):
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -52,6 +90,20 @@ def read_part(path: Path) -> pa.Table | None:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError):
         return None
+
+
+def part_problem(path: Path) -> str | None:
+    """Why a part file cannot be used (missing, or no valid Parquet footer: cut short), else ``None``.
+
+    Reads the footer only, so it is cheap for large parts.
+    """
+    try:
+        pq.read_metadata(path)
+    except FileNotFoundError:
+        return "missing"
+    except (pa.ArrowInvalid, OSError) as e:
+        return f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None
 
 
 def clean_temporaries(folder: Path) -> list[Path]:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from . import schema
-from .parts import clean_temporaries, read_part, write_atomic, write_text_atomic
+from .parts import TMP_SUFFIX, StoreWriteError, part_problem, read_part, write_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
+UNREADABLE = "unreadable"  # parts/unreadable/: committed parts that could not be read, moved aside on resume
 
 #: Manifest keys that must match for a run directory to be resumed.
 IDENTITY_KEYS = (
@@ -37,6 +40,8 @@ IDENTITY_KEYS = (
     "stats_dtype",
     "spectrum_k",
     "elementwise",
+    "cosine",  # a run with and without cosine rows would mix examples that have them and ones that don't
+    "ifd",
     "loss_rule",
 )
 
@@ -68,20 +73,27 @@ class RunStore:
         self.parts = self.path / PARTS
         self.writer = writer
         self._seq = None
+        self._whole: set[str] = set()  # committed parts found whole (a committed part never changes)
 
     # ---- manifest -------------------------------------------------------------------------
     def manifest(self) -> dict | None:
         p = self.path / MANIFEST
         if not p.exists():
             return None
-        return json.loads(p.read_text(encoding="utf-8"))
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:  # written atomically by us, so not ours
+            raise ConfigMismatch(f"{p} is not a layergrad manifest ({e}); use another --out directory") from None
 
     def open(self, manifest: dict) -> None:
         """Create the directory with ``manifest``, or check it matches an existing one.
 
         Raises :class:`ConfigMismatch` naming every differing key; nothing is written then.
         """
-        self.parts.mkdir(parents=True, exist_ok=True)
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreWriteError(self.parts, e) from e
         old = self.manifest()
         if old is None:
             write_text_atomic(json.dumps(manifest, indent=2, sort_keys=True), self.path / MANIFEST)
@@ -95,11 +107,38 @@ class RunStore:
             raise ConfigMismatch(
                 f"{self.path} holds a run with a different configuration:\n"
                 + "\n".join(diffs)
-                + "\nUse another --out directory for the new configuration (results here are kept)."
+                + f"\nResults here are kept. To resume them, rerun with the stored settings; to start the new "
+                f"configuration, use another --out directory (for example --out {_free_sibling(self.path)})."
             )
-        clean_temporaries(self.parts)
+        self._clean_own_temporaries()
 
     # ---- parts ----------------------------------------------------------------------------
+    def _own(self, tag: str) -> bool:
+        """Whether a part tag was written by this writer (other writers may be running now)."""
+        return tag.startswith(f"{self.writer}-") and tag[len(self.writer) + 1 :].isdigit()
+
+    def _clean_own_temporaries(self) -> None:
+        # only this writer's: another process (a torchrun rank, a --shard job) may be writing its own now
+        for p in self.parts.glob(f"*{TMP_SUFFIX}"):
+            m = _TAG.match(p.name.split(".parquet.", 1)[0] + ".parquet")
+            if m and self._own(m.group(2)):
+                p.unlink(missing_ok=True)
+
+    def committed_tags(self) -> list[str]:
+        """Tags of committed parts (every writer), sorted."""
+        return self._committed_tags()
+
+    def read_part_tables(self, tag: str, examples_only: bool = False) -> tuple[pa.Table, pa.Table | None, pa.Table | None] | None:
+        """The examples, modules and cosine tables of one committed part; ``None`` if it cannot be used."""
+        e = read_part(self.parts / f"examples-{tag}.parquet")
+        if e is None or self.part_problem(tag) is not None:
+            return None
+        if examples_only:
+            return e, None, None
+        m = read_part(self.parts / f"modules-{tag}.parquet")
+        c = self.parts / f"cosine-{tag}.parquet"
+        return e, m, (read_part(c) if c.exists() else None)
+
     def _committed_tags(self) -> list[str]:
         if not self.parts.exists():
             return []
@@ -111,13 +150,57 @@ class RunStore:
         return sorted(tags)
 
     def done_ids(self) -> set[str]:
-        """Ids of examples already stored (any status) in committed parts."""
+        """Ids of examples already stored (any status) in committed parts that can be read whole."""
         ids: set[str] = set()
         for tag in self._committed_tags():
             t = read_part(self.parts / f"examples-{tag}.parquet")
-            if t is not None:
+            if t is not None and self.part_problem(tag) is None:
                 ids.update(t.column("id").to_pylist())
         return ids
+
+    def part_problem(self, tag: str) -> str | None:
+        """Why a committed part cannot be used (a file of it missing or cut short), else ``None``.
+
+        Checks the Parquet footers only. A part that cannot be used counts as absent, for resume
+        and for every reader alike, so its examples are computed again, never half-stored.
+        """
+        if tag in self._whole:
+            return None
+        files = [f"examples-{tag}.parquet", f"modules-{tag}.parquet"]
+        if (self.parts / f"cosine-{tag}.parquet").exists():
+            files.append(f"cosine-{tag}.parquet")
+        for name in files:
+            problem = part_problem(self.parts / name)
+            if problem is not None:
+                return f"{name} {problem}"
+        self._whole.add(tag)
+        return None
+
+    def quarantine_unreadable(self) -> list[str]:
+        """Move this writer's committed parts that cannot be used to ``parts/unreadable/`` (never deleted).
+
+        Returns one note per part moved. Other writers' parts are left to them (they may be running).
+        """
+        notes = []
+        for tag in self._committed_tags():
+            if not self._own(tag):
+                continue
+            problem = self.part_problem(tag)
+            if problem is None:
+                continue
+            dest = self.parts / UNREADABLE
+            try:
+                dest.mkdir(exist_ok=True)
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                for kind in ("examples", "modules", "cosine"):  # the commit marker first
+                    f = self.parts / f"{kind}-{tag}.parquet"
+                    if f.exists():
+                        f.replace(dest / f"{f.name}.{stamp}")
+            except OSError as e:
+                raise StoreWriteError(dest, e) from e
+            notes.append(f"layergrad: part {tag} of {self.path} cannot be read ({problem}); "
+                         f"moved to {dest}, its examples will be computed again")
+        return notes
 
     def _next_seq(self) -> int:
         if self._seq is None:
@@ -132,23 +215,34 @@ class RunStore:
         """Commit one part: modules (and cosine) first, the examples part last."""
         if not examples:
             return ""
+        return self.write_tables(
+            pa.Table.from_pylist(examples, schema=_examples_schema(examples)),
+            pa.Table.from_pylist(modules, schema=schema.MODULES),
+            pa.Table.from_pylist(cosine, schema=schema.COSINE) if cosine else None,
+        )
+
+    def write_tables(self, examples: pa.Table, modules: pa.Table, cosine: pa.Table | None = None) -> str:
+        """Commit one part from Arrow tables (same order as :meth:`write_part`)."""
         tag = f"{self.writer}-{self._next_seq():06d}"
-        ex_schema = _examples_schema(examples)
-        write_atomic(pa.Table.from_pylist(modules, schema=schema.MODULES), self.parts / f"modules-{tag}.parquet")
-        if cosine:
-            write_atomic(pa.Table.from_pylist(cosine, schema=schema.COSINE), self.parts / f"cosine-{tag}.parquet")
-        write_atomic(pa.Table.from_pylist(examples, schema=ex_schema), self.parts / f"examples-{tag}.parquet")
+        write_atomic(modules, self.parts / f"modules-{tag}.parquet")
+        if cosine is not None and cosine.num_rows:
+            write_atomic(cosine, self.parts / f"cosine-{tag}.parquet")
+        write_atomic(examples, self.parts / f"examples-{tag}.parquet")
         return tag
 
     def remove_orphans(self) -> list[Path]:
-        """Delete module/cosine parts whose examples part was never committed (a crash)."""
+        """Delete this writer's module/cosine parts whose examples part was never committed (a crash).
+
+        Other writers' files are left alone: they may be running now, between their modules
+        part and their examples part. Their orphans are ignored by every reader.
+        """
         committed = set(self._committed_tags())
         removed = []
         if not self.parts.exists():
             return removed
         for p in self.parts.iterdir():
             m = _TAG.match(p.name)
-            if m and m.group(1) != "examples" and m.group(2) not in committed:
+            if m and m.group(1) != "examples" and m.group(2) not in committed and self._own(m.group(2)):
                 p.unlink(missing_ok=True)
                 removed.append(p)
         return removed
@@ -159,13 +253,16 @@ class RunStore:
         ex, mod, cos = [], [], []
         for tag in self._committed_tags():
             e = read_part(self.parts / f"examples-{tag}.parquet")
-            if e is None:
+            m = read_part(self.parts / f"modules-{tag}.parquet") if e is not None else None
+            has_c = (self.parts / f"cosine-{tag}.parquet").exists()
+            c = read_part(self.parts / f"cosine-{tag}.parquet") if has_c and m is not None else None
+            if e is None or m is None or (has_c and c is None):  # a part is used whole or not at all
+                warnings.warn(f"{self.parts}: part {tag} cannot be read and is left out; to compute its examples "
+                              "again, move its files out of that folder and rerun `layergrad run` with the same settings",
+                              stacklevel=2)
                 continue
-            m = read_part(self.parts / f"modules-{tag}.parquet")
-            c = read_part(self.parts / f"cosine-{tag}.parquet") if (self.parts / f"cosine-{tag}.parquet").exists() else None
             ex.append(e)
-            if m is not None:
-                mod.append(m)
+            mod.append(m)
             if c is not None:
                 cos.append(c)
         return (
@@ -173,6 +270,14 @@ class RunStore:
             _concat(mod, schema.MODULES),
             _concat(cos, schema.COSINE),
         )
+
+
+def _free_sibling(path: Path) -> Path:
+    """``DIR-2``, ``DIR-3``, ...: the first that does not exist yet."""
+    n = 2
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
 
 
 def _examples_schema(rows: list[dict]) -> pa.Schema:
