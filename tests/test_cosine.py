@@ -37,5 +37,5 @@ def test_cosines_equal_dense_gradients(tmp_path, tokenizer, records, arch):
         for _, r in rows.iterrows():
             a, b = grads[r["module_a"]], grads[r["module_b"]]
             want = float((a * b).sum() / (a.norm() * b.norm()))
-            assert r["cosine"] == pytest.approx(want, rel=1e-8, abs=1e-12)
+            assert r["cosine"] == pytest.approx(want, rel=1e-6, abs=1e-7)  # rotary in fp32: see test_engine.RTOL
     assert res.cosine["cosine"].between(-1, 1).all()

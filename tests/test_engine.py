@@ -15,7 +15,11 @@ from layergrad.modules import find_targets
 from layergrad.prompting import encode
 from layergrad.store import load_results
 
-RTOL = 1e-8  # fp64 model and statistics: agreement to ~1e-12 is typical; 1e-8 leaves room for the QR path
+# fp64 model and statistics. Agreement is ~1e-12 for GPT-2/NeoX-free paths, but transformers computes
+# rotary angles with an fp32 matmul whatever the model's dtype, and its rounding depends on the batch
+# shape and thread count: batched vs one-at-a-time q/k differ by up to ~5e-8 relative (seen with
+# OMP_NUM_THREADS=1). 1e-6 is far above that and still 100x tighter than the 1e-4 the paper's numbers need.
+RTOL = 1e-6
 
 
 def loaded(model, tok):
@@ -87,7 +91,9 @@ def test_batch_of_many_equals_each_alone_padding_changes_nothing(tmp_path, token
     b = one.modules.sort_values(["id", "module"]).reset_index(drop=True)
     assert list(a["module"]) == list(b["module"])
     for c in cols:
-        torch.testing.assert_close(torch.tensor(a[c].values), torch.tensor(b[c].values), rtol=1e-9, atol=1e-14)
+        x, y = torch.tensor(a[c].values), torch.tensor(b[c].values)
+        # batch shapes differ (see RTOL); min_sigma is compared on the scale of the spectrum
+        torch.testing.assert_close(x, y, rtol=RTOL, atol=RTOL * float(torch.tensor(a["spectral"].values).max()) if c == "min_sigma" else 1e-12)
     torch.testing.assert_close(torch.tensor(many.examples["loss"].values), torch.tensor(one.examples["loss"].values), rtol=1e-12, atol=0)
 
 

@@ -1,9 +1,17 @@
 """The capture sink: per-example statistics of one module's gradient, batch by batch.
 
-Receives ``X`` ``(n, t, i)`` and ``D`` ``(n, t, o)`` for a module of a padded batch, zeroes
-the padding rows, computes the statistics in ``stats_dtype`` (fp32 at least, whatever the
-model's dtype) and keeps only small per-example results; the big tensors are freed on return.
-Inputs shared by several modules (q, k, v; gate, up) are factorised once.
+Receives ``X`` ``(n, t, i)`` and ``D`` ``(n, t, o)`` for a module of a padded batch and keeps only
+small per-example results; the big tensors are freed on return. Inputs shared by several modules
+(q, k, v; gate, up) are factorised once.
+
+Two computations (``method``):
+
+* ``gram`` (``auto`` with float32 statistics): one example at a time over its real tokens only
+  (no padding work), the squared singular values as eigenvalues of a float64 Gram-type matrix,
+  the cheapest of :data:`spectral.GRAM_SIDES` per example and module (:func:`spectral.gram_side`).
+* ``factored`` / ``dense`` (``auto`` with float64 statistics): batched over the padded batch with
+  padding rows zeroed, in ``stats_dtype``, by QR factors or the dense gradient
+  (:func:`spectral.choose_method`); their error is ``u * s_1``, which float64 statistics keep.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ class Measurer:
     spectrum_k: int | None = 64  # None: the full spectrum
     elementwise: bool = False
     cosine: bool = False
-    method: str = "auto"  # auto | factored | dense
+    method: str = "auto"  # auto | gram | factored | dense
     results: dict[str, ModuleResult] = field(default_factory=dict)
     cosines: list[tuple[str, str, str, Tensor]] = field(default_factory=list)  # (kind, a, b, (n,))
 
@@ -44,6 +52,8 @@ class Measurer:
         self._consumers = dict(consumers)
         self._rx: dict[tuple, Tensor] = {}
         self._xm: dict[tuple, Tensor] = {}
+        self._grams: dict[tuple, list[dict[str, Tensor]]] = {}  # per shared input, per example: K_X, F_X
+        self._rows: dict[int, list] = {}
         self._by_layer_role = by_layer_role
         self._pending: dict[str, tuple[Tensor, Tensor]] = {}
         self.results = {}
@@ -56,21 +66,34 @@ class Measurer:
             m = m.repeat(1, t // m.shape[-1])
         return A.to(self.stats_dtype) * m.unsqueeze(-1).to(self.stats_dtype)
 
+    def resolve_method(self, t: int, i: int, o: int, shared: int) -> str:
+        if self.method != "auto":
+            return self.method
+        if self.stats_dtype.itemsize < 8:  # float32 statistics: the float64 Gram path is faster and as exact
+            return "gram"
+        return spectral.choose_method(t, i, o, x_shared_by=shared)
+
     def __call__(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
         n, t, _ = X.shape
         o, i = target.out_features, target.in_features
         shared = self._consumers.get(x_key, 1)
-        if x_key not in self._xm:
-            self._xm[x_key] = self._masked(X)
-        Xm = self._xm[x_key]
-        Dm = self._masked(D)
-        method = self.method if self.method != "auto" else spectral.choose_method(t, i, o, x_shared_by=shared)
-        if method == "factored":
+        method = self.resolve_method(t, i, o, shared)
+        Xm = Dm = None
+        if method != "gram" or self.elementwise or self.cosine:
+            if x_key not in self._xm:
+                self._xm[x_key] = self._masked(X)
+            Xm = self._xm[x_key]
+            Dm = self._masked(D)
+        if method == "gram":
+            s = self._gram(X, D, x_key, i, o, shared)
+        elif method == "factored":
             if x_key not in self._rx:
                 self._rx[x_key] = spectral.r_factor(Xm)
             s = spectral.factored_svdvals(Xm, Dm, R_X=self._rx[x_key])
-        else:
+        elif method == "dense":
             s = spectral.dense_svdvals(Xm, Dm)
+        else:
+            raise ValueError(f"unknown method {method!r}; choose auto, gram, factored or dense")
         st = spectral.spectrum_stats(s, min(o, i))
         spectrum = st.spectrum if self.spectrum_k is None else st.spectrum[..., : self.spectrum_k]
         result = ModuleResult(
@@ -85,11 +108,52 @@ class Measurer:
         self.results[target.name] = result
         if self.cosine:
             self._cosine(target, Xm, Dm)
+        del Xm, Dm, s, st
         # free shared factors once every consumer is done
         self._consumers[x_key] = shared - 1
         if self._consumers[x_key] <= 0:
             self._rx.pop(x_key, None)
             self._xm.pop(x_key, None)
+            self._grams.pop(x_key, None)
+
+    def _real_rows(self, t: int) -> list[slice | Tensor]:
+        """Per example, its real tokens on a module's token axis of length ``t``: a slice when they
+        are a prefix (right padding), else an index tensor."""
+        if t not in self._rows:
+            m = self._mask
+            if t != m.shape[-1]:  # a module called several times: its calls are concatenated on t
+                m = m.repeat(1, t // m.shape[-1])
+            m = m.to("cpu", torch.bool)
+            rows = []
+            for mb in m:
+                k = int(mb.sum())
+                rows.append(slice(0, k) if bool(mb[:k].all()) else torch.nonzero(mb).flatten())
+            self._rows[t] = rows
+        return self._rows[t]
+
+    def _gram(self, X: Tensor, D: Tensor, x_key: tuple, i: int, o: int, shared: int) -> Tensor:
+        """``(n, min(t, i, o))`` float64 singular values, example by example over its real tokens."""
+        n, t, _ = X.shape
+        r = min(t, i, o)
+        rows = self._real_rows(t)
+        cache = self._grams.setdefault(x_key, [{} for _ in range(n)])  # per example: K_X, F_X
+        out = torch.zeros(n, r, dtype=spectral.GRAM_DTYPE, device=X.device)
+        for b in range(n):
+            idx = rows[b]
+            Xb = X[b, idx] if isinstance(idx, slice) else X[b].index_select(0, idx.to(X.device))
+            Db = D[b, idx] if isinstance(idx, slice) else D[b].index_select(0, idx.to(D.device))
+            T = Xb.shape[0]
+            if T == 0:
+                continue
+            c = cache[b]
+            side = spectral.gram_side(T, i, o, x_shared_by=shared, have_k_x="K" in c, have_f_x="F" in c)
+            if side in ("token", "out") and "K" not in c:
+                c["K"] = spectral.gram(Xb)
+            if side == "token" and "F" not in c:
+                c["F"] = spectral.psd_factor(c["K"])
+            s = spectral.gram_svdvals(Xb, Db, side, K_X=c.get("K"), F_X=c.get("F"))
+            out[b, : s.shape[-1]] = s
+        return out
 
     # -- cosine similarities of pairs of gradients, from the factors ---------------------
     def _partners(self, t: Target) -> list[tuple[str, Target]]:

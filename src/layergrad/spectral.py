@@ -62,20 +62,130 @@ def factored_svdvals(X: Tensor, D: Tensor, R_X: Tensor | None = None) -> Tensor:
     return torch.linalg.svdvals(core(R_X, r_factor(D)))
 
 
-def choose_method(t: int, i: int, o: int, *, x_shared_by: int = 1) -> str:
-    """``"factored"`` or ``"dense"``, whichever needs fewer floating-point operations.
+# Relative costs, in floating-point operations of a matrix product (``2 a b c`` for ``(a, b) @ (b, c)``),
+# measured with torch 2.x / OpenBLAS-MKL on a 2-core AMD EPYC (see benchmarks/calibrate.py): a Householder
+# QR (``mode="r"``) runs at about a third of a product's rate; ``svdvals`` of an ``(a, b)`` matrix costs
+# about ``SVD_COST * a * b * min(a, b)`` and ``eigvalsh`` of an ``(m, m)`` one ``EIG_COST * m^3``;
+# a Cholesky ``CHOL_COST * m^3``.
+QR_SLOWDOWN = 3.0
+SVD_COST = 60.0
+EIG_COST = 12.0
+CHOL_COST = 2.0
 
-    Counts (leading terms, one example): QR of an ``(f, t)`` matrix ~ ``2 f k^2`` with
-    ``k = min(f, t)``, discounted by 2 for ``mode="r"`` work being BLAS-2-heavy
-    (measured slower per flop than a product); an SVD of an ``(a, b)`` matrix ~ ``6 a b min(a, b)``.
+
+def choose_method(t: int, i: int, o: int, *, x_shared_by: int = 1) -> str:
+    """``"factored"`` or ``"dense"``, whichever is cheaper by the measured costs above.
+
+    Counts (one example): QR of an ``(f, t)`` matrix ``2 f t k - 2 k^3 / 3`` with ``k = min(f, t)``,
+    an SVD of the core ``(min(o, t), min(i, t))`` or of the dense ``(o, i)`` gradient.
     ``x_shared_by`` modules share the input's factor, so each pays its share.
     """
     kx, kd = min(i, t), min(o, t)
-    qr = lambda f, k: 4.0 * f * t * k  # noqa: E731
-    svd = lambda a, b: 6.0 * a * b * min(a, b)  # noqa: E731
+    qr = lambda f, k: QR_SLOWDOWN * (2.0 * f * t * k - 2.0 * k**3 / 3)  # noqa: E731
+    svd = lambda a, b: SVD_COST * a * b * min(a, b)  # noqa: E731
     factored = qr(i, kx) / x_shared_by + qr(o, kd) + 2.0 * kd * t * kx + svd(kd, kx)
     dense = 2.0 * o * t * i + svd(o, i)
     return "factored" if factored <= dense else "dense"
+
+
+# ---------------------------------------------------------------------------------------
+# The Gram path: squared singular values from a symmetric eigenproblem, one example at a time
+# ---------------------------------------------------------------------------------------
+#
+# For one example (no padding rows), with K_X = X X^T and K_D = D D^T (t, t), the nonzero
+# eigenvalues of these symmetric positive semi-definite matrices are the squared singular values
+# of G = D^T X, so ``eigvalsh`` of any of them gives the spectrum (a symmetric tridiagonal
+# reduction: several times cheaper than an SVD of the same size):
+#
+#   "token"    F^T K_D F   (t, t)            F F^T = K_X (a Cholesky factor, shared by q, k, v)
+#   "out"      D^T K_X D   (o, o)            no factorisation at all (k, v of grouped-query attention)
+#   "in"       X^T K_D X   (i, i)
+#   "product"  G G^T or G^T G  (min(o, i))   long sequences: G itself is the smallest object
+#
+# Accuracy: an eigenvalue s_k^2 computed with unit roundoff u is off by about u * s_1^2, so s_k may be
+# off by up to sqrt(u) * s_1. Everything here is therefore computed in float64 (GRAM_DTYPE), where
+# sqrt(u) ~ 1e-8: below the float32 rounding already in captured X and D, and more accurate than
+# the float32 QR path. This is the path for float32 (or lower) statistics; float64 statistics keep
+# the QR path (its error is u * s_1, not sqrt(u) * s_1). A float32 Gram is not enough: measured on
+# SmolLM2's gradients it is off by up to 1e-5 relative (benchmarks/BENCHMARKS.md).
+
+GRAM_DTYPE = torch.float64
+GRAM_SIDES = ("token", "out", "in", "product")
+
+
+def gram(A: Tensor, dtype: torch.dtype = GRAM_DTYPE, block: int = 1024) -> Tensor:
+    """``A A^T``: ``(t, f) -> (t, t)`` in ``dtype``, converting ``block`` columns at a time (bounded memory)."""
+    K = A.new_zeros((*A.shape[:-1], A.shape[-2]), dtype=dtype)
+    for c in range(0, A.shape[-1], block):
+        Ac = A[..., c : c + block].to(dtype)
+        K += Ac @ Ac.mT
+    return K
+
+
+def psd_factor(K: Tensor) -> Tensor:
+    """``F`` ``(t, t)`` with ``F F^T = K`` for a symmetric positive semi-definite ``K``.
+
+    The lower Cholesky factor (backward stable whenever it completes: ``|F_ab|^2 <= K_aa``); where it
+    breaks down on a singular ``K`` (repeated rows, e.g. repeated tokens in layer 0; more rows than
+    features), eigenvectors scaled by the square roots of the eigenvalues clamped at 0.
+    """
+    L, info = torch.linalg.cholesky_ex(K)
+    if int(info) == 0:
+        return L
+    w, V = torch.linalg.eigh(K)
+    return V * w.clamp_min(0).sqrt().unsqueeze(-2)
+
+
+def sqrt_eigvalsh(S: Tensor, r: int) -> Tensor:
+    """The ``r`` largest singular values, descending, from ``S`` whose eigenvalues are their squares."""
+    w = torch.linalg.eigvalsh(S)  # ascending
+    return w.flip(-1)[..., :r].clamp_min(0).sqrt()
+
+
+def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None, F_X: Tensor | None = None) -> Tensor:
+    """Singular values of ``G = D^T X`` for one example: ``(t, i), (t, o) -> (min(t, i, o),)``, in float64.
+
+    ``K_X = gram(X)`` and ``F_X = psd_factor(K_X)`` may be passed in when modules share ``X``.
+    """
+    if side not in GRAM_SIDES:
+        raise ValueError(f"unknown Gram side {side!r}; choose one of {', '.join(GRAM_SIDES)}")
+    t, i = X.shape
+    o = D.shape[-1]
+    r = min(t, i, o)
+    dt = GRAM_DTYPE
+    if side == "token":
+        F = F_X if F_X is not None else psd_factor(K_X if K_X is not None else gram(X))
+        S = F.mT @ gram(D) @ F  # (t, t)
+    elif side == "out":
+        K = K_X if K_X is not None else gram(X)
+        Dd = D.to(dt)
+        S = Dd.mT @ (K @ Dd)  # (o, o)
+    elif side == "in":
+        Xd = X.to(dt)
+        S = Xd.mT @ (gram(D) @ Xd)  # (i, i)
+    else:
+        G = D.to(dt).mT @ X.to(dt)  # (o, i)
+        S = G @ G.mT if o <= i else G.mT @ G
+    return sqrt_eigvalsh(S, r)
+
+
+def gram_side(t: int, i: int, o: int, *, x_shared_by: int = 1, have_k_x: bool = False, have_f_x: bool = False) -> str:
+    """The cheapest of :data:`GRAM_SIDES` for one example, by the measured costs above.
+
+    A shared input's ``K_X`` and factor are paid once: each of the ``x_shared_by`` modules pays its
+    share, and nothing when they are already computed (``have_k_x``, ``have_f_x``).
+    """
+    kx = 0.0 if have_k_x else 2.0 * i * t * t / x_shared_by
+    fx = 0.0 if have_f_x else kx + CHOL_COST * t**3 / x_shared_by
+    eig = lambda m: EIG_COST * m**3  # noqa: E731
+    a, b = min(o, i), max(o, i)
+    cost = {
+        "token": fx + 2.0 * o * t * t + 4.0 * t**3 + eig(t),
+        "out": kx + 2.0 * t * t * o + 2.0 * t * o * o + eig(o),
+        "in": 2.0 * o * t * t + 2.0 * t * t * i + 2.0 * t * i * i + eig(i),
+        "product": 2.0 * t * i * o + 2.0 * a * a * b + eig(a),
+    }
+    return min(GRAM_SIDES, key=lambda s: cost[s])
 
 
 # ---------------------------------------------------------------------------------------

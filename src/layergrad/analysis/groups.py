@@ -166,7 +166,11 @@ def _status_counts(ex: pd.DataFrame) -> pd.DataFrame:
     bad = ex[ex["status"] != "ok"]
     if len(bad) == 0:
         return pd.DataFrame({"status": pd.Series(dtype=str), "reason": pd.Series(dtype=str), "count": pd.Series(dtype=int)})
-    bad = bad.assign(reason=bad["reason"].fillna("(no reason given)"))
+    from ..faults import reason_kind
+
+    # group by a stable label of the reason (one row per kind, not per record or token count)
+    kinds = [reason_kind(s, r) for s, r in zip(bad["status"], bad["reason"])]
+    bad = bad.assign(reason=kinds)
     return bad.groupby(["status", "reason"], sort=True).size().rename("count").reset_index()
 
 

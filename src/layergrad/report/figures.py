@@ -243,3 +243,59 @@ def cosine_figure(groups: list[Group], cos: pd.DataFrame, kind: str) -> Figure:
     fig.legend(handles=handles, loc="outside right upper", title="role", fontsize=8, title_fontsize=8)
     _title(fig, f"Gradient cosine similarity ({what}): mean over examples, 95% bootstrap CI", groups)
     return fig
+
+
+def score_distribution_figure(groups: list[Group], summary: pd.DataFrame, scores: list[str]) -> Figure:
+    """One panel per score, one box per group, drawn from ``score_summary`` itself (scores_summary.csv):
+    box = quartiles, line = median, whiskers = min and max, diamond = mean."""
+    gcol = group_colors(groups)
+    fig = Figure(figsize=(max(2.4, 0.55 * len(groups) + 1.2) * min(len(scores), 4) + 0.8, 2.9 * _grid(len(scores), 4)[0] + 1.1),
+                 layout="constrained")
+    axes, _ = _axes(fig, len(scores), 4)
+    for ax, score in zip(axes, scores):
+        stats, pos, colors = [], [], []
+        for j, g in enumerate(groups):
+            r = summary[(summary["group"] == g.label) & (summary["score"] == score)]
+            if len(r) == 0 or int(r["n"].iloc[0]) == 0:
+                continue
+            r = r.iloc[0]
+            stats.append({"med": r["median"], "q1": r["q25"], "q3": r["q75"], "whislo": r["min"], "whishi": r["max"],
+                          "mean": r["mean"], "label": g.label})
+            pos.append(j)
+            colors.append(gcol[g.label])
+        if stats:
+            boxes = ax.bxp(stats, positions=pos, widths=0.6, showmeans=True, showfliers=False, patch_artist=True,
+                           meanprops={"marker": "D", "markersize": 3, "markerfacecolor": "black", "markeredgecolor": "black"},
+                           medianprops={"color": "black", "lw": 1})
+            for patch, c in zip(boxes["boxes"], colors):
+                patch.set_facecolor(c)
+                patch.set_alpha(0.6)
+        else:
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.set_xticks(range(len(groups)), [g.label for g in groups], fontsize=7, rotation=30 if len(groups) > 2 else 0)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_title(score, fontsize=8)
+        ax.grid(axis="y", alpha=0.3, lw=0.5)
+    _title(fig, "Scores per group: box = quartiles, whiskers = min and max, diamond = mean (ok examples)", groups)
+    return fig
+
+
+def spearman_figure(groups: list[Group], spearman: pd.DataFrame, scores: list[str]) -> Figure:
+    """Heat map of Spearman's rho between scores (``scores_spearman.csv``), each cell annotated."""
+    k = len(scores)
+    rho = spearman.pivot(index="score_a", columns="score_b", values="rho").reindex(index=scores, columns=scores).to_numpy(float)
+    n = spearman.loc[spearman["score_a"] != spearman["score_b"], "n"]
+    fig = Figure(figsize=(0.62 * k + 3.6, 0.55 * k + 2.4), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(rho, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    for i in range(k):
+        for j in range(k):
+            v = rho[i, j]
+            ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                    color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")
+    ax.set_xticks(range(k), scores, rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(k), scores, fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Spearman ρ")
+    pairs = f"n = {int(n.min())}" if len(n) and n.min() == n.max() else (f"n = {int(n.min())}-{int(n.max())} per pair" if len(n) else "")
+    _title(fig, f"Spearman rank correlation between scores, all groups pooled ({pairs}; – : too few or constant)", groups)
+    return fig
