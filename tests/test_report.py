@@ -269,7 +269,7 @@ def test_report_in_headless_browser(report, tmp_path):
     _, out = report
     found = browser_check(out / "index.html", tmp_path / "profile")
     assert found["errors"] == [] and found["console"] == []
-    assert len(found["images"]) == 3 + 3 + 1 + 1 + 3  # curves, MAD, AUROC, length, cosine
+    assert len(found["images"]) == 3 + 3 + 1 + 1 + 3 + 4  # curves, MAD, AUROC, length, cosine, scores (distribution, Spearman, 2 split)
     bad = [i for i in found["images"] if not (i["complete"] and i["width"] > 0)]
     assert not bad, bad
     shot = tmp_path / "report.png"

@@ -197,10 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     for mod in ("layergrad.report.cli", "layergrad.experiment", "layergrad.merge_cli", "layergrad.selection_cli"):
-        try:
-            __import__(mod, fromlist=["add_parser"]).add_parser(sub)
-        except ImportError:
-            pass
+        __import__(mod, fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ import sys
 
 def expected_errors() -> tuple[type, ...]:
     from .data import DataError
+    from .distributed import DistributedError
     from .experiment import ExperimentError
     from .models import ModelError
     from .modules import SelectionError
@@ -14,7 +15,7 @@ def expected_errors() -> tuple[type, ...]:
     from .store import ConfigMismatch
     from .store.parts import StoreWriteError  # disk full, no permission: names the path and the cause
 
-    return (DataError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch,
+    return (DataError, DistributedError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch,
             StoreWriteError, FileNotFoundError)
 
 

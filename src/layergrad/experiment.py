@@ -116,7 +116,7 @@ def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
 
 
 def run_experiment(config_path: str | Path, out: str | Path | None = None, *, reports: bool = True, log=print) -> Path:
-    from . import engine
+    from . import distributed, engine
     from .models import load_model
 
     conf = load_config(config_path)
@@ -126,16 +126,26 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
         log(n)
     if not jobs:
         raise ExperimentError(f"{config_path}: nothing to run (no group's data was found)")
+    # Under torchrun every rank runs every job on its own shard (engine.run); reports are rank 0's.
+    world = distributed.detect()
+    main_rank = world is None or world.rank == 0
     loaded_cache: dict[str, object] = {}
     for k, job in enumerate(jobs, 1):
         key = job.cfg.model
         if key not in loaded_cache:
             loaded_cache.clear()  # one model in memory at a time
-            loaded_cache[key] = load_model(job.cfg.model, dtype=job.cfg.dtype, device=engine.resolve_device(job.cfg.device), device_map=job.cfg.device_map, trust_remote_code=job.cfg.trust_remote_code)
-        log(f"[{k}/{len(jobs)}] {job.model_name} · {job.label}")
+            device = engine.resolve_device(job.cfg.device)
+            if world is not None:
+                device = distributed.local_device(world, device, job.cfg.device_map)
+            loaded_cache[key] = load_model(job.cfg.model, dtype=job.cfg.dtype, device=device, device_map=job.cfg.device_map, trust_remote_code=job.cfg.trust_remote_code)
+        if main_rank:
+            log(f"[{k}/{len(jobs)}] {job.model_name} · {job.label}")
         s = engine.run(job.cfg, loaded=loaded_cache[key])
-        log(f"    {s.out}: {s.status_counts}, {s.computed} computed now ({s.seconds:.0f} s)")
-    if not reports:
+        if main_rank:
+            log(f"    {s.out}: {s.status_counts}, {s.computed} computed now ({s.seconds:.0f} s)")
+    if world is not None:
+        distributed.barrier()
+    if not reports or not main_rank:
         return out
     from .report import build_report
 
@@ -176,6 +186,7 @@ EPILOG = """examples:
   layergrad experiment experiments/demo.toml
   layergrad experiment experiments/fast_slow.toml --out runs/fast_slow
   LAYERGRAD_DATA=/data/cot layergrad experiment experiments/fast_slow.toml --no-reports
+  torchrun --nproc_per_node 4 -m layergrad experiment experiments/fast_slow.toml   # every job sharded over 4 ranks
 """
 
 

@@ -14,6 +14,7 @@ Layout of ``OUT``::
     runs.csv|md|tex                the runs: model, prompt mode, data, depth, examples ok / not ok
     status.csv|md|tex              examples that were not ok, by status and reason
     exclusions.csv|md|tex          cells where examples had no finite value
+    scores*.csv, split_*.csv       the Scores panel (report/scores.py), when the runs have >= 4 ok examples
     figures/*.png|svg              PNG at 300 dpi and SVG
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from layergrad.analysis.mad import mad_table, segments
 from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_groups, require_comparable, status_table
 from layergrad.store.schema import METRICS
 
-from . import figures, html, tables
+from . import figures, html, scores, tables
 
 FIGURE_METRICS = ("nuclear", "top1_share", "effective_rank")
 ALPHA = 0.05
@@ -45,16 +46,22 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM) -> Path:
+def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
+                 split_by: str | None = None, split_fraction: float = 0.5) -> Path:
     """Write the report for ``runs`` (``[(label, run_dir), ...]``) under ``out``; return ``out/index.html``.
 
     Each run is one group under its label; a label of ``None`` splits the run by its examples'
     ``group`` column (see :func:`layergrad.analysis.load_groups`). Groups are compared in order.
 
+    The Scores panel splits the examples of all groups together into the ``split_fraction`` with
+    the highest and the lowest ``split_by`` (a METRIC of :mod:`layergrad.selection`; default
+    ``ifd`` when the runs were made with ``--ifd``, else ``loss``).
+
     Raises :class:`layergrad.analysis.AnalysisError` (or its subclass ``IncompatibleGroups``)
     with a message naming the problem when the runs cannot be reported or compared.
     """
-    return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm).index
+    return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm, split_by=split_by,
+                       split_fraction=split_fraction).index
 
 
 def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]]:
@@ -78,16 +85,20 @@ def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]
     return runs, metrics
 
 
-def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM) -> Report:
+def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
+                split_by: str | None = None, split_fraction: float = 0.5) -> Report:
     """Like :func:`build_report`, also returning the notes and the tables as DataFrames."""
     runs, metrics = _check_args(runs, metrics)
-    groups = [g for label, path in runs for g in load_groups(path, label)]
+    scores.check_split(split_by, split_fraction)
+    per_run = [(path, load_groups(path, label)) for label, path in runs]
+    groups = [g for _, gs in per_run for g in gs]
     labels = [g.label for g in groups]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise AnalysisError(f"two groups are labelled {', '.join(map(repr, dup))}; give each run a distinct label with --run \"LABEL=DIR\"")
     if len(groups) > 1:
         require_comparable(groups)  # before any heavy work
+    panel, panel_notes = scores.score_panel(per_run, split_by=split_by, fraction=split_fraction, n_boot=n_boot, seed=seed)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     fig_metrics = [m for m in FIGURE_METRICS if m in metrics] or metrics[:3]
@@ -104,24 +115,32 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     t["runs"] = _runs_frame(groups)
     t["status"] = status_table(groups)
     t["exclusions"] = pd.concat([exclusions(g, metrics) for g in groups], ignore_index=True)
-    notes = [n for g in groups for n in g.notes] + _exclusion_notes(groups, t["exclusions"])
+    notes = [n for g in groups for n in g.notes] + _exclusion_notes(groups, t["exclusions"]) + panel_notes
+    per_example = {}  # written as CSV only (one row per example)
+    if panel is not None:
+        per_example = {k: panel.tables[k] for k in ("scores", "split_ids") if k in panel.tables}
+        t.update({k: v for k, v in panel.tables.items() if k not in per_example})
 
     files = {name: tables.write_table(df, out, name, CAPTIONS.get(name, "")) for name, df in t.items() if name != "cosine" or len(df)}
     points.to_csv(out / "length_points.csv", index=False)
+    for name, df in per_example.items():
+        df.to_csv(out / f"{name}.csv", index=False)
 
     sections = _sections(groups, t, files, points, fig_metrics, out)
+    if panel is not None:
+        sections.insert(len(sections) - 1, _scores_section(groups, panel, t, files, out))
     page = html.render(
         title="layergrad report: " + " vs ".join(g.label for g in groups),
         subtitle=_subtitle(seed, n_boot, n_perm),
         runs_table=tables.to_html(t["runs"]) + '<p class="files">' + " ".join(f'<a href="{p.name}">{p.name}</a>' for p in files["runs"].values()) + "</p>",
         notes=notes,
-        methods=_methods(groups, n_boot, n_perm, seed),
+        methods=_methods(groups, n_boot, n_perm, seed) + ([_scores_method(panel)] if panel is not None else []),
         sections=sections,
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
-    _remove_stale(out, sections, files)
-    return Report(index, notes, {**t, "length_points": points})
+    _remove_stale(out, sections, {**files, **per_example})
+    return Report(index, notes, {**t, "length_points": points, **per_example})
 
 
 def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
@@ -129,11 +148,12 @@ def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
     group's heat maps, cosine tables), so the folder holds exactly what index.html shows."""
     keep = {Path(f.png).name for s in sections for f in s.figures} | {Path(f.svg).name for s in sections for f in s.figures}
     for p in (out / "figures").glob("*"):
-        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "mad", "auroc", "length", "cosine") and p.name not in keep:
+        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "mad", "auroc", "length", "cosine", "scores") and p.name not in keep:
             p.unlink()
-    if "cosine" not in files:
-        for ext in ("csv", "md", "tex"):
-            (out / f"cosine.{ext}").unlink(missing_ok=True)
+    for name in ("cosine", "scores", "scores_summary", "scores_spearman", "split_summary", "split_ids", "split_curves"):
+        if name not in files:
+            for ext in ("csv", "md", "tex"):
+                (out / f"{name}.{ext}").unlink(missing_ok=True)
 
 
 CAPTIONS = {
@@ -147,6 +167,10 @@ CAPTIONS = {
     "runs": "The runs compared: one group per run directory, with the provenance of its numbers.",
     "status": "Examples that were not ok, by status and reason; they take no part in any statistic.",
     "exclusions": "Cells (metric, role, layer) where some ok examples had no finite value and were excluded from that cell only.",
+    "scores_summary": "Per group and score (ok examples): n with a finite value, n_nan without, mean, sd (ddof 1), min, quartiles, max.",
+    "scores_spearman": "Spearman rank correlation between two scores over the ok examples of all groups pooled, pairwise complete; n = examples with both finite; NaN below 3 or for a constant score.",
+    "split_summary": "The high and low parts of the split: per part and group, the examples in it and the range of the split score.",
+    "split_curves": "Per-layer mean over the examples of each part (95% percentile bootstrap interval), as curves.csv.",
 }
 
 
@@ -283,3 +307,42 @@ def _sections(groups, t, files, points, fig_metrics, out) -> list[html.Section]:
     data.tables.append(_table("exclusions.csv", t["exclusions"], files["exclusions"], 200, len(t["exclusions"]) > 20, "exclusions"))
     s.append(data)
     return s
+
+
+def _scores_section(groups, panel: scores.ScorePanel, t, files, out) -> html.Section:
+    """Scores panel: distributions per group, Spearman heat map, high vs low curves (report/scores.py)."""
+    pct = f"{100 * panel.fraction:g}%"
+    ifd = ("IFD is shown as the loss ratio (ifd) and the perplexity ratio (ifd_ppl), beside the loss of the response alone (loss_no_prompt). "
+           if panel.has_ifd else
+           "IFD was not computed for these runs (they were made without `layergrad run --ifd`): the panel uses loss, response length and spectral scores. ")
+    sec = html.Section("scores", "Scores", ifd + "Spectral scores are per example the mean over the modules of all layers of the role set "
+                       "(e.g. effective_rank:attn:mean); per-example values in scores.csv.")
+    sec.figures.append(_fig(figures.score_distribution_figure(groups, t["scores_summary"], panel.columns), out, "scores_distribution",
+                            "Distribution of each score per group (from scores_summary.csv)."))
+    sec.figures.append(_fig(figures.spearman_figure(groups, t["scores_spearman"], panel.columns), out, "scores_spearman",
+                            "Spearman rank correlation between scores, all groups pooled (scores_spearman.csv)."))
+    sec.tables.append(_table("scores_summary.csv", t["scores_summary"], files["scores_summary"], None, len(t["scores_summary"]) > 40, "scores_summary"))
+    sec.tables[-1].files.append(("csv", "scores.csv"))
+    sec.tables.append(_table("scores_spearman.csv", t["scores_spearman"], files["scores_spearman"], None, True, "scores_spearman"))
+    if not panel.halves:
+        sec.intro += f" {panel.split_problem}."
+        return sec
+    what = f"High vs low {panel.by}: top and bottom {pct} of the ok examples of all groups with a finite {panel.by}"
+    for m in dict.fromkeys(t["split_curves"]["metric"]):
+        fig = figures.split_curves_figure(groups, panel.halves, t["split_curves"], m, panel.by, panel.fraction)
+        sec.figures.append(_fig(fig, out, f"scores_split_{m}", f"{what}: {figures.metric_label(m)} per layer (split_curves.csv)."))
+    sec.tables.append(_table("split_summary.csv", t["split_summary"], files["split_summary"], None, False, "split_summary"))
+    sec.tables.append(_table("split_curves.csv", t["split_curves"], files["split_curves"], 2000, True, "split_curves"))
+    sec.tables[-1].files.append(("csv", "split_ids.csv"))
+    return sec
+
+
+def _scores_method(panel: scores.ScorePanel) -> str:
+    return (
+        "Scores: one row per ok example of all groups (scores.csv; selection.score_table). Spearman's rho is the Pearson "
+        "correlation of midranks over the examples where both scores are finite, all groups pooled (so it mixes within- and "
+        f"between-group variation). The high/low split ranks the ok examples with a finite {panel.by} as `layergrad select` does "
+        f"(ties: earlier input first; runs in the order given) and takes floor({panel.fraction:g} x eligible) from each end "
+        "(split_ids.csv); with 0.5 the middle example of an odd count is in neither. The IFD filter of `select` is not applied. "
+        "Curves of the two parts are computed as the per-layer curves above."
+    )

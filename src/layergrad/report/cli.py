@@ -18,12 +18,16 @@ examples:
   layergrad report --run fast=runs/fast --run slow=runs/slow --out report \\
       --metric nuclear --metric effective_rank --seed 1 --n-perm 1999
 
+  # the Scores panel split by effective rank of the attention modules, top and bottom 20%
+  layergrad report --run runs/ifd --out report --split-by effective_rank:attn:mean --split-fraction 0.2
+
   # one run over several data files: without "LABEL=" it is split by the examples' group
   # (--group of `layergrad run`, else the data file's stem), one group per value
   layergrad report --run runs/all --out report
 
 A run without "LABEL=" and without stored groups is labelled by its directory name; a run with
-one group alone gives curves, MAD and length only. Open OUT/index.html in a browser;
+one group alone gives curves, MAD, length and scores only. The Scores panel (scores*.csv, split_*.csv)
+pools the examples of all groups; it shows IFD when the runs were made with `layergrad run --ifd`. Open OUT/index.html in a browser;
 the tables are beside it as CSV, Markdown and LaTeX, the figures in OUT/figures as PNG and SVG.
 """
 
@@ -56,6 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and permutations (default 0)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--n-perm", type=int, default=9999, help="permutations per test (default 9999)")
+    p.add_argument("--split-by", metavar="METRIC", default=None,
+                   help="score of the Scores panel's high vs low split: ifd, ifd_ppl, loss, n_response_tokens or "
+                   "SPECTRAL:ROLES:LAYERS such as effective_rank:attn:mean (see `layergrad select --help`; "
+                   "default: ifd when the runs have IFD, else loss)")
+    p.add_argument("--split-fraction", type=float, default=0.5, metavar="F",
+                   help="fraction of the examples in each of the high and low parts, in (0, 0.5] (default 0.5: halves)")
     p.set_defaults(func=handler)
     return p
 
@@ -69,7 +79,7 @@ def handler(args: argparse.Namespace) -> int:
         return 2
     try:
         rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
-                          n_boot=args.n_boot, n_perm=args.n_perm)
+                          n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction)
     except (AnalysisError, FileNotFoundError) as e:
         print(f"layergrad report: error: {e}", file=sys.stderr)
         return 2

@@ -299,3 +299,13 @@ def spearman_figure(groups: list[Group], spearman: pd.DataFrame, scores: list[st
     pairs = f"n = {int(n.min())}" if len(n) and n.min() == n.max() else (f"n = {int(n.min())}-{int(n.max())} per pair" if len(n) else "")
     _title(fig, f"Spearman rank correlation between scores, all groups pooled ({pairs}; – : too few or constant)", groups)
     return fig
+
+
+def split_curves_figure(groups: list[Group], halves: list[Group], split: pd.DataFrame, metric: str, by: str, fraction: float) -> Figure:
+    """:func:`curves_figure` of the high and low parts of a split (``split_curves.csv``), side by side;
+    the title block names the report's groups, whose examples the parts are drawn from."""
+    fig = curves_figure(halves, split.rename(columns={"half": "group"}), metric)
+    high, low = halves
+    _title(fig, f"{metric_label(metric).capitalize()} per layer, {high.label} (n={high.n}) vs {low.label} (n={low.n}): "
+           f"top / bottom {100 * fraction:g}% by {by}; mean over examples, 95% bootstrap CI", groups)
+    return fig

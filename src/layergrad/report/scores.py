@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from layergrad.analysis.curves import curve_table
-from layergrad.analysis.groups import AnalysisError, Group
-from layergrad.analysis.scores import score_summary, spearman_matrix, split_groups, split_ids
-from layergrad.selection import MetricError, default_metrics, parse_metric, score_table
+from layergrad.analysis.groups import AnalysisError, Group, group_from_results
+from layergrad.analysis.scores import score_summary, spearman_matrix
+from layergrad.selection import Amount, MetricError, default_metrics, parse_metric, score_table, select
 from layergrad.store.run import Results, load_results
 
 MIN_EXAMPLES = 4  # fewer ok examples in all: no panel (a Spearman of 3 points says nothing)
@@ -133,13 +133,12 @@ def score_panel(per_run, *, split_by: str | None = None, fraction: float = 0.5, 
     t = {"scores": table, "scores_summary": score_summary(table, columns), "scores_spearman": spearman}
     panel = ScorePanel(has_ifd, by, fraction, columns, t)
 
-    score = pd.to_numeric(table[by], errors="coerce").astype(float)
-    high, low = split_ids(table, by, fraction)
-    if not high or not low:
-        panel.split_problem = (f"no {by} split: {int(np.isfinite(score).sum())} example(s) have a finite {by}, "
-                               f"too few for a top and bottom {100 * fraction:g}%")
+    high, low = split(table, by, fraction)
+    if not high:
+        panel.split_problem = (f"No {by} split: {int(np.isfinite(pd.to_numeric(table[by], errors='coerce')).sum())} example(s) "
+                               f"have a finite {by}, too few for a top and bottom {100 * fraction:g}%")
     else:
-        panel.halves = split_groups(results, table, by, fraction)
+        panel.halves = [group_from_results(f"high {by}", _subset(results, high)), group_from_results(f"low {by}", _subset(results, low))]
         metrics = [m for m in SPECTRAL if all(h.available(m) for h in panel.halves)]
         curves = curve_table(panel.halves, metrics, n_boot=n_boot, seed=seed)
         curves = curves.rename(columns={"group": "half"})
@@ -147,9 +146,28 @@ def score_panel(per_run, *, split_by: str | None = None, fraction: float = 0.5, 
         t["split_curves"] = curves
         notes += [n for h in panel.halves for n in h.notes]
         t["split_summary"], t["split_ids"] = _split_tables(table, by, {panel.halves[0].label: high, panel.halves[1].label: low})
-        if score.loc[table["status"] == "ok"].nunique() == 1:
+        if pd.to_numeric(table[by], errors="coerce").nunique() == 1:
             notes.append(f"scores: {by} has the same value for every example; its high/low split follows input order only")
     return panel, notes
+
+
+def split(table: pd.DataFrame, by: str, fraction: float) -> tuple[list[str], list[str]]:
+    """``(high, low)`` ids: the first and the last ``floor(fraction * eligible)`` of the eligible examples
+    ranked by ``by`` as :func:`layergrad.selection.select` ranks them (ok, finite; highest first, ties by
+    input order; no IFD filter). Disjoint by construction, also when ties straddle the cut.
+
+    (``analysis.scores.split_ids`` takes ``top`` and ``bottom`` separately; both break ties by input
+    order, so an example tied at the cut can land in both parts: not usable for the report.)
+    """
+    sel = select(table, by, Amount("top", fraction=fraction), ifd_filter=False)
+    k = len(sel.ids)
+    return sel.ranked[:k], sel.ranked[::-1][:k]
+
+
+def _subset(results: Results, ids: list[str]) -> Results:
+    keep = set(ids)
+    return Results(results.manifest, results.examples[results.examples["id"].isin(keep)].reset_index(drop=True),
+                   results.modules[results.modules["id"].isin(keep)].reset_index(drop=True), results.cosine, results.path)
 
 
 def _split_tables(table: pd.DataFrame, by: str, halves: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
