@@ -329,3 +329,16 @@ def test_high_low_split_curves(run_dir):
     assert set(groups[0].ids) == set(high) and set(groups[1].ids) == set(low)
     ct = curve_table(groups, ("effective_rank",), n_boot=20)
     assert set(ct["group"]) == {"high loss", "low loss"}
+
+
+def test_split_halves_are_disjoint_when_ties_straddle_the_cut():
+    import pandas as pd
+
+    from layergrad.analysis.scores import split_ids
+
+    t = pd.DataFrame({"id": list("abcd"), "group": "g", "status": "ok", "loss": [1.0, 2.0, 2.0, 3.0]})
+    high, low = split_ids(t, "loss", 0.5)
+    assert high == ["d", "b"] and low == ["a", "c"] and not set(high) & set(low)
+    same = pd.DataFrame({"id": list("abcd"), "group": "g", "status": "ok", "loss": [1.0] * 4})
+    high, low = split_ids(same, "loss", 0.5)
+    assert high == ["a", "b"] and low == ["d", "c"]

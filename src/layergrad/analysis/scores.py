@@ -83,18 +83,22 @@ def spearman_matrix(table: pd.DataFrame, columns: list[str] | None = None, min_n
 
 
 def split_ids(table: pd.DataFrame, by: str, fraction: float = 0.5, *, ifd_filter: bool = False) -> tuple[list[str], list[str]]:
-    """``(high, low)`` ids: the ``fraction`` of eligible examples with the highest and the lowest ``by``."""
+    """``(high, low)`` ids: the first and the last ``floor(fraction * eligible)`` eligible examples,
+    ranked once as :func:`layergrad.selection.select` ranks them (highest first, ties by input order).
+
+    One ranking, cut at both ends: the two parts are disjoint also when ties straddle a cut.
+    """
     from layergrad.selection import Amount, parse_metric, select
 
     if not 0 < fraction <= 0.5:
         raise ValueError(f"fraction must be in (0, 0.5] so the halves do not overlap, got {fraction}")
-    m = parse_metric(by)
-    high = select(table, m, Amount("top", fraction=fraction), ifd_filter=ifd_filter).ids
-    low = select(table, m, Amount("bottom", fraction=fraction), ifd_filter=ifd_filter).ids
-    return high, low
+    sel = select(table, parse_metric(by), Amount("top", fraction=fraction), ifd_filter=ifd_filter)
+    k = len(sel.ids)
+    return sel.ranked[:k], sel.ranked[::-1][:k]
 
 
-def _subset(results, ids):
+def subset(results, ids):
+    """``results`` restricted to the examples ``ids`` (all tables)."""
     keep = set(ids)
     from dataclasses import replace
 
@@ -112,7 +116,7 @@ def split_groups(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *
 
     name = parse_metric(by).name
     high, low = split_ids(table, by, fraction, ifd_filter=ifd_filter)
-    return [group_from_results(f"high {name}", _subset(results, high)), group_from_results(f"low {name}", _subset(results, low))]
+    return [group_from_results(f"high {name}", subset(results, high)), group_from_results(f"low {name}", subset(results, low))]
 
 
 def split_curves(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *, metrics=("nuclear", "effective_rank"),

@@ -25,8 +25,8 @@ import pandas as pd
 
 from layergrad.analysis.curves import curve_table
 from layergrad.analysis.groups import AnalysisError, Group, group_from_results
-from layergrad.analysis.scores import score_summary, spearman_matrix
-from layergrad.selection import Amount, MetricError, default_metrics, parse_metric, score_table, select
+from layergrad.analysis.scores import score_summary, spearman_matrix, split_ids, subset
+from layergrad.selection import MetricError, default_metrics, parse_metric, score_table
 from layergrad.store.run import Results, load_results
 
 MIN_EXAMPLES = 4  # fewer ok examples in all: no panel (a Spearman of 3 points says nothing)
@@ -138,7 +138,7 @@ def score_panel(per_run, *, split_by: str | None = None, fraction: float = 0.5, 
         panel.split_problem = (f"No {by} split: {int(np.isfinite(pd.to_numeric(table[by], errors='coerce')).sum())} example(s) "
                                f"have a finite {by}, too few for a top and bottom {100 * fraction:g}%")
     else:
-        panel.halves = [group_from_results(f"high {by}", _subset(results, high)), group_from_results(f"low {by}", _subset(results, low))]
+        panel.halves = [group_from_results(f"high {by}", subset(results, high)), group_from_results(f"low {by}", subset(results, low))]
         metrics = [m for m in SPECTRAL if all(h.available(m) for h in panel.halves)]
         curves = curve_table(panel.halves, metrics, n_boot=n_boot, seed=seed)
         curves = curves.rename(columns={"group": "half"})
@@ -152,22 +152,9 @@ def score_panel(per_run, *, split_by: str | None = None, fraction: float = 0.5, 
 
 
 def split(table: pd.DataFrame, by: str, fraction: float) -> tuple[list[str], list[str]]:
-    """``(high, low)`` ids: the first and the last ``floor(fraction * eligible)`` of the eligible examples
-    ranked by ``by`` as :func:`layergrad.selection.select` ranks them (ok, finite; highest first, ties by
-    input order; no IFD filter). Disjoint by construction, also when ties straddle the cut.
-
-    (``analysis.scores.split_ids`` takes ``top`` and ``bottom`` separately; both break ties by input
-    order, so an example tied at the cut can land in both parts: not usable for the report.)
-    """
-    sel = select(table, by, Amount("top", fraction=fraction), ifd_filter=False)
-    k = len(sel.ids)
-    return sel.ranked[:k], sel.ranked[::-1][:k]
-
-
-def _subset(results: Results, ids: list[str]) -> Results:
-    keep = set(ids)
-    return Results(results.manifest, results.examples[results.examples["id"].isin(keep)].reset_index(drop=True),
-                   results.modules[results.modules["id"].isin(keep)].reset_index(drop=True), results.cosine, results.path)
+    """``(high, low)`` ids: :func:`layergrad.analysis.scores.split_ids` with no IFD filter (the split
+    describes all the data). Disjoint by construction, also when ties straddle the cut."""
+    return split_ids(table, by, fraction, ifd_filter=False)
 
 
 def _split_tables(table: pd.DataFrame, by: str, halves: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
