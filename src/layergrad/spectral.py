@@ -62,15 +62,17 @@ def factored_svdvals(X: Tensor, D: Tensor, R_X: Tensor | None = None) -> Tensor:
     return torch.linalg.svdvals(core(R_X, r_factor(D)))
 
 
-# Relative costs, in floating-point operations of a matrix product (``2 a b c`` for ``(a, b) @ (b, c)``),
-# measured with torch 2.x / OpenBLAS-MKL on a 2-core AMD EPYC (see benchmarks/calibrate.py): a Householder
-# QR (``mode="r"``) runs at about a third of a product's rate; ``svdvals`` of an ``(a, b)`` matrix costs
-# about ``SVD_COST * a * b * min(a, b)`` and ``eigvalsh`` of an ``(m, m)`` one ``EIG_COST * m^3``;
-# a Cholesky ``CHOL_COST * m^3``.
-QR_SLOWDOWN = 3.0
-SVD_COST = 60.0
-EIG_COST = 12.0
-CHOL_COST = 2.0
+# Relative costs in units of float64 matrix-product operations (``2 a b c`` for ``(a, b) @ (b, c)``),
+# measured by ``benchmarks/calibrate.py --threads 1`` (the Gram path runs each example on one thread,
+# see measure.py; torch 2.13 CPU with MKL, AMD EPYC; medians over m = 192..768): ``eigvalsh`` of an
+# ``(m, m)`` float64 matrix ~ ``EIG_COST m^3``, a Cholesky ``CHOL_COST m^3``, ``svdvals`` of an
+# ``(a, b)`` float32 matrix ~ ``SVD_COST a b min(a, b)``, and a float32 Householder QR (``mode="r"``)
+# runs at ``1 / QR_SLOWDOWN`` the rate of a float64 product. Only ratios matter: each constant decides
+# between ways of computing the same numbers, never what they are.
+QR_SLOWDOWN = 0.85
+SVD_COST = 8.0
+EIG_COST = 5.5
+CHOL_COST = 1.1
 
 
 def choose_method(t: int, i: int, o: int, *, x_shared_by: int = 1) -> str:
@@ -95,7 +97,7 @@ def choose_method(t: int, i: int, o: int, *, x_shared_by: int = 1) -> str:
 # For one example (no padding rows), with K_X = X X^T and K_D = D D^T (t, t), the nonzero
 # eigenvalues of these symmetric positive semi-definite matrices are the squared singular values
 # of G = D^T X, so ``eigvalsh`` of any of them gives the spectrum (a symmetric tridiagonal
-# reduction: several times cheaper than an SVD of the same size):
+# reduction: cheaper than an SVD of the same size, and no float32 SVD of a t x t core is needed):
 #
 #   "token"    F^T K_D F   (t, t)            F F^T = K_X (a Cholesky factor, shared by q, k, v)
 #   "out"      D^T K_X D   (o, o)            no factorisation at all (k, v of grouped-query attention)
@@ -103,11 +105,13 @@ def choose_method(t: int, i: int, o: int, *, x_shared_by: int = 1) -> str:
 #   "product"  G G^T or G^T G  (min(o, i))   long sequences: G itself is the smallest object
 #
 # Accuracy: an eigenvalue s_k^2 computed with unit roundoff u is off by about u * s_1^2, so s_k may be
-# off by up to sqrt(u) * s_1. Everything here is therefore computed in float64 (GRAM_DTYPE), where
-# sqrt(u) ~ 1e-8: below the float32 rounding already in captured X and D, and more accurate than
-# the float32 QR path. This is the path for float32 (or lower) statistics; float64 statistics keep
-# the QR path (its error is u * s_1, not sqrt(u) * s_1). A float32 Gram is not enough: measured on
-# SmolLM2's gradients it is off by up to 1e-5 relative (benchmarks/BENCHMARKS.md).
+# off by up to sqrt(u) * s_1. Everything here is therefore computed in float64 (GRAM_DTYPE) from the
+# captured float32 (or bf16) X and D, where sqrt(u) ~ 1e-8: below the float32 rounding already in X and
+# D, and more accurate than the float32 QR path (measured on SmolLM2's gradients: nuclear norms within
+# 1e-9 of float64 QR, against 3e-7 for float32 QR). This is the path for float32 (or lower)
+# statistics; float64 statistics keep the QR path, whose error is u * s_1, not sqrt(u) * s_1.
+# Float32 Gram matrices are not enough: on the same gradients they were off by up to 1e-5 relative,
+# with Cholesky breakdowns.
 
 GRAM_DTYPE = torch.float64
 GRAM_SIDES = ("token", "out", "in", "product")
@@ -139,27 +143,54 @@ def gram(A: Tensor, dtype: torch.dtype = GRAM_DTYPE, block: int = 1024) -> Tenso
 SYMMETRIC_SPLIT = 256  # rows from which gram() multiplies three blocks instead of the whole product
 
 
-def psd_factor(K: Tensor) -> Tensor:
-    """``F`` ``(t, t)`` with ``F F^T = K`` for a symmetric positive semi-definite ``K``.
+def psd_factor(K: Tensor) -> tuple[Tensor, bool]:
+    """``(F, lower)``: ``F`` ``(t, t)`` with ``F F^T = K`` for a symmetric positive semi-definite ``K``.
 
-    The lower Cholesky factor (backward stable whenever it completes: ``|F_ab|^2 <= K_aa``); where it
-    breaks down on a singular ``K`` (repeated rows, e.g. repeated tokens in layer 0; more rows than
-    features), eigenvectors scaled by the square roots of the eigenvalues clamped at 0.
+    The lower Cholesky factor (``lower=True``; backward stable whenever it completes:
+    ``|F_ab|^2 <= K_aa``); where it breaks down on a singular ``K`` (repeated rows, e.g. repeated
+    tokens in layer 0; more rows than features), eigenvectors scaled by the square roots of the
+    eigenvalues clamped at 0 (``lower=False``).
     """
     L, info = torch.linalg.cholesky_ex(K)
     if int(info) == 0:
-        return L
+        return L, True
     w, V = torch.linalg.eigh(K)
-    return V * w.clamp_min(0).sqrt().unsqueeze(-2)
+    return V * w.clamp_min(0).sqrt().unsqueeze(-2), False
+
+
+def congruence(F: Tensor, K: Tensor, lower: bool = False) -> Tensor:
+    """``F^T K F`` ``(t, t)`` for a symmetric ``K``; a lower-triangular ``F`` (``lower``) skips its zero block.
+
+    With ``F = [[F11, 0], [F21, F22]]`` in halves, ``K F`` needs three block products and the
+    symmetric result four: ``2.5 t^3`` operations instead of ``4 t^3``.
+    """
+    t = F.shape[-1]
+    if not lower or t < SYMMETRIC_SPLIT:
+        return F.mT @ K @ F
+    h = t // 2
+    F11, F21, F22 = F[:h, :h], F[h:, :h], F[h:, h:]
+    W1 = K[:, :h] @ F11 + K[:, h:] @ F21  # (t, h)
+    W2 = K[:, h:] @ F22  # (t, t - h)
+    M11 = F11.mT @ W1[:h] + F21.mT @ W1[h:]
+    M21 = F22.mT @ W1[h:]
+    M22 = F22.mT @ W2[h:]
+    return torch.cat([torch.cat([M11, M21.mT], 1), torch.cat([M21, M22], 1)], 0)
 
 
 def sqrt_eigvalsh(S: Tensor, r: int) -> Tensor:
-    """The ``r`` largest singular values, descending, from ``S`` whose eigenvalues are their squares."""
-    w = torch.linalg.eigvalsh(S)  # ascending
-    return w.flip(-1)[..., :r].clamp_min(0).sqrt()
+    """The ``r`` largest singular values, descending, from ``S`` ``(m, m)`` whose eigenvalues are their squares.
+
+    Eigenvalues below ``m * u * lambda_max`` (the eigensolver's own error, ``u`` the unit roundoff) are
+    numerically zero and returned as 0: an exactly rank-deficient gradient (repeated tokens, fewer
+    tokens than features) then has exact zeros, not ``sqrt(u) * s_1`` noise in its effective rank.
+    """
+    w = torch.linalg.eigvalsh(S).flip(-1)[..., :r]  # descending
+    tol = S.shape[-1] * torch.finfo(S.dtype).eps * w[..., :1].clamp_min(0)
+    return torch.where(w > tol, w, torch.zeros_like(w)).sqrt()
 
 
-def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None, F_X: Tensor | None = None) -> Tensor:
+def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None,
+                 F_X: tuple[Tensor, bool] | None = None) -> Tensor:
     """Singular values of ``G = D^T X`` for one example: ``(t, i), (t, o) -> (min(t, i, o),)``, in float64.
 
     ``K_X = gram(X)`` and ``F_X = psd_factor(K_X)`` may be passed in when modules share ``X``.
@@ -171,8 +202,8 @@ def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None, 
     r = min(t, i, o)
     dt = GRAM_DTYPE
     if side == "token":
-        F = F_X if F_X is not None else psd_factor(K_X if K_X is not None else gram(X))
-        S = F.mT @ gram(D) @ F  # (t, t)
+        F, lower = F_X if F_X is not None else psd_factor(K_X if K_X is not None else gram(X))
+        S = congruence(F, gram(D), lower)  # (t, t)
     elif side == "out":
         K = K_X if K_X is not None else gram(X)
         Dd = D.to(dt)
@@ -186,20 +217,25 @@ def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None, 
     return sqrt_eigvalsh(S, r)
 
 
+def gram_cost(f: int, t: int) -> float:
+    """Operations of :func:`gram` on a ``(t, f)`` matrix."""
+    return 2.0 * f * t * t * (0.75 if t >= SYMMETRIC_SPLIT else 1.0)
+
+
 def gram_side(t: int, i: int, o: int, *, x_shared_by: int = 1, have_k_x: bool = False, have_f_x: bool = False) -> str:
     """The cheapest of :data:`GRAM_SIDES` for one example, by the measured costs above.
 
     A shared input's ``K_X`` and factor are paid once: each of the ``x_shared_by`` modules pays its
     share, and nothing when they are already computed (``have_k_x``, ``have_f_x``).
     """
-    kx = 0.0 if have_k_x else 2.0 * i * t * t / x_shared_by
+    kx = 0.0 if have_k_x else gram_cost(i, t) / x_shared_by
     fx = 0.0 if have_f_x else kx + CHOL_COST * t**3 / x_shared_by
     eig = lambda m: EIG_COST * m**3  # noqa: E731
     a, b = min(o, i), max(o, i)
     cost = {
-        "token": fx + 2.0 * o * t * t + 4.0 * t**3 + eig(t),
+        "token": fx + gram_cost(o, t) + (2.5 if t >= SYMMETRIC_SPLIT else 4.0) * t**3 + eig(t),
         "out": kx + 2.0 * t * t * o + 2.0 * t * o * o + eig(o),
-        "in": 2.0 * o * t * t + 2.0 * t * t * i + 2.0 * t * i * i + eig(i),
+        "in": gram_cost(o, t) + 2.0 * t * t * i + 2.0 * t * i * i + eig(i),
         "product": 2.0 * t * i * o + 2.0 * a * a * b + eig(a),
     }
     return min(GRAM_SIDES, key=lambda s: cost[s])

@@ -1,0 +1,158 @@
+"""The computations the benchmark compares, each on a list of encoded examples (one padded batch).
+
+* ``a`` the paper's method: one example at a time, the dense weight gradient of every selected
+  module by autograd (:func:`layergrad.oracle.example_gradients`, logits at every position as the
+  paper computes them) and ``torch.linalg.svdvals`` of each in float32
+  (:func:`layergrad.oracle.dense_stats`). Values only: cheaper than the paper's full SVD, so (a)/(d)
+  is if anything understated.
+* ``b`` a plain training step: forward and backward with a gradient for every weight, the same
+  per-example loss as layergrad (logits only at response positions), no statistics.
+* ``hf`` a stock Hugging Face step (``labels=``, logits at every position): what most training
+  code runs; for context only, no target refers to it.
+* ``c`` the floor: layergrad's own forward and activation-only backward (no parameter needs a
+  gradient, the backward stops at the first measured module) with a sink that does nothing.
+* ``d`` layergrad: :class:`layergrad.engine.BatchRunner` with the engine's statistics sink,
+  float32 statistics, top-64 spectrum stored.
+
+Every callable returns ``(seconds, payload)``: the seconds cover the computation only (no hook
+registration, no garbage collection); ``payload`` maps ``(example position, module) -> nuclear``
+for ``a`` and ``d`` (to compare their values).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+
+import torch
+
+from layergrad.batching import pad
+from layergrad.engine import BatchRunner, gather_logits_at
+from layergrad.loss import loss_positions, per_example_loss
+from layergrad.measure import Measurer
+
+LABELS = {
+    "a": "(a) paper: per example, dense grad + SVD",
+    "b": "(b) training step",
+    "hf": "(b') stock HF step",
+    "c": "(c) floor",
+    "d": "(d) layergrad",
+}
+
+
+class NullSink:
+    """A statistics sink that does nothing: the floor's capture."""
+
+    results: dict = {}
+    cosines: list = []
+
+    def begin(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs) -> None:
+        pass
+
+
+def _statistics_sink() -> object:
+    """The sink the engine builds for float32 statistics (wrapped in its fault guard when present)."""
+    sink = Measurer(stats_dtype=torch.float32, spectrum_k=64)
+    try:
+        from layergrad import faults
+
+        return faults.FiniteGuard(sink) if hasattr(faults, "FiniteGuard") else sink
+    except ImportError:
+        return sink
+
+
+def _timed(fn) -> tuple[float, object]:
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def pad_id_of(tokenizer) -> int:
+    for v in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if v is not None:
+            return v
+    return 0
+
+
+def runner_method(model, targets, pad_id: int, measure: bool):
+    """``c`` (``measure=False``) or ``d``: the engine's batch runner."""
+
+    def run(encs, positions):
+        sink = _statistics_sink() if measure else NullSink()
+        runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id)
+        with runner.hooks():
+            seconds, (loss, results) = _timed(lambda: runner.run(encs))
+        payload = {}
+        if measure:
+            for name, r in results.items():
+                nuc = r.stats["nuclear"]
+                for b, pos in enumerate(positions):
+                    payload[(pos, name)] = float(nuc[b])
+        del results, runner
+        return seconds, payload
+
+    return run
+
+
+def train_step(model, pad_id: int, stock: bool = False):
+    """``b`` (the same loss as layergrad) or ``hf`` (``stock``: Hugging Face's ``labels`` loss)."""
+
+    def run(encs, positions):
+        lengths = [e.n_tokens for e in encs]
+        n_prompt = [e.n_prompt for e in encs]
+        ids, mask = pad([e.input_ids for e in encs], pad_id)
+        rows, pred, tgt = loss_positions(lengths, n_prompt)
+        index = {} if stock else {"rows": rows, "pos": pred}
+        labels = torch.full_like(ids, -100)
+        labels[rows, tgt] = ids[rows, tgt]
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(True)
+            p.grad = None
+        ctx = contextlib.nullcontext() if stock else gather_logits_at(model, index)
+
+        def step():
+            with torch.enable_grad():
+                if stock:
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+                else:
+                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                    logits = logits.reshape(-1, logits.shape[-1]) if logits.shape[:2] != ids.shape else logits[rows, pred]
+                    loss = per_example_loss(logits, ids[rows, tgt], rows, len(encs)).sum()
+                loss.backward()
+
+        try:
+            with ctx:
+                seconds, _ = _timed(step)
+        finally:
+            for p, flag in flags:
+                p.grad = None
+                p.requires_grad_(flag)
+        return seconds, {}
+
+    return run
+
+
+def paper_method(model, targets):
+    """``a``: one example at a time (``encs`` of any size are run one by one)."""
+    from layergrad import oracle
+
+    def run(encs, positions):
+        total = 0.0
+        payload = {}
+        for enc, pos in zip(encs, positions):
+            def one():
+                _, grads = oracle.example_gradients(model, enc.input_ids, max(enc.n_prompt, 1), targets)
+                return oracle.dense_stats(grads, dtype=torch.float32)
+
+            seconds, stats = _timed(one)
+            total += seconds
+            for name, st in stats.items():
+                payload[(pos, name)] = st["nuclear"]
+        return total, payload
+
+    return run

@@ -1,0 +1,286 @@
+"""BENCHMARKS.md from the workers' results: the machine, the targets, the tables, the raw numbers."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+
+from methods import LABELS
+
+TARGETS = (  # (config, modules, quantity, bound, sense, text)
+    ("wide", "all", "d/c", 1.15, "<=", "wide, all modules: (d) at most 1.15 x (c)"),
+    ("wide", "all", "d/b", 0.75, "<=", "wide, all modules: (d) at most 0.75 x (b)"),
+    ("wide", "all", "a/d", 20.0, ">=", "wide, all modules: (d) at least 20 x faster than (a)"),
+    ("wide", "all", "diff", 1e-4, "<=", "wide, all modules: nuclear norms of (d) within 1e-4 relative of (a)"),
+    ("default", "all", "d/b", 0.85, "<=", "default model, all modules: (d) at most 0.85 x (b)"),
+    ("wide", "all", "mem", 1.2, "<=", "wide, all modules: peak memory of (d) at most 1.2 x (b)"),
+    ("default", "all", "mem", 1.2, "<=", "default model, all modules: peak memory of (d) at most 1.2 x (b)"),
+)
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal"):
+                    mem_gb = int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "gpu": gpu,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Figures from the raw results
+# ---------------------------------------------------------------------------------------
+
+
+def _med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def per_example(t: dict, key: str) -> float | None:
+    """Median over rounds of this method's seconds per example."""
+    if key not in t["times"]:
+        return None
+    return _med([s / t["n_examples"] for s in t["times"][key]])
+
+
+def ratio(t: dict, num: str, den: str) -> float | None:
+    """Median over rounds of the paired per-round ratio (the same round's batches)."""
+    if num not in t["times"] or den not in t["times"]:
+        return None
+    return _med([x / y for x, y in zip(t["times"][num], t["times"][den]) if y > 0])
+
+
+def paper_per_example(t: dict, m: str) -> float | None:
+    runs = t.get("paper", {}).get(f"a:{m}", [])
+    return statistics.mean(r["seconds"] for r in runs) if runs else None
+
+
+def figures(results: dict) -> dict:
+    """(config, modules) -> the row's numbers."""
+    rows = {}
+    for config, t in results["timing"].items():
+        mods = sorted({k.split(":", 1)[1] for k in t["times"] if k.startswith("d:")}, key=lambda m: (m != "attn", m))
+        mem = results["memory"].get(config, {})
+        for m in mods:
+            d = f"d:{m}"
+            pa = paper_per_example(t, m)
+            pd = per_example(t, d)
+            acc = t.get("accuracy", {}).get(m, {})
+            peak = lambda k: mem[k]["peak_kb"] / 1024**2 if k in mem else None  # noqa: E731
+            work = lambda k: (mem[k]["peak_kb"] - mem[k]["base_kb"]) / 1024**2 if k in mem else None  # noqa: E731
+            rows[(config, m)] = {
+                "a": pa, "b": per_example(t, "b"), "hf": per_example(t, "hf"), "c": per_example(t, "c"), "d": pd,
+                "a/d": pa / pd if pa and pd else None,
+                "d/b": ratio(t, d, "b"), "d/c": ratio(t, d, "c"), "hf/b": ratio(t, "hf", "b"),
+                "diff": acc.get("max_rel_diff"), "n_diff": acc.get("n_values", 0),
+                "n_paper": len(t.get("paper", {}).get(f"a:{m}", [])),
+                "peak": {k: peak(k) for k in ("a:" + m, "b", "hf", "c", d)},
+                "work": {k: work(k) for k in ("a:" + m, "b", "hf", "c", d)},
+                "mem": peak(d) / peak("b") if peak(d) and peak("b") else None,
+                "mem_work": work(d) / work("b") if work(d) and work("b") else None,
+            }
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------
+
+
+def _f(x, fmt="{:.2f}", none="n/a"):
+    return none if x is None else fmt.format(x)
+
+
+def _secs(x):
+    if x is None:
+        return "n/a"
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _tokens(ts):
+    s = sorted(ts)
+    return f"{len(s)} ex, median {int(statistics.median(s))} tok ({s[0]}-{s[-1]})"
+
+
+def targets_table(rows: dict) -> list[str]:
+    out = ["| target | measured | met? |", "| --- | --- | --- |"]
+    for config, m, q, bound, sense, text in TARGETS:
+        r = rows.get((config, m))
+        v = r.get(q) if r else None
+        if v is None:
+            out.append(f"| {text} | not measured | n/a |")
+            continue
+        ok = v <= bound if sense == "<=" else v >= bound
+        if q == "diff":
+            shown = f"{v:.1e}"
+            miss = "" if ok else f" ({v / bound:.1f} x the bound)"
+        else:
+            shown = f"{v:.2f}"
+            miss = "" if ok else (f" ({(v / bound - 1) * 100:.0f}% over)" if sense == "<=" else f" ({(1 - v / bound) * 100:.0f}% short)")
+        out.append(f"| {text} | {shown} | {'yes' if ok else 'NO' + miss} |")
+    return out
+
+
+def results_table(rows: dict, results: dict) -> list[str]:
+    head = ("| model | modules | examples | batch | (a) s/ex | (b) s/ex | (b') s/ex | (c) s/ex | (d) s/ex "
+            "| (a)/(d) | (d)/(b) | (d)/(c) | max rel. diff (d) vs (a) |")
+    out = [head, "| --- " * 13 + "|"]
+    for (config, m), r in rows.items():
+        t = results["timing"][config]
+        paper = f" (on {r['n_paper']})" if r["n_paper"] else ""
+        out.append(
+            f"| {config} | {m} | {_tokens(t['tokens'])} | {t['batch_size']} | {_secs(r['a'])}{paper} | {_secs(r['b'])} | {_secs(r['hf'])} "
+            f"| {_secs(r['c'])} | {_secs(r['d'])} | {_f(r['a/d'], '{:.1f}')} | {_f(r['d/b'])} | {_f(r['d/c'])} "
+            f"| {_f(r['diff'], '{:.1e}')} ({r['n_diff']} values) |"
+        )
+    return out
+
+
+def memory_table(rows: dict) -> list[str]:
+    out = ["| model | modules | (a) | (b) | (b') | (c) | (d) | (d)/(b) peak | (d)/(b) above baseline |", "| --- " * 9 + "|"]
+    for (config, m), r in rows.items():
+        cells = []
+        for k in ("a:" + m, "b", "hf", "c", f"d:{m}"):
+            pk, wk = r["peak"].get(k), r["work"].get(k)
+            cells.append("n/a" if pk is None else f"{pk:.2f} (+{wk:.2f})")
+        out.append(f"| {config} | {m} | " + " | ".join(cells) + f" | {_f(r['mem'])} | {_f(r['mem_work'])} |")
+    return out
+
+
+def batch_table(results: dict) -> list[str]:
+    out = ["| model | batch (tokens) | (b) s/ex | (c) s/ex | (d) attn s/ex | (d) all s/ex | (d)/(c) attn | (d)/(c) all | (d)/(b) all |",
+           "| --- " * 9 + "|"]
+    for config, t in results["timing"].items():
+        tb = t["times_by_batch"]
+        for bi, toks in enumerate(t["batches"]):
+            n = len(toks)
+            pe = lambda k: _med([s / n for s in tb[k][bi]]) if k in tb else None  # noqa: E731
+            rt = lambda a, b: _med([x / y for x, y in zip(tb[a][bi], tb[b][bi])]) if a in tb and b in tb else None  # noqa: E731
+            out.append(f"| {config} | {n} x max {max(toks)} (min {min(toks)}) | {_secs(pe('b'))} | {_secs(pe('c'))} | {_secs(pe('d:attn'))} "
+                       f"| {_secs(pe('d:all'))} | {_f(rt('d:attn', 'c'))} | {_f(rt('d:all', 'c'))} | {_f(rt('d:all', 'b'))} |")
+    return out
+
+
+def render(results: dict) -> str:
+    meta = results["meta"]
+    rows = figures(results)
+    L = ["# Benchmarks", ""]
+    L.append("Generated by `benchmarks/run.py`; do not edit by hand. Regenerate with:")
+    L += ["", "```", meta["command"], "```", ""]
+    L.append(f"- Date: {meta['started']} ({meta['minutes']:.0f} minutes{', --quick' if meta['quick'] else ''}).")
+    L.append(f"- Machine: {meta['cpu']}, {meta['cores']} cores, {_f(meta['memory_gb'], '{:.0f}')} GB RAM; {meta['os']}; "
+             f"Python {meta['python']}, torch {meta['torch']}, transformers {meta['transformers']}.")
+    L.append(f"- Threads: {meta['threads']} torch threads per process; one benchmark process at a time.")
+    L.append(f"- Load average (1, 5, 15 min) at start {_load(meta['load_start'])}, at end {_load(meta['load_end'])}: "
+             "the machine is shared, so every ratio is taken within one process, methods interleaved, medians over rounds.")
+    L.append("- GPU: " + (f"{meta['gpu']}." if meta["gpu"] else
+                          "none. No GPU was available to this benchmark, so no GPU figures are recorded yet; the statistics "
+                          "code is device-agnostic (model in bf16, statistics in fp32, float64 Gram matrices) and the "
+                          "8B-shaped GPU run of issue #4 remains to be done on a GPU machine."))
+    for config, t in results["timing"].items():
+        L.append(f"- `{config}`: {t['description']}; {t['prompt_mode']} prompts; data: {t['source']}.")
+    if results.get("errors"):
+        L += ["", "**Errors during this run:** " + "; ".join(results["errors"])]
+    L += ["", "## Targets (issue #4)", ""] + targets_table(rows)
+    L += ["", "## Time per example", ""]
+    L.append("Seconds per example: each method's total over all batches divided by the number of examples, median over "
+             "rounds. Ratios are medians of the per-round ratios (same round, same batches). (a) runs one example at a time, "
+             "on the number of examples shown (mean). Max rel. diff: the largest |nuclear(d) - nuclear(a)| / nuclear(a) "
+             "over those examples and every module.")
+    L += [""] + results_table(rows, results)
+    L += ["", "### By batch", "", "Batches are grouped by length (the engine's plan), so the rows show how the ratios depend on sequence length.", ""]
+    L += batch_table(results)
+    if any(results["memory"].values()):
+        L += ["", "## Peak memory", ""]
+        L.append("GB resident: the kernel's high-water mark of resident memory (`VmHWM`) of a fresh process that loaded the "
+                 "model and the data, reset the mark (`/proc/self/clear_refs`), then ran only this method once, on the "
+                 "longest batch ((a): one example). In parentheses, the part above the resident size just before the "
+                 "method ran (the method's own working memory; the model's weights are in the total).")
+        L += [""] + memory_table(rows)
+    L += ["", "## What was measured", ""]
+    for k in ("a", "b", "hf", "c", "d"):
+        L.append(f"- **{LABELS[k]}**: {_DEFINITIONS[k]}")
+    L += ["", "## What limits the ratios", "", _LIMITS]
+    L += ["", "<details><summary>Raw results (JSON)</summary>", "", "```json", json.dumps(_raw(results), indent=1), "```", "", "</details>", ""]
+    return "\n".join(L)
+
+
+def _load(x):
+    return ", ".join(f"{v:.1f}" for v in x)
+
+
+def _raw(results: dict) -> dict:
+    return {k: results.get(k) for k in ("meta", "timing", "memory", "errors")}
+
+
+RAW_START, RAW_END = "```json\n", "\n```"
+
+
+def results_from_markdown(text: str) -> dict:
+    """The raw results embedded in a BENCHMARKS.md (to render it again with a newer report.py)."""
+    start = text.index("<summary>Raw results")
+    start = text.index(RAW_START, start) + len(RAW_START)
+    return json.loads(text[start : text.index(RAW_END, start)])
+
+
+def summary(results: dict) -> str:
+    rows = figures(results)
+    return "\n".join(targets_table(rows) + [""] + results_table(rows, results))
+
+
+_DEFINITIONS = {
+    "a": "one example at a time: the dense weight gradient of every selected module by autograd "
+         "(`layergrad.oracle.example_gradients`, logits at every position, as the paper's code) and `torch.linalg.svdvals` "
+         "of each in float32 (`layergrad.oracle.dense_stats`). Singular values only, so cheaper than the paper's full SVD: "
+         "(a)/(d) is if anything understated.",
+    "b": "forward and backward of the same padded batches with a gradient for every weight and the same per-example loss "
+         "as layergrad (logits only at response positions); no statistics, no optimizer step.",
+    "hf": "the stock Hugging Face step: `model(input_ids, attention_mask, labels=...)` (logits at every position), "
+          "backward with every weight gradient. For context: no target refers to it.",
+    "c": "layergrad's own forward and activation-only backward (no parameter requires a gradient; the backward stops at "
+         "the first measured module), logits only at response positions, the capture hooks in place with a sink that does "
+         "nothing: exactly (d) without the statistics.",
+    "d": "`layergrad.engine.BatchRunner` with the engine's statistics sink (float32 statistics, the `auto` method, "
+         "top-64 spectrum kept): every metric of every selected module for every example. Writing results to disk is not "
+         "included (it is the same for any method).",
+}
+
+_LIMITS = """\
+For a module with input width `i` and output width `o` and an example of `t` tokens, the floor (c)
+costs about `4 t i o` operations (forward and input gradient) and a training step (b) `6 t i o`. The
+statistics need every singular value of the `o x i` gradient `G = D^T X`, whose rank is `min(t, i, o)`:
+layergrad forms a symmetric `t x t` (or `o x o`, `i x i`) matrix with those squared singular values in
+float64 (Gram matrices: about `1.5 (o + i / s) t^2` operations, `s` modules sharing the input) and
+takes its eigenvalues (`eigvalsh`: about 7.5 `t^3` float64-product operations on this CPU,
+`benchmarks/calibrate.py`). Relative to the floor this is about `t / i` and `(t / i)^2`: a few percent
+for short examples on a wide model, and a large fraction once `t` approaches the width. Float64 is
+needed: a squared singular value computed in float32 loses the small singular values (measured on
+SmolLM2's gradients: float32 Gram matrices are off by up to 1e-5 relative in the nuclear norm, float64
+ones by 1e-9, the float32 QR path by 3e-7). The by-batch table shows the dependence on length."""
