@@ -2,9 +2,8 @@
 
 * ``a`` the paper's method: one example at a time, the dense weight gradient of every selected
   module by autograd (:func:`layergrad.oracle.example_gradients`, logits at every position as the
-  paper computes them) and ``torch.linalg.svdvals`` of each in float32
-  (:func:`layergrad.oracle.dense_stats`). Values only: cheaper than the paper's full SVD, so (a)/(d)
-  is if anything understated.
+  paper computes them) and a full ``torch.linalg.svd`` of each in float32, as the paper's script
+  (``code_gradient/get_gradient_values.py``; ``../shared/golden/README.md``).
 * ``b`` a plain training step: forward and backward with a gradient for every weight, the same
   per-example loss as layergrad (logits only at response positions), no statistics.
 * ``hf`` a stock Hugging Face step (``labels=``, logits at every position): what most training
@@ -37,6 +36,8 @@ LABELS = {
     "hf": "(b') stock HF step",
     "c": "(c) floor",
     "d": "(d) layergrad",
+    "q": "(q) layergrad, QR path forced",
+    "r": "(r) float64 reference",
 }
 
 
@@ -53,9 +54,14 @@ class NullSink:
         pass
 
 
-def _statistics_sink() -> object:
-    """The sink the engine builds for float32 statistics (wrapped in its fault guard when present)."""
-    sink = Measurer(stats_dtype=torch.float32, spectrum_k=64)
+def _statistics_sink(reference: bool = False, method: str = "auto") -> object:
+    """The sink the engine builds for float32 statistics (wrapped in its fault guard when present).
+
+    ``reference``: instead, float64 statistics by the QR path (error ``u * s_1`` in float64) from the
+    same captured inputs and output gradients: the exact values of what (d) computes, for a model too
+    large for the paper's method (a) to be run on every module.
+    """
+    sink = Measurer(stats_dtype=torch.float64, method="factored") if reference else Measurer(stats_dtype=torch.float32, spectrum_k=64, method=method)
     try:
         from layergrad import faults
 
@@ -64,10 +70,18 @@ def _statistics_sink() -> object:
         return sink
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn) -> tuple[float, object]:
+    """Wall seconds of ``fn()``; on a GPU, from an idle device to the end of its last kernel."""
     gc.collect()
+    _sync()
     t0 = time.perf_counter()
     out = fn()
+    _sync()
     return time.perf_counter() - t0, out
 
 
@@ -78,11 +92,11 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
-def runner_method(model, targets, pad_id: int, measure: bool):
-    """``c`` (``measure=False``) or ``d``: the engine's batch runner."""
+def runner_method(model, targets, pad_id: int, measure: bool, reference: bool = False, method: str = "auto"):
+    """``c`` (``measure=False``), ``d``, or ``r`` (``reference``): the engine's batch runner."""
 
     def run(encs, positions):
-        sink = _statistics_sink() if measure else NullSink()
+        sink = _statistics_sink(reference, method) if measure else NullSink()
         runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id)
         with runner.hooks():
             seconds, (loss, results) = _timed(lambda: runner.run(encs))
@@ -104,8 +118,9 @@ def train_step(model, pad_id: int, stock: bool = False):
     def run(encs, positions):
         lengths = [e.n_tokens for e in encs]
         n_prompt = [e.n_prompt for e in encs]
-        ids, mask = pad([e.input_ids for e in encs], pad_id)
-        rows, pred, tgt = loss_positions(lengths, n_prompt)
+        device = next(model.parameters()).device
+        ids, mask = (x.to(device) for x in pad([e.input_ids for e in encs], pad_id))
+        rows, pred, tgt = (x.to(device) for x in loss_positions(lengths, n_prompt))
         index = {} if stock else {"rows": rows, "pos": pred}
         labels = torch.full_like(ids, -100)
         labels[rows, tgt] = ids[rows, tgt]
@@ -147,12 +162,13 @@ def paper_method(model, targets):
         for enc, pos in zip(encs, positions):
             def one():
                 _, grads = oracle.example_gradients(model, enc.input_ids, max(enc.n_prompt, 1), targets)
-                return oracle.dense_stats(grads, dtype=torch.float32)
+                # as the paper's script: a full torch.linalg.svd (U and V too, torch's default full_matrices)
+                return {name: float(torch.linalg.svd(g.float())[1].sum()) for name, g in grads.items()}
 
-            seconds, stats = _timed(one)
+            seconds, nuclear = _timed(one)
             total += seconds
-            for name, st in stats.items():
-                payload[(pos, name)] = st["nuclear"]
+            for name, v in nuclear.items():
+                payload[(pos, name)] = v
         return total, payload
 
     return run

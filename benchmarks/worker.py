@@ -56,7 +56,7 @@ def reset_peak() -> bool:
 
 def setup(a):
     torch.set_num_threads(a.threads)
-    wl = W.load_workload(a.config)
+    wl = W.load_workload(a.config, device=a.device, dtype=a.dtype)
     examples, source = W.load_examples(a.per_file, a.data_dir)
     examples, encs, mode = W.encode_all(examples, wl.tokenizer)
     batches = W.make_batches(encs, a.batch_size)
@@ -79,7 +79,7 @@ def paper_positions(examples, k: int) -> list[int]:
     return out
 
 
-def build_methods(wl, modules: list[str], keys: list[str]):
+def build_methods(wl, modules: list[str], keys: list[str], paper_modules: list[str] | None = None):
     from layergrad.modules import find_targets
 
     pad_id = M.pad_id_of(wl.tokenizer)
@@ -94,7 +94,11 @@ def build_methods(wl, modules: list[str], keys: list[str]):
     for m in modules:
         if "d" in keys:
             runs[f"d:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True)
-        if "a" in keys:
+        if "q" in keys:
+            runs[f"q:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, method="factored")
+        if "r" in keys:
+            runs[f"r:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, reference=True)
+        if "a" in keys and (paper_modules is None or m in paper_modules):
             runs[f"a:{m}"] = M.paper_method(wl.model, targets[m])
     return runs, {m: len(t) for m, t in targets.items()}
 
@@ -105,67 +109,107 @@ def build_methods(wl, modules: list[str], keys: list[str]):
 
 
 def timing(a) -> dict:
+    def save(partial: dict) -> None:  # a timeout or a kill keeps every round measured so far
+        partial["env"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        Path(a.out).write_text(json.dumps(partial, indent=1))
+
     wl, examples, encs, mode, batches, source = setup(a)
     modules = a.modules.split(",")
     keys = a.methods.split(",")
-    runs, n_targets = build_methods(wl, modules, keys)
+    runs, n_targets = build_methods(wl, modules, keys, a.paper_modules.split(",") if a.paper_modules else None)
     batched = [k for k in runs if not k.startswith("a:")]
     paper = [k for k in runs if k.startswith("a:")]
     ppos = paper_positions(examples, a.paper_examples) if paper else []
-    log(f"{a.config}: {len(encs)} examples in {len(batches)} batches; methods {', '.join(runs)}; paper on {len(ppos)}")
+    log(f"{a.config} on {a.device}: {len(encs)} examples in {len(batches)} batches; methods {', '.join(runs)}; paper on {len(ppos)}")
 
     # warm-up (not timed): every batched method once on the smallest batch
     small = min(batches, key=lambda b: sum(encs[k].n_tokens for k in b))
     for k in batched:
-        runs[k]([encs[p] for p in small], small)
+        if not k.startswith("r:"):  # the reference is not timed: it runs once, in round 0
+            runs[k]([encs[p] for p in small], small)
+
+    cuda = a.device.startswith("cuda")
+    peak_gpu = {k: 0.0 for k in batched + paper}  # GB allocated at the peak, the model's weights included
+    model_gpu = torch.cuda.memory_allocated() / 1024**3 if cuda else None
+
+    def call(k, batch_encs, batch):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        sec, payload = runs[k](batch_encs, batch)
+        if cuda:
+            peak_gpu[k] = max(peak_gpu[k], torch.cuda.max_memory_allocated() / 1024**3)
+        return sec, payload
 
     times = {k: [0.0] * a.rounds for k in batched}
     by_batch = {k: [[0.0] * a.rounds for _ in batches] for k in batched}
-    d_values: dict[str, dict] = {k: {} for k in batched if k.startswith("d:")}
+    d_values: dict[str, dict] = {k: {} for k in batched if k.startswith(("d:", "q:", "r:"))}
     paper_times: dict[str, list] = {k: [] for k in paper}
     paper_values: dict[str, dict] = {k: {} for k in paper}
+    done = [0]  # rounds complete
+
+    def result(complete: bool) -> dict:
+        accuracy = {}
+        for k in paper:
+            m = k.split(":", 1)[1]
+            ref, got = paper_values[k], d_values.get(f"d:{m}", {})
+            diffs = [abs(got[key] - v) / abs(v) for key, v in ref.items() if key in got and v != 0]
+            accuracy[m] = {"max_rel_diff": max(diffs) if diffs else None, "n_values": len(diffs)}
+        reference = {}
+        for k in [k for k in d_values if k.startswith("r:")]:
+            m = k.split(":", 1)[1]
+            for which in ("d", "q"):
+                ref, got = d_values[k], d_values.get(f"{which}:{m}", {})
+                diffs = [abs(got[key] - v) / abs(v) for key, v in ref.items() if key in got and v != 0]
+                reference[m if which == "d" else f"q:{m}"] = {"max_rel_diff": max(diffs) if diffs else None, "n_values": len(diffs)}
+        return {
+            "kind": "timing",
+            "config": a.config,
+            "description": wl.description,
+            "prompt_mode": mode,
+            "source": source,
+            "n_examples": len(encs),
+            "tokens": [e.n_tokens for e in encs],
+            "batches": [[encs[p].n_tokens for p in b] for b in batches],
+            "batch_size": a.batch_size,
+            "rounds": done[0],
+            "threads": torch.get_num_threads(),
+            "n_targets": n_targets,
+            "times": {k: v[: done[0]] for k, v in times.items()},  # per round, seconds for all batches
+            "times_by_batch": {k: [v[: done[0]] for v in vs] for k, vs in by_batch.items()},  # [batch][round] seconds
+            "load": os.getloadavg(),
+            "paper": paper_times,
+            "accuracy": accuracy,
+            "reference": reference,  # (d) against (r), float64 statistics of the same captures
+            "device": a.device,
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "peak_gpu_gb": peak_gpu if cuda else None,
+            "model_gpu_gb": model_gpu,
+            "complete": complete,  # False: written after a round, the process may have been stopped since
+        }
+
     for r in range(a.rounds):
         order = batched[r % len(batched):] + batched[: r % len(batched)]  # rotate: no method always first
         for bi, batch in enumerate(batches):
             for k in order:
-                sec, payload = runs[k]([encs[p] for p in batch], batch)
+                if k.startswith("r:") and r > 0:
+                    continue
+                sec, payload = call(k, [encs[p] for p in batch], batch)
                 times[k][r] += sec
                 by_batch[k][bi][r] = sec
                 if k in d_values:
                     d_values[k].update(payload)
                 log(f"round {r} batch {bi} ({len(batch)} ex, max {max(encs[p].n_tokens for p in batch)} tok) {k}: {sec:.2f} s")
+        done[0] = r + 1
+        save(result(False))
         for pos in ppos[r :: a.rounds]:
             for k in paper:
-                sec, payload = runs[k]([encs[pos]], [pos])
+                sec, payload = call(k, [encs[pos]], [pos])
                 paper_times[k].append({"position": pos, "tokens": encs[pos].n_tokens, "seconds": sec})
                 paper_values[k].update(payload)
                 log(f"round {r} paper example {pos} ({encs[pos].n_tokens} tok) {k}: {sec:.1f} s")
+                save(result(False))
 
-    accuracy = {}
-    for k in paper:
-        m = k.split(":", 1)[1]
-        ref, got = paper_values[k], d_values.get(f"d:{m}", {})
-        diffs = [abs(got[key] - v) / abs(v) for key, v in ref.items() if key in got and v != 0]
-        accuracy[m] = {"max_rel_diff": max(diffs) if diffs else None, "n_values": len(diffs)}
-    return {
-        "kind": "timing",
-        "config": a.config,
-        "description": wl.description,
-        "prompt_mode": mode,
-        "source": source,
-        "n_examples": len(encs),
-        "tokens": [e.n_tokens for e in encs],
-        "batches": [[encs[p].n_tokens for p in b] for b in batches],
-        "batch_size": a.batch_size,
-        "rounds": a.rounds,
-        "threads": torch.get_num_threads(),
-        "n_targets": n_targets,
-        "times": times,  # per round, seconds for all batches
-        "times_by_batch": by_batch,  # [batch][round] seconds
-        "load": os.getloadavg(),
-        "paper": paper_times,
-        "accuracy": accuracy,
-    }
+    return result(True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,6 +259,9 @@ def main(argv=None) -> int:
     p.add_argument("--paper-examples", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--paper-modules", default=None, help="selections (a) runs on (default: every one of --modules)")
+    p.add_argument("--dtype", default=None, help="model dtype (default: the configuration's own)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     result = timing(a) if a.kind == "timing" else memory(a)
