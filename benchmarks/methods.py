@@ -26,6 +26,7 @@ import time
 import torch
 
 from layergrad.batching import pad
+from layergrad.faults import FiniteGuard
 from layergrad.engine import BatchRunner, gather_logits_at
 from layergrad.loss import loss_positions, per_example_loss
 from layergrad.measure import Measurer
@@ -62,12 +63,7 @@ def _statistics_sink(reference: bool = False, method: str = "auto") -> object:
     large for the paper's method (a) to be run on every module.
     """
     sink = Measurer(stats_dtype=torch.float64, method="factored") if reference else Measurer(stats_dtype=torch.float32, spectrum_k=64, method=method)
-    try:
-        from layergrad import faults
-
-        return faults.FiniteGuard(sink) if hasattr(faults, "FiniteGuard") else sink
-    except ImportError:
-        return sink
+    return FiniteGuard(sink)
 
 
 def _sync() -> None:
@@ -83,13 +79,6 @@ def _timed(fn) -> tuple[float, object]:
     out = fn()
     _sync()
     return time.perf_counter() - t0, out
-
-
-def pad_id_of(tokenizer) -> int:
-    for v in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if v is not None:
-            return v
-    return 0
 
 
 def runner_method(model, targets, pad_id: int, measure: bool, reference: bool = False, method: str = "auto"):

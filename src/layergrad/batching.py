@@ -52,6 +52,17 @@ def shard_batches(batches: list[Batch], rank: int, world: int) -> list[Batch]:
     return [b for b in batches if owner[b.index] == rank]
 
 
+def pad_id_of(tokenizer) -> int:
+    """The id that fills padded positions: the tokenizer's pad token, else its end of sequence, else 0.
+
+    Padded positions are masked out of attention and the loss, so any id gives the same numbers.
+    """
+    for v in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if v is not None:
+            return v
+    return 0
+
+
 def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right padding: ``(n, t)`` ids and attention mask."""
     t = max(len(s) for s in seqs)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, distributed, faults
-from .batching import Batch, pad, plan_batches, shard_batches
+from .batching import Batch, pad, pad_id_of, plan_batches, shard_batches
 from .capture import Capture, activation_only_backward
 from .config import RunConfig
 from .data import DataError, Example, Fields, load_examples
@@ -382,7 +382,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     n_todo = sum(len(b.items) for b in todo)
     stats_dtype = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64}[cfg.stats_dtype]
     measurer = faults.FiniteGuard(Measurer(stats_dtype=stats_dtype, spectrum_k=cfg.spectrum_k, elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id if tok.eos_token_id is not None else 0)
+    pad_id = pad_id_of(tok)
     model_device = next(model.parameters()).device
     ifd_rule = NoPromptRule.for_tokenizer(tok) if cfg.ifd else None
     runner = BatchRunner(model, targets, measurer, model_device, pad_id, ifd=ifd_rule)
