@@ -24,11 +24,20 @@ def test_run_help_has_runnable_examples(capsys):
 
 
 def test_modules_lists_layer_role_shape(tmp_path, tokenizer, capsys):
+    """Phi-3's fused qkv_proj (16 + 8 + 8 rows: 4 heads, 2 key/value heads of 4) is listed by role."""
     folder = save_model(tmp_path, "phi3", tokenizer)
     assert main(["modules", str(folder), "--modules", "attn"]) == 0
-    out = capsys.readouterr().out
-    assert "model.layers.0.self_attn.qkv_proj" in out and " qkv " in out and "o_proj" in out
-    assert "gate_up" not in out
+    lines = capsys.readouterr().out.splitlines()
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[1:-1]}
+    assert rows["model.layers.0.self_attn.qkv_proj[q]"] == ["0", "q", "16", "x", "16"]
+    assert rows["model.layers.0.self_attn.qkv_proj[k]"] == ["0", "k", "8", "x", "16"]
+    assert rows["model.layers.2.self_attn.qkv_proj[v]"] == ["2", "v", "8", "x", "16"]
+    assert rows["model.layers.1.self_attn.o_proj"] == ["1", "o", "16", "x", "16"]
+    assert len(rows) == 12 and not any("gate_up" in m for m in rows)
+    # the fused matrix as a whole, on request
+    assert main(["modules", str(folder), "--modules", "qkv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:3] for ln in lines[1:-1]] == [[f"model.layers.{k}.self_attn.qkv_proj", str(k), "qkv"] for k in range(3)]
 
 
 def test_unknown_role_suggests_the_right_one(tmp_path, tokenizer, capsys):

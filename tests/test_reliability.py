@@ -509,8 +509,11 @@ def test_out_of_memory_splits_batches_and_fails_only_what_does_not_fit_alone(tmp
     pd.testing.assert_frame_equal(res.ok[["id", "loss"]].reset_index(drop=True), ok_one[["id", "loss"]].reset_index(drop=True),
                                   check_exact=False, rtol=1e-12)
     mods_one = one.modules[one.modules["id"].isin(res.ok["id"])].reset_index(drop=True)
+    # float32 statistics: the Gram path, whose singular values are exact to ~1e-8 * s_1 and not thresholded,
+    # so the values that are zero in exact arithmetic are ~1e-8 * s_1 noise that the batch shape reshuffles
+    # (up to 8e-9 of the nuclear norm here); the loss above stays equal to 1e-12
     pd.testing.assert_frame_equal(res.modules[["id", "module"] + METRICS].reset_index(drop=True), mods_one[["id", "module"] + METRICS],
-                                  check_exact=False, rtol=1e-9, atol=1e-12)
+                                  check_exact=False, rtol=1e-7, atol=1e-12)
     # the model is left as found, whatever was interrupted
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()) == hooks

@@ -39,28 +39,59 @@ def activation_only_backward(model: nn.Module):
             p.requires_grad_(flag)
 
 
+class CaptureError(RuntimeError):
+    """A captured tensor cannot be attributed to the batch's examples (never stored as a number)."""
+
+
+def _embedding_scale(emb: nn.Module):
+    """The ``c`` of an input embedding computing ``c * W[ids]`` (Gemma scales by ``sqrt(hidden)``)."""
+    c = getattr(emb, "embed_scale", None)
+    return 1.0 if c is None else c
+
+
 class Capture:
-    """Context manager: ``with Capture(targets, sink) as cap: loss = f(model); loss.backward(); cap.finish()``.
+    """Context manager: ``with Capture(targets, sink) as cap: loss = f(model); cap.seal(); loss.backward(); cap.finish()``.
 
     A module called more than once in one forward pass (weight sharing) contributes the sum of
     its calls' gradients, ``sum_c D_c^T X_c``: the calls are concatenated along the token axis.
+    A tied output head (``Target.tied``) gets one more call, its input embedding's use: with
+    ``E = c * W[ids]`` the embedding's contribution to the weight's gradient is
+    ``onehot(ids)^T (c * D_E)``, i.e. a call whose "input" is ``c * D_E`` ``(n, t, h)`` and whose
+    "output gradient" is ``onehot(ids)`` ``(n, t, V)`` (zero at the embedding's ``padding_idx``,
+    whose row ``nn.Embedding`` never updates).
+
+    :meth:`seal` marks the end of the forward pass. A module run again after it (activation
+    checkpointing recomputes a layer inside the backward) is not a new call and is ignored,
+    unless it recorded no call in the forward pass (reentrant checkpointing runs the first
+    forward without gradients, so only its recomputation can be captured).
     """
 
-    def __init__(self, targets: Iterable[Target], sink: Sink):
+    def __init__(self, targets: Iterable[Target], sink: Sink, embeddings: dict[str, nn.Module] | None = None):
         self.targets = list(targets)
         self.sink = sink
+        self.embeddings = dict(embeddings or {})  # path -> module, for tied targets
         self._handles: list = []
         self._x: dict[str, list[Tensor]] = defaultdict(list)
         self._versions: dict[str, list[int]] = defaultdict(list)
         self._keys: dict[str, list[int]] = defaultdict(list)
         self._d: dict[str, dict[int, Tensor]] = defaultdict(dict)
+        self._tied: dict[str, list] = {}  # name -> [ids (n, t), c * D_E or None]
         self._done: set[str] = set()
+        self._sealed = False
+        self._sealed_calls: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> "Capture":
         try:
             for t in self.targets:
                 self._handles.append(t.module.register_forward_hook(self._forward_hook(t)))
+                if t.tied is not None:
+                    emb = self.embeddings.get(t.tied)
+                    if emb is None:
+                        raise CaptureError(f"{t.name} is tied to {t.tied}, which was not passed to the capture")
+                    if getattr(emb, "max_norm", None) is not None:
+                        raise CaptureError(f"{t.tied} renormalises its rows (max_norm): the tied gradient of {t.name} cannot be factored")
+                    self._handles.append(emb.register_forward_hook(self._embedding_hook(t, emb)))
         except BaseException:
             self._remove()
             raise
@@ -81,12 +112,23 @@ class Capture:
         self._versions.clear()
         self._keys.clear()
         self._d.clear()
+        self._tied.clear()
         self._done.clear()
+        self._sealed = False
+        self._sealed_calls = {}
+
+    def seal(self) -> None:
+        """The forward pass is over: later calls of a module that already ran are recomputations."""
+        self._sealed = True
+        self._sealed_calls = {name: len(xs) for name, xs in self._x.items()}
+
+    def _recomputed(self, name: str) -> bool:
+        return self._sealed and self._sealed_calls.get(name, 0) > 0
 
     # -- hooks ----------------------------------------------------------------------------
     def _forward_hook(self, t: Target):
         def hook(module, args, output):
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() or self._recomputed(t.name):
                 return None
             x = args[0].detach()
             self._x[t.name].append(x)
@@ -102,6 +144,33 @@ class Capture:
 
         return hook
 
+    def _embedding_hook(self, t: Target, emb: nn.Module):
+        scale = _embedding_scale(emb)
+
+        def hook(module, args, output):
+            if not torch.is_grad_enabled() or (self._sealed and t.name in self._tied):
+                return None
+            ids = args[0].detach()
+            want = module.weight.detach()[ids] * scale
+            tol = max(1e-5, 4 * torch.finfo(output.dtype).eps)
+            if want.shape != output.shape or not torch.allclose(want.to(output.dtype), output.detach(), rtol=tol, atol=0):
+                raise CaptureError(
+                    f"{t.tied} is not a plain (scaled) lookup of its weight, so the tied gradient of {t.name} cannot be "
+                    "factored; measure the head without --modules lm_head, or untie it"
+                )
+            self._tied[t.name] = [ids, None]
+            if not output.requires_grad:
+                output.requires_grad_(True)
+            output.register_hook(lambda g, _t=t: self._on_embedding_grad(_t, g * scale))
+            return None
+
+        return hook
+
+    def _on_embedding_grad(self, t: Target, g: Tensor) -> None:
+        self._tied[t.name][1] = g.detach()
+        if self._complete(t):
+            self._deliver(t)
+
     def x_key(self, name: str) -> tuple:
         """Identity of a module's input: modules fed the same tensor (q, k, v) share it."""
         return tuple(self._keys[name])
@@ -109,16 +178,30 @@ class Capture:
     def consumers(self) -> dict[tuple, int]:
         """How many captured modules share each input (valid once the forward pass is done)."""
         counts: dict[tuple, int] = defaultdict(int)
-        for name in self._x:
-            counts[self.x_key(name)] += 1
+        for t in self.targets:
+            if t.name in self._x:
+                counts[self._key_of(t)] += 1
         return dict(counts)
 
+    def _key_of(self, t: Target) -> tuple:
+        key = self.x_key(t.name)
+        return key + (("tied", t.tied),) if t.tied is not None else key
+
+    def _complete(self, t: Target) -> bool:
+        calls = len(self._d[t.name]) == len(self._x[t.name]) and t.name in self._x
+        return calls and (t.tied is None or (t.name in self._tied and self._tied[t.name][1] is not None))
+
     def _on_grad(self, t: Target, call: int, g: Tensor) -> None:
-        self._d[t.name][call] = g.detach()
-        if len(self._d[t.name]) == len(self._x[t.name]):
+        g = g.detach()
+        if t.out_rows is not None:  # one role of a fused module: its columns of the output gradient
+            parts = [g[..., a:b] for a, b in t.out_rows]
+            g = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        self._d[t.name][call] = g
+        if self._complete(t):
             self._deliver(t)
 
     def _deliver(self, t: Target) -> None:
+        key = self._key_of(t)
         xs = self._x.pop(t.name)
         versions = self._versions.pop(t.name)
         for x, v in zip(xs, versions):
@@ -129,11 +212,26 @@ class Capture:
                 )
         ds = self._d.pop(t.name)
         d = [ds.get(c) if ds.get(c) is not None else xs[c].new_zeros(*xs[c].shape[:-1], t.out_features) for c in range(len(xs))]
-        X = xs[0] if len(xs) == 1 else torch.cat(xs, dim=-2)
-        D = d[0] if len(d) == 1 else torch.cat(d, dim=-2)
-        key = tuple(self._keys.pop(t.name))
+        if t.tied is not None:
+            ids, g_emb = self._tied.pop(t.name, (None, None))
+            if ids is not None:
+                xs, d = list(xs), list(d)
+                xs.append(g_emb if g_emb is not None else xs[0].new_zeros(*ids.shape, xs[0].shape[-1]))
+                d.append(self._onehot(t, ids, d[0]))
+        X = xs[0] if len(xs) == 1 else torch.cat([x.to(xs[0].dtype) for x in xs], dim=-2)
+        D = d[0] if len(d) == 1 else torch.cat([v.to(d[0].dtype) for v in d], dim=-2)
+        self._keys.pop(t.name, None)
         self._done.add(t.name)
         self.sink(t, X, D, key)
+
+    def _onehot(self, t: Target, ids: Tensor, like: Tensor) -> Tensor:
+        """``onehot(ids)`` ``(n, t, V)``, zero at the embedding's ``padding_idx`` (its row gets no gradient)."""
+        oh = torch.zeros(*ids.shape, t.out_features, dtype=like.dtype, device=like.device)
+        oh.scatter_(-1, ids.to(like.device).unsqueeze(-1), 1.0)
+        pad = getattr(self.embeddings.get(t.tied), "padding_idx", None)
+        if pad is not None:
+            oh[..., pad] = 0
+        return oh
 
     def finish(self) -> None:
         """After ``backward``: deliver modules whose output received no gradient (``D = 0``)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed, faults
+from . import __version__, distributed, faults, spectral
 from .batching import Batch, pad, pad_id_of, plan_batches, shard_batches
 from .capture import Capture, activation_only_backward
 from .config import RunConfig
@@ -195,14 +195,18 @@ class BatchRunner:
         self.device = device
         self.pad_id = pad_id
         self.by_layer_role = {(t.layer, t.role): t for t in targets if t.layer >= 0}
-        self.gather = not any(t.role == "lm_head" for t in targets)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        # the output head, whatever its name: measured, it needs its input at every position
+        self.gather = not any(t.module is head or t.role == "lm_head" for t in targets)
+        paths = {n: m for n, m in model.named_modules()}
+        self.embeddings = {t.tied: paths[t.tied] for t in targets if t.tied is not None}
         self._index: dict = {}
 
     @contextlib.contextmanager
     def hooks(self):
         with contextlib.ExitStack() as stack:
             stack.enter_context(activation_only_backward(self.model))
-            self.capture = stack.enter_context(Capture(self.targets, self.measurer))
+            self.capture = stack.enter_context(Capture(self.targets, self.measurer, self.embeddings))
             if self.gather:
                 stack.enter_context(gather_logits_at(self.model, self._index))
             yield self
@@ -227,6 +231,7 @@ class BatchRunner:
                     logits = logits.reshape(-1, logits.shape[-1])
                 loss = per_example_loss(logits, targets.to(logits.device), rows.to(logits.device), len(encoded))
                 finite = torch.isfinite(loss)
+                self.capture.seal()  # a recomputation in the backward (checkpointing) is not a new call
                 self.measurer.begin(mask, self.capture.consumers(), self.by_layer_role)
                 objective = loss[finite].sum()
                 if objective.requires_grad:
@@ -283,13 +288,15 @@ def module_rows(ex_id: str, b: int, results: dict, targets: list[Target]) -> tup
             "role": t.role,
             "out_features": t.out_features,
             "in_features": t.in_features,
-            "rank": r.rank,
+            "rank": int(r.rank[b]),
             **st,
-            "spectrum": r.spectrum[b].tolist(),
+            "spectrum": r.spectrum[b, : int(r.rank[b])].tolist(),
             "m_mean": None,
             "m_max": None,
             "m_min": None,
             "method": r.method,
+            "tied_with": t.tied,
+            "reason": spectral.undefined_reason(st["nuclear"]),
         }
         if r.elementwise is not None:
             row["m_mean"], row["m_max"], row["m_min"] = (float(v[b]) for v in r.elementwise)

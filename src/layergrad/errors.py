@@ -5,6 +5,7 @@ import sys
 
 
 def expected_errors() -> tuple[type, ...]:
+    from .capture import CaptureError
     from .data import DataError
     from .distributed import DistributedError
     from .experiment import ExperimentError
@@ -15,7 +16,7 @@ def expected_errors() -> tuple[type, ...]:
     from .store import ConfigMismatch
     from .store.parts import StoreWriteError  # disk full, no permission: names the path and the cause
 
-    return (DataError, DistributedError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch,
+    return (CaptureError, DataError, DistributedError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch,
             StoreWriteError, FileNotFoundError)
 
 

@@ -31,8 +31,8 @@ class ModuleResult:
     target: Target
     method: str
     stats: dict[str, Tensor]  # metric -> (n,) on CPU, float64
-    spectrum: Tensor  # (n, k) on CPU, float32
-    rank: int
+    spectrum: Tensor  # (n, k) on CPU, float32; example b's row holds min(k, rank[b]) values, then zeros
+    rank: Tensor  # (n,) int64: each example's rank bound min(T_b * calls, i, o) (T_b its own tokens)
     elementwise: tuple[Tensor, Tensor, Tensor] | None = None
 
 
@@ -73,7 +73,28 @@ class Measurer:
             return "gram"
         return spectral.choose_method(t, i, o, x_shared_by=shared)
 
+    def _check_shapes(self, target: Target, X: Tensor, D: Tensor) -> None:
+        """Every captured tensor is ``(n, t * calls, ·)`` for the batch's ``(n, t)`` mask, or nothing is stored."""
+        n, t = self._mask.shape
+        ok = (X.dim() == 3 and D.dim() == 3 and X.shape[:2] == D.shape[:2] and X.shape[0] == n and X.shape[1] % t == 0
+              and X.shape[1] > 0 and X.shape[-1] == target.in_features and D.shape[-1] == target.out_features)
+        if not ok:
+            from .capture import CaptureError
+
+            raise CaptureError(
+                f"{target.name}: captured input {tuple(X.shape)} and output gradient {tuple(D.shape)} do not match the "
+                f"batch's {n} examples x {t} tokens and the module's {target.in_features} -> {target.out_features} "
+                "features; its tokens cannot be attributed to examples, so nothing is stored"
+            )
+
+    def example_ranks(self, t: int, i: int, o: int) -> Tensor:
+        """``(n,)`` rank bounds ``min(T_b * calls, i, o)`` for a module's token axis of length ``t``."""
+        calls = t // self._mask.shape[-1]
+        tokens = self._mask.to("cpu").sum(-1).to(torch.long) * calls
+        return tokens.clamp(max=min(i, o))
+
     def __call__(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
+        self._check_shapes(target, X, D)
         n, t, _ = X.shape
         o, i = target.out_features, target.in_features
         shared = self._consumers.get(x_key, 1)
@@ -94,14 +115,16 @@ class Measurer:
             s = spectral.dense_svdvals(Xm, Dm)
         else:
             raise ValueError(f"unknown method {method!r}; choose auto, gram, factored or dense")
-        st = spectral.spectrum_stats(s, min(o, i))
+        rank = self.example_ranks(t, i, o)
+        bound = rank if method == "gram" else torch.minimum(rank, spectral.nonzero_terms(Xm, Dm).to("cpu"))  # gram: per example
+        st = spectral.spectrum_stats(s, min(o, i), bound)
         spectrum = st.spectrum if self.spectrum_k is None else st.spectrum[..., : self.spectrum_k]
         result = ModuleResult(
             target=target,
             method=method,
             stats={k: getattr(st, k).to("cpu", torch.float64) for k in spectral.METRIC_NAMES},
             spectrum=spectrum.to("cpu", torch.float32),
-            rank=int(s.shape[-1]),
+            rank=rank,
         )
         if self.elementwise:
             result.elementwise = tuple(v.to("cpu", torch.float64) for v in spectral.elementwise_stats(Xm, Dm))

@@ -121,21 +121,108 @@ def layer_of(path: str) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+Ranges = tuple[tuple[int, int], ...]  # half-open (start, stop) ranges of a module's output features
+
+
 @dataclass(frozen=True)
 class Target:
-    """One measured module."""
+    """One measured gradient: a module's weight, or one role's rows of a fused weight.
 
-    name: str  # module path, e.g. model.layers.0.self_attn.q_proj
+    ``out_rows`` (a role of a fused module, see :data:`FUSED_LAYOUTS`): the output features of
+    ``module`` that the forward hands to this role, as ``(start, stop)`` ranges; the role's
+    gradient is ``G_r = D_r^T X`` with ``D_r`` those columns of the output gradient ``D``, exactly
+    the rows ``G[rows]`` of the fused weight's gradient. ``None``: the whole module.
+
+    ``tied``: the path of the input-embedding module whose weight IS this module's weight (a tied
+    output head). The parameter's gradient is then the sum over both uses,
+    ``G = D_head^T X_head + onehot(ids)^T (c * D_emb)`` (``c`` the embedding's scale), measured as
+    two calls stacked on the token axis (:mod:`layergrad.capture`).
+    """
+
+    name: str  # row name: module path, plus "[role]" for a role of a fused module
     module: nn.Module
     layer: int  # decoder layer index, -1 outside the layer stack
     role: str
-    out_features: int
+    out_features: int  # of this target (a fused role: its rows only)
     in_features: int
     adapter: str  # adapter name (linear, conv1d)
+    out_rows: Ranges | None = None
+    tied: str | None = None
+    path: str | None = None  # module path (the hook site); None: same as name
+
+    @property
+    def module_path(self) -> str:
+        return self.path or self.name
 
     @property
     def param(self) -> str:
-        return f"{self.name}.weight"
+        return f"{self.module_path}.weight"
+
+
+# ---------------------------------------------------------------------------------------
+# Fused modules: which output rows each role owns (data, per architecture)
+# ---------------------------------------------------------------------------------------
+
+
+def _heads(cfg) -> tuple[int, int, int]:
+    """``(n_heads, n_kv_heads, head_dim)`` of a (text) config."""
+    n = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
+    kv = int(getattr(cfg, "num_key_value_heads", None) or n)
+    hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+    hd = int(getattr(cfg, "head_dim", None) or hidden // n)
+    return n, kv, hd
+
+
+def _blocks(sizes: list[tuple[str, int]]) -> dict[str, Ranges]:
+    out, at = {}, 0
+    for role, size in sizes:
+        out[role] = ((at, at + size),)
+        at += size
+    return out
+
+
+def _qkv_blocks(cfg, out: int) -> dict[str, Ranges]:
+    """Rows ``[q (n_heads*hd) | k (n_kv*hd) | v (n_kv*hd)]`` (Phi-3 ``qkv_proj``: ``qkv[..., :query_pos]``, ...)."""
+    n, kv, hd = _heads(cfg)
+    return _blocks([("q", n * hd), ("k", kv * hd), ("v", kv * hd)])
+
+
+def _halves(roles: tuple[str, ...]):
+    """Equal consecutive blocks in ``roles`` order (Phi-3 ``gate_up_proj``: ``chunk(2)``; GPT-2 ``c_attn``: ``split(n_embd)``)."""
+
+    def layout(cfg, out: int) -> dict[str, Ranges]:
+        return _blocks([(r, out // len(roles)) for r in roles]) if out % len(roles) == 0 else {}
+
+    return layout
+
+
+def _per_head_qkv(cfg, out: int) -> dict[str, Ranges]:
+    """Rows grouped per head, ``[q | k | v]`` of ``head_size`` each (GPT-NeoX: ``view(..., n_heads, 3 * hs)``, ``chunk(3)``)."""
+    n, _, hd = _heads(cfg)
+    return {r: tuple((h * 3 * hd + j * hd, h * 3 * hd + (j + 1) * hd) for h in range(n)) for j, r in enumerate(("q", "k", "v"))}
+
+
+#: (model types, regular expression on the module path, layout): each layout maps a config and the
+#: module's output size to ``{role: rows}``. Confirmed against each model's forward in transformers 5.x.
+FUSED_LAYOUTS: tuple[tuple[tuple[str, ...], str, Callable], ...] = (
+    (("phi3",), r"(^|\.)qkv_proj$", _qkv_blocks),
+    (("phi3",), r"(^|\.)gate_up_proj$", _halves(("gate", "up"))),
+    (("gpt2",), r"(^|\.)attn\.c_attn$", _halves(("q", "k", "v"))),
+    (("gpt_neox",), r"(^|\.)attention\.query_key_value$", _per_head_qkv),
+)
+_FUSED_RES = tuple((types, re.compile(p), fn) for types, p, fn in FUSED_LAYOUTS)
+
+
+def fused_roles(model_type: str | None, cfg, path: str, out: int) -> dict[str, Ranges]:
+    """``{role: rows}`` of a fused module whose layout is known; ``{}`` otherwise (measured whole)."""
+    for types, rx, fn in _FUSED_RES:
+        if model_type in types and rx.search(path):
+            layout = fn(cfg, out)
+            covered = sorted(r for rows in layout.values() for r in rows)
+            if covered and covered[0][0] == 0 and covered[-1][1] == out and all(a[1] == b[0] for a, b in zip(covered, covered[1:])):
+                return layout
+            return {}  # sizes disagree with the weight: measure it whole rather than guess
+    return {}
 
 
 class SelectionError(ValueError):
@@ -176,19 +263,66 @@ def _is_reference(path: str, out: int, inp: int) -> bool:
     return out == inp or "self_attn" in path
 
 
+def _text_config(model: nn.Module):
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        return cfg.get_text_config()
+    return cfg
+
+
+def _embeddings(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """``(output head, input embedding)`` as the model names them (``get_output_embeddings``), else ``None``."""
+    get = lambda name: getattr(model, name)() if callable(getattr(model, name, None)) else None  # noqa: E731
+    try:
+        return get("get_output_embeddings"), get("get_input_embeddings")
+    except (AttributeError, NotImplementedError):
+        return None, None
+
+
 def find_targets(model: nn.Module, select: str = "all") -> list[Target]:
-    """The modules to measure, in the model's order. Raises if nothing matches."""
+    """The gradients to measure, in the model's order. Raises if nothing matches.
+
+    The output head is found as ``model.get_output_embeddings()`` whatever its name (``lm_head``,
+    ``embed_out``, ``output``) and has role ``lm_head``; ``tied`` names the input embedding when the
+    two share their weight. A fused module of a known layout (:data:`FUSED_LAYOUTS`) gives one
+    target per selected role (``q``, ``k``, ``v``; ``gate``, ``up``); it is measured whole (role
+    ``qkv`` or ``gate_up``) when that role is asked for by name, or when its layout is unknown.
+    The paper's rule (``reference``) takes whole weights, as its script does.
+    """
     roles = parse_selection(select)
+    named = {w.strip() for w in select.split(",")}
+    cfg = _text_config(model)
+    model_type = getattr(cfg, "model_type", None) or getattr(getattr(model, "config", None), "model_type", None)
+    head, emb = _embeddings(model)
+    paths = {id(m): n for n, m in model.named_modules()}
+    tied = None
+    if head is not None and emb is not None and getattr(head, "weight", None) is not None and head.weight is getattr(emb, "weight", None):
+        tied = paths.get(id(emb))
     found = []
     for name, mod in model.named_modules():
         ad = adapter_for(mod)
         if ad is None or getattr(mod, "weight", None) is None or mod.weight.dim() != 2:
             continue
-        role = role_of(name)
+        is_head = mod is head or (head is None and role_of(name) == "lm_head")
+        role = "lm_head" if is_head else role_of(name)
+        if role == "lm_head" and not is_head:
+            role = "unknown"
         out, inp = ad.shape(mod)
-        take = role in roles or ("reference" in roles and role != "lm_head" and _is_reference(name, out, inp))
-        if take:
-            found.append(Target(name, mod, layer_of(name), role, out, inp, ad.name))
+        layer = layer_of(name)
+        if "reference" in roles:
+            if role != "lm_head" and _is_reference(name, out, inp):
+                found.append(Target(name, mod, layer, role, out, inp, ad.name))
+            continue
+        parts = fused_roles(model_type, cfg, name, out) if role in ("qkv", "gate_up") else {}
+        if parts:
+            if role in named:  # the fused matrix as a whole, on request
+                found.append(Target(name, mod, layer, role, out, inp, ad.name))
+            for r, rows in parts.items():
+                if r in roles:
+                    size = sum(b - a for a, b in rows)
+                    found.append(Target(f"{name}[{r}]", mod, layer, r, size, inp, ad.name, out_rows=rows, path=name))
+        elif role in roles:
+            found.append(Target(name, mod, layer, role, out, inp, ad.name, tied=tied if is_head else None))
     if not found:
         present = sorted({role_of(n) for n, m in model.named_modules() if adapter_for(m) is not None})
         raise SelectionError(

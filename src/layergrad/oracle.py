@@ -33,8 +33,12 @@ def example_gradients(model, input_ids: list[int], n_prompt: int, targets: list[
             loss.backward()
         grads = {}
         for t in targets:
-            g = t.module.weight.grad.detach().clone()
-            grads[t.name] = g.T if t.adapter == "conv1d" else g  # as (out, in)
+            g = t.module.weight.grad.detach().clone()  # a tied weight's .grad sums all its uses
+            g = g.T if t.adapter == "conv1d" else g  # as (out, in)
+            if t.out_rows is not None:  # a role of a fused weight: its rows
+                g = torch.cat([g[a:b] for a, b in t.out_rows], dim=0)
+            grads[t.name] = g
+        for t in targets:
             t.module.weight.grad = None
         return float(loss.detach()), grads
     finally:

@@ -180,19 +180,30 @@ def congruence(F: Tensor, K: Tensor, lower: bool = False) -> Tensor:
 def sqrt_eigvalsh(S: Tensor, r: int) -> Tensor:
     """The ``r`` largest singular values, descending, from ``S`` ``(m, m)`` whose eigenvalues are their squares.
 
-    Eigenvalues below ``m * u * lambda_max`` (the eigensolver's own error, ``u`` the unit roundoff) are
-    numerically zero and returned as 0: an exactly rank-deficient gradient (repeated tokens, fewer
-    tokens than features) then has exact zeros, not ``sqrt(u) * s_1`` noise in its effective rank.
+    ``r`` is the rank bound known from the shapes (``min(t, i, o)``), so exactly ``r`` values are kept
+    and nothing is thresholded: only the negative eigenvalues that rounding produces for a
+    semi-definite ``S`` are clipped to 0. Each value is then within about ``sqrt(u) * s_1`` of the
+    exact one (``u`` the unit roundoff; ``1e-8 * s_1`` in float64), whichever Gram side built ``S``.
     """
     w = torch.linalg.eigvalsh(S).flip(-1)[..., :r]  # descending
-    tol = S.shape[-1] * torch.finfo(S.dtype).eps * w[..., :1].clamp_min(0)
-    return torch.where(w > tol, w, torch.zeros_like(w)).sqrt()
+    return w.clamp_min(0).sqrt()
+
+
+def nonzero_terms(X: Tensor, D: Tensor) -> Tensor:
+    """How many tokens add a nonzero term ``d_t x_t^T`` to ``G = D^T X``: ``(·, t, i), (·, t, o) -> (·,)``.
+
+    ``rank(G)`` is at most this (and ``min(i, o)``): a tighter bound than ``t`` when rows of ``D`` are
+    exactly zero (a query at position 0 attends to one key only, so its softmax passes no gradient)
+    or are padding. Singular values past it are exact zeros, not rounding noise.
+    """
+    return ((X != 0).any(-1) & (D != 0).any(-1)).sum(-1)
 
 
 def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None,
                  F_X: tuple[Tensor, bool] | None = None) -> Tensor:
     """Singular values of ``G = D^T X`` for one example: ``(t, i), (t, o) -> (min(t, i, o),)``, in float64.
 
+    Exactly ``min(nonzero_terms(X, D), i, o)`` of them are computed, then zeros up to ``min(t, i, o)``.
     ``K_X = gram(X)`` and ``F_X = psd_factor(K_X)`` may be passed in when modules share ``X``.
     """
     if side not in GRAM_SIDES:
@@ -200,6 +211,7 @@ def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None,
     t, i = X.shape
     o = D.shape[-1]
     r = min(t, i, o)
+    k = min(int(nonzero_terms(X, D)), r)
     dt = GRAM_DTYPE
     if side == "token":
         F, lower = F_X if F_X is not None else psd_factor(K_X if K_X is not None else gram(X))
@@ -214,7 +226,8 @@ def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None,
     else:
         G = D.to(dt).mT @ X.to(dt)  # (o, i)
         S = G @ G.mT if o <= i else G.mT @ G
-    return sqrt_eigvalsh(S, r)
+    s = sqrt_eigvalsh(S, k)
+    return torch.cat([s, s.new_zeros(r - k)]) if k < r else s
 
 
 def gram_cost(f: int, t: int) -> float:
@@ -262,20 +275,32 @@ class SpectrumStats:
     spectrum: Tensor  # (n, r) singular values, descending
 
 
-def spectrum_stats(s: Tensor, full_rank: int) -> SpectrumStats:
+def spectrum_stats(s: Tensor, full_rank: int, rank: Tensor | None = None) -> SpectrumStats:
     """Metrics of singular values ``s`` ``(n, r)`` (any order) of matrices with ``min(o, i) = full_rank``.
 
-    A zero gradient has nuclear = 0 and NaN for the ratios (share, effective and stable rank),
-    which are undefined there.
+    ``rank`` ``(n,)``: each matrix's rank bound known from its shapes (``min(T, i, o)``, ``T`` its own
+    tokens); values beyond it are exact zeros, and ``min_sigma`` is exactly 0 when it is below
+    ``full_rank``. Default: ``r`` for every row.
+
+    A zero gradient (``sum(s) == 0``) has nuclear, spectral, Frobenius norm and ``min_sigma`` 0 and
+    NaN for the ratios (top-1 share, effective and stable rank), which are undefined there:
+    never 1 or 0 (see :func:`undefined_reason`).
     """
     s = s.clamp_min(0).sort(dim=-1, descending=True).values
+    n, r = s.shape[0], s.shape[-1]
+    if rank is None:
+        rank = torch.full((n,), r, dtype=torch.long)
+    rank = rank.to(device=s.device, dtype=torch.long).clamp(max=r)
+    s = torch.where(torch.arange(r, device=s.device) < rank.unsqueeze(-1), s, torch.zeros_like(s))
     nuclear = s.sum(-1)
-    s1 = s[..., 0]
+    s1 = s[..., 0] if r else torch.zeros(n, dtype=s.dtype, device=s.device)
     sq = (s * s).sum(-1)
-    p = s / nuclear.unsqueeze(-1)
+    zero = nuclear == 0
+    p = s / torch.where(zero, torch.ones_like(nuclear), nuclear).unsqueeze(-1)
     plogp = torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))
-    if s.shape[-1] >= full_rank:
-        min_sigma = s[..., full_rank - 1]
+    nan = torch.full_like(nuclear, float("nan"))
+    if r >= full_rank:
+        min_sigma = torch.where(rank >= full_rank, s[..., full_rank - 1], torch.zeros_like(s1))
     else:
         min_sigma = torch.zeros_like(s1)
     return SpectrumStats(
@@ -283,11 +308,19 @@ def spectrum_stats(s: Tensor, full_rank: int) -> SpectrumStats:
         spectral=s1,
         frobenius=sq.sqrt(),
         min_sigma=min_sigma,
-        top1_share=s1 / nuclear,
-        effective_rank=torch.exp(-plogp.sum(-1)),
-        stable_rank=sq / (s1 * s1),
+        top1_share=torch.where(zero, nan, s1 / torch.where(zero, torch.ones_like(nuclear), nuclear)),
+        effective_rank=torch.where(zero, nan, torch.exp(-plogp.sum(-1))),
+        stable_rank=torch.where(zero, nan, sq / torch.where(zero, torch.ones_like(s1), s1 * s1)),
         spectrum=s,
     )
+
+
+ZERO_GRADIENT = "zero gradient: top1_share, effective_rank and stable_rank are undefined (NaN)"
+
+
+def undefined_reason(nuclear: float) -> str | None:
+    """Why a row's ratio metrics are NaN, or ``None`` when every metric is defined."""
+    return ZERO_GRADIENT if nuclear == 0 else None
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+#: 2: fused modules split into role rows (``module`` ``path[role]``), tied heads measured as their
+#: parameter (``tied_with``), ``rank`` per example, spectra never padded beyond it, ``reason``.
+SCHEMA_VERSION = 2
 
 #: Per-example rows. ``status`` is one of STATUSES; only ``ok`` rows have metrics.
 EXAMPLES = pa.schema(
@@ -46,6 +48,12 @@ IFD_FIELDS = [
 
 #: Per example x module rows (status ok only). Singular values s_1 >= s_2 >= ... of the
 #: example's weight gradient G (out x in) for that module.
+#:
+#: A role of a fused weight (Phi-3 ``qkv_proj``/``gate_up_proj``, GPT-2 ``c_attn``, GPT-NeoX
+#: ``query_key_value``) is its own row: ``module`` is ``"<path>[<role>]"``, ``param`` the fused
+#: weight, ``out_features`` the role's rows, and G those rows of the fused weight's gradient.
+#: A tied row (``tied_with`` set: an output head sharing its weight with the input embedding) is
+#: the PARAMETER's gradient, the sum of both uses (head and embedding), not the head's use alone.
 MODULES = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # example id
@@ -55,7 +63,8 @@ MODULES = pa.schema(
         pa.field("role", pa.string()),  # q, k, v, o, qkv, gate, up, gate_up, down, lm_head, unknown
         pa.field("out_features", pa.int32()),
         pa.field("in_features", pa.int32()),
-        pa.field("rank", pa.int32()),  # number of singular values computed: min(T, in, out)
+        pa.field("rank", pa.int32()),  # rank bound from the shapes: min(T * uses, in, out), T the example's own tokens
+        # (uses: 1; a module called c times: c; a tied head: 2). Singular values beyond it are exactly 0
         pa.field("nuclear", pa.float64()),  # sum(s)
         pa.field("spectral", pa.float64()),  # s_1
         pa.field("frobenius", pa.float64()),  # sqrt(sum(s^2))
@@ -63,11 +72,13 @@ MODULES = pa.schema(
         pa.field("top1_share", pa.float64()),  # s_1 / sum(s)
         pa.field("effective_rank", pa.float64()),  # exp(-sum p ln p), p = s / sum(s)
         pa.field("stable_rank", pa.float64()),  # sum(s^2) / s_1^2
-        pa.field("spectrum", pa.list_(pa.float32())),  # top-k singular values, descending (--spectrum-k)
+        pa.field("spectrum", pa.list_(pa.float32())),  # top min(k, rank) singular values, descending (--spectrum-k); never padded
         pa.field("m_mean", pa.float64()),  # mean of G's entries (reference mode / --elementwise; else null)
         pa.field("m_max", pa.float64()),  # largest entry of G (same)
         pa.field("m_min", pa.float64()),  # smallest entry of G (same)
-        pa.field("method", pa.string()),  # factored | dense: how the singular values were computed
+        pa.field("method", pa.string()),  # gram | factored | dense: how the singular values were computed
+        pa.field("tied_with", pa.string()),  # module path of the input embedding sharing this weight (null: untied)
+        pa.field("reason", pa.string()),  # why some metrics are NaN (zero gradient), null when all are defined
     ]
 )
 
