@@ -59,9 +59,30 @@ def test_effective_rank_of_flat_spectrum_is_its_length():
 
 
 def test_zero_gradient_gives_nan_ratios_not_fake_numbers():
-    st = S.spectrum_stats(torch.zeros(1, 3, dtype=torch.float64), 3)
-    assert st.nuclear.item() == 0.0
-    assert math.isnan(st.top1_share.item()) and math.isnan(st.stable_rank.item())
+    """A zero gradient beside a nonzero one in the same batch: the zero row's ratios are NaN (never an
+    effective rank of 1), with a reason; the other row is untouched."""
+    s = torch.tensor([[0.0, 0.0, 0.0], [2.0, 1.0, 1.0]], dtype=torch.float64)
+    st = S.spectrum_stats(s, 3)
+    assert st.nuclear[0].item() == 0.0 and st.spectral[0].item() == 0.0 and st.min_sigma[0].item() == 0.0
+    assert math.isnan(st.top1_share[0].item()) and math.isnan(st.stable_rank[0].item())
+    assert math.isnan(st.effective_rank[0].item())
+    assert st.effective_rank[1].item() == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))))
+    assert S.undefined_reason(0.0) == S.ZERO_GRADIENT and "effective_rank" in S.ZERO_GRADIENT
+    assert S.undefined_reason(4.0) is None
+
+
+def test_rank_bound_gives_exact_zeros_and_min_sigma():
+    """Values past an example's own rank bound are exact zeros, and min_sigma is 0 below full rank."""
+    s = torch.tensor([[3.0, 2.0, 1e-9, 1e-9], [3.0, 2.0, 1.0, 0.5]], dtype=torch.float64)
+    st = S.spectrum_stats(s, 4, rank=torch.tensor([2, 4]))
+    assert st.spectrum[0].tolist() == [3.0, 2.0, 0.0, 0.0] and st.nuclear[0].item() == 5.0
+    assert st.min_sigma[0].item() == 0.0 and st.min_sigma[1].item() == 0.5
+
+
+def test_nonzero_terms_counts_tokens_with_both_factors_nonzero():
+    X = torch.tensor([[1.0, 0.0], [0.0, 0.0], [2.0, 1.0], [1.0, 1.0]])
+    D = torch.tensor([[1.0], [5.0], [0.0], [1.0]])
+    assert int(S.nonzero_terms(X, D)) == 2
 
 
 def test_elementwise_stats_equal_dense():

@@ -97,7 +97,7 @@ class Measurer:
         self._check_shapes(target, X, D)
         n, t, _ = X.shape
         o, i = target.out_features, target.in_features
-        shared = self._consumers.get(x_key, 1)
+        shared = max(self._consumers.get(x_key, 1), 1)  # 0 or absent: captured after begin (reentrant recomputation)
         method = self.resolve_method(t, i, o, shared)
         Xm = Dm = None
         if method != "gram" or self.elementwise or self.cosine:
