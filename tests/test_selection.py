@@ -184,8 +184,10 @@ def test_score_table_has_every_example_and_default_scores(run_dir):
               "effective_rank:all:mean", "ifd_reason"):
         assert c in t.columns
     assert t.set_index("id").loc["a", "ifd"] == res.examples.set_index("id").loc["a", "ifd"]
-    # "b" has one response token and no BOS: IFD undefined, with its reason
-    assert math.isnan(t.set_index("id").loc["b", "ifd"]) and "no response token" in t.set_index("id").loc["b", "ifd_reason"]
+    # "b" has one response token and no BOS: the default definition (cherry) still scores it without the
+    # prompt (after '### Response:'); superfiltering would leave it undefined (tests/test_ifd.py)
+    assert res.manifest["ifd"] == "cherry"
+    assert math.isfinite(t.set_index("id").loc["b", "ifd"]) and pd.isna(t.set_index("id").loc["b", "ifd_reason"])
 
 
 def _select(run_dir, out, *args):
