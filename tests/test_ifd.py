@@ -1,4 +1,22 @@
-"""IFD against a direct computation: two separate forward passes through the plain HF model."""
+"""IFD against an oracle per published definition, written here from each paper's description.
+
+The oracle (``oracle_ifd`` and its helpers) imports nothing from ``layergrad.ifd``,
+``layergrad.prompting`` or ``layergrad.loss``: it builds the run's text itself, tokenises and masks
+with the tokenizer as the published scripts do (the prompt is the first
+``len(tokenizer(text[:text.rfind(response)]))`` tokens), and computes its own float64 cross-entropy,
+one example and one sequence at a time:
+
+* Cherry_LLM (``cherry_seletion/data_analysis.py`` / ``data_by_IFD.py``): conditioned pass = the
+  whole text, every response token scored; response-alone pass = ``'### Response:' + response``
+  tokenised whole, masked the same way, every response token scored; ``ifd`` = ratio of the means.
+* Superfiltering (``code_ifd/data_analysis.py``): conditioned pass as Cherry's; response-alone pass =
+  ``tokenizer(response)`` with ``labels = input_ids``: tokens 1.. are scored, so without a BOS the
+  first response token is in the numerator only; ``ifd_ppl`` = ratio of the perplexities.
+
+Where layergrad deviates on purpose (the run's own prompt text; the response-alone pass keeps
+exactly the response tokens the conditioned pass kept after --max-length), the oracle does the
+same; the records here tokenise the response alike at the start of a text and after the prompt.
+"""
 from __future__ import annotations
 
 import math
@@ -7,14 +25,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_model, make_tokenizer, write_json
-from layergrad import engine
+from conftest import make_model, make_tokenizer, save_model, write_json
+from layergrad import cli, engine
 from layergrad.config import RunConfig
 from layergrad.data import load_examples
-from layergrad.ifd import NoPromptRule, ifd_fields
 from layergrad.models import LoadedModel
-from layergrad.prompting import encode
-from layergrad.store import load_results
+from layergrad.store import ConfigMismatch, load_results
 
 RECORDS = [
     {"instruction": "What is 12 plus 30?", "input": "", "output": "The answer is 42."},
@@ -27,46 +43,110 @@ RECORDS = [
     {"instruction": "You are a helpful assistant. " * 3 + "What is 12 plus 30? Step 1: Ava has 3 apples.", "input": "", "output": "7"},
 ]
 
+DEFINITIONS = ["cherry", "superfiltering"]
+
 
 def _loaded(model, tok):
     return LoadedModel(model=model, tokenizer=tok, source="test", path="test", fingerprint="fp", dtype="float64")
 
 
-def direct_ifd(model, ids: list[int], n_prompt: int, bos: int | None) -> tuple[float, float, int]:
-    """(L_P, L_0, |S|) by two plain forward passes: the full text, and the response tokens alone.
+# ------------------------------------------------------------------------------- the oracle
 
-    Independent of the package: the token sets are spelled out here. With a BOS the no-prompt
-    sequence is [BOS] + response and every response token is scored; without, the first response
-    token is dropped from BOTH means.
-    """
-    s = max(n_prompt, 1)
+SYSTEM = "You are a helpful assistant."  # the system turn of layergrad's chat mode, spelled out
+CHERRY_ALONE = "### Response:"  # what Cherry_LLM puts before the response in its response-alone pass
+
+
+def run_text(tok, prompt: str, response: str, mode: str) -> str:
+    """The text layergrad trains on: base ``prompt + '\\n' + response``; chat: system + user turn, generation prompt."""
+    if mode == "base":
+        return prompt + "\n" + response
+    turns = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+    return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) + response
+
+
+def masked(tok, text: str, response: str) -> tuple[list[int], int]:
+    """``(ids, first scored position)`` as both scripts mask: the tokens of ``text[:text.rfind(response)]`` are context."""
+    ids = tok(text)["input_ids"]
+    return ids, max(len(tok(text[: text.rfind(response)])["input_ids"]), 1)
+
+
+def mean_nll(model, ids: list[int], first: int) -> tuple[float, int]:
+    """Mean ``-log p(ids[j] | ids[:j])`` over ``j >= first`` (float64), and how many terms; NaN without any."""
+    if first >= len(ids):
+        return math.nan, 0
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)  # (T, V)
-        nll_p = [-float(logp[j - 1, ids[j]]) for j in range(s, len(ids))]
-        resp = ids[s:]
-        seq = ([bos] if bos is not None else []) + resp
-        nll_0 = []
-        if len(seq) >= 2:
-            logq = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].double(), -1)
-            nll_0 = [-float(logq[j - 1, seq[j]]) for j in range(1, len(seq))]
-    if bos is None:
-        nll_p = nll_p[1:]
-    assert len(nll_p) == len(nll_0)
-    if not nll_0:
-        return math.nan, math.nan, 0
-    return sum(nll_p) / len(nll_p), sum(nll_0) / len(nll_0), len(nll_0)
+    nll = [-float(logp[j - 1, ids[j]]) for j in range(first, len(ids))]
+    return sum(nll) / len(nll), len(nll)
 
 
-def _max_length_for_boundary(tok, mode, path) -> int:
+def oracle_ifd(model, tok, prompt: str, response: str, mode: str, max_length: int, definition: str) -> dict:
+    """One example by the named definition: the losses, both ratios, and the token counts."""
+    ids, first = masked(tok, run_text(tok, prompt, response, mode), response)
+    ids = ids[:max_length]
+    n_resp = len(ids) - first  # response tokens kept by the conditioned pass
+    out = {"n_prompt": first, "n_response": n_resp}
+    if n_resp <= 0:
+        return out
+    lp, _ = mean_nll(model, ids, first)  # conditioned pass: every response token, the first given the prompt
+    if definition == "cherry":  # '### Response:' + response, every response token scored
+        alone, a_first = masked(tok, CHERRY_ALONE + response, response)
+    else:  # the response alone, HF labels = input_ids: positions 1.. are predicted
+        alone, a_first = tok(response)["input_ids"], 1
+    n_special = len(tok(response)["input_ids"]) - len(tok(response, add_special_tokens=False)["input_ids"])
+    keep = (a_first if definition == "cherry" else n_special) + n_resp  # the same response tokens as the conditioned pass
+    l0, n0 = mean_nll(model, alone[:keep], a_first)
+    out.update(lp=lp, l0=l0, n0=n0)
+    if n0:
+        out.update(ifd=lp / l0, ifd_ppl=math.exp(lp) / math.exp(l0))
+    return out
+
+
+def _max_length_for_boundary(tok, mode, records) -> int:
     """A --max-length that leaves the longest-prompt example that can keep any response exactly one token."""
-    exs, _ = load_examples([str(path)])
-    encs = [encode(e, tok, mode, None) for e in exs]
-    return max(e.n_prompt for e in encs if e.n_response > 1) + 1
+    firsts = []
+    for r in records:
+        prompt = r["instruction"] + ("\n" + r["input"] if r["input"] else "")
+        ids, first = masked(tok, run_text(tok, prompt, r["output"], mode), r["output"])
+        if len(ids) - first > 1:
+            firsts.append(first)
+    return max(firsts) + 1
 
+
+def check_against_oracle(res, model, tok, data, mode, max_length, definition, rtol) -> dict:
+    """Every stored row equals the oracle; returns counts of what was checked."""
+    exs = {e.id: e for e in load_examples([str(data)])[0]}
+    seen = {"checked": 0, "undefined": 0, "skipped": 0}
+    for _, row in res.examples.iterrows():
+        ex = exs[row["id"]]
+        o = oracle_ifd(model, tok, ex.prompt, ex.response, mode, max_length, definition)
+        if o["n_response"] <= 0:  # nothing to score after truncation: NaN with a reason
+            assert row["status"] == "skipped"
+            assert math.isnan(row["ifd"]) and math.isnan(row["ifd_ppl"]) and "not computed" in row["ifd_reason"]
+            seen["skipped"] += 1
+            continue
+        assert row["status"] == "ok"
+        assert (row["n_prompt_tokens"], row["n_response_tokens"]) == (o["n_prompt"], o["n_response"])
+        assert row["loss"] == pytest.approx(o["lp"], rel=rtol)
+        assert row["loss_with_prompt"] == pytest.approx(o["lp"], rel=rtol)
+        if not o["n0"]:  # superfiltering, no BOS, one response token: undefined, never 0 or -1
+            assert definition == "superfiltering" and o["n_response"] == 1
+            assert math.isnan(row["ifd"]) and math.isnan(row["ifd_ppl"]) and "no response token" in row["ifd_reason"]
+            seen["undefined"] += 1
+            continue
+        assert row["loss_no_prompt"] == pytest.approx(o["l0"], rel=rtol)
+        assert row["ifd"] == pytest.approx(o["ifd"], rel=rtol)
+        assert row["ifd_ppl"] == pytest.approx(o["ifd_ppl"], rel=rtol)
+        assert pd.isna(row["ifd_reason"])
+        seen["checked"] += 1
+    return seen
+
+
+# ------------------------------------------------------------------------------- the run against it
 
 # Padding a sequence to 16 tokens or more moves a rotary model's logits by ~1e-7 relative even in
-# fp64 (transformers computes the rotary angles in fp32): batched runs match the unpadded direct
-# passes to that precision, runs of one example per batch to fp64 precision. A wrong token set
+# fp64 (transformers computes the rotary angles in fp32): batched runs match the unpadded oracle
+# to that precision, runs of one example per batch to fp64 precision (1e-10). A wrong token set
 # moves the mean loss by far more than either.
 RTOL = {1: 1e-10, 3: 1e-6, 8: 1e-6}
 
@@ -80,66 +160,115 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("definition", DEFINITIONS)
 @pytest.mark.parametrize("arch,bos,mode,truncate,batch_size", [
-    pytest.param(*c.values, 3, id=c.id + "-batched") for c in CASES] + [
-    pytest.param(*c.values, 1, id=c.id + "-one") for c in CASES if c.values[3]])
-def test_ifd_equals_two_direct_forward_passes(tmp_path, arch, bos, mode, truncate, batch_size):
+    pytest.param(*c.values, 1, id=c.id + "-one") for c in CASES] + [
+    pytest.param(*c.values, 3, id=c.id + "-batched") for c in CASES])
+def test_ifd_equals_the_papers_definition(tmp_path, definition, arch, bos, mode, truncate, batch_size):
     tok = make_tokenizer(bos=bos)
     model = make_model(arch, len(tok))
     data = write_json(tmp_path / "d.json", RECORDS)
-    max_length = _max_length_for_boundary(tok, mode, data) if truncate else 1024
-    cfg = RunConfig(data=[str(data)], out=str(tmp_path / "run"), progress=False, ifd=True, prompt_mode=mode,
+    max_length = _max_length_for_boundary(tok, mode, RECORDS) if truncate else 1024
+    cfg = RunConfig(data=[str(data)], out=str(tmp_path / "run"), progress=False, ifd=definition, prompt_mode=mode,
                     max_length=max_length, batch_size=batch_size, stats_dtype="float64", skip_invalid=truncate)
     engine.run(cfg, loaded=_loaded(model, tok))
     res = load_results(cfg.out)
-    bos_id = tok.bos_token_id if bos else None
-    exs, _ = load_examples([str(data)])
-    encs = {e.id: encode(e, tok, mode, max_length) for e in exs}
-    checked = nan_one_token = 0
-    for _, row in res.examples.iterrows():
-        enc = encs[row["id"]]
-        if row["status"] == "skipped":  # nothing to score after truncation: NaN with a reason
-            assert math.isnan(row["ifd"]) and math.isnan(row["ifd_ppl"]) and "not computed" in row["ifd_reason"]
-            continue
-        assert row["status"] == "ok"
-        lp, l0, n = direct_ifd(model, enc.input_ids, enc.n_prompt, bos_id)
-        if n == 0:  # a single response token and no BOS: undefined, never 0 or -1
-            assert not bos and enc.n_response == 1
-            assert math.isnan(row["ifd"]) and math.isnan(row["ifd_ppl"]) and "no response token" in row["ifd_reason"]
-            nan_one_token += 1
-            continue
-        tol = RTOL[batch_size]
-        assert row["loss_no_prompt"] == pytest.approx(l0, rel=tol)
-        assert row["ifd"] == pytest.approx(lp / l0, rel=tol)
-        assert row["ifd_ppl"] == pytest.approx(math.exp(lp) / math.exp(l0), rel=tol)
-        assert pd.isna(row["ifd_reason"])
-        if bos:  # the numerator is the run's loss itself
-            assert row["ifd"] == row["loss"] / row["loss_no_prompt"]
-        checked += 1
-    assert checked >= 2
-    if truncate:
-        assert (res.examples["status"] == "skipped").sum() == 1
-        cut = [i for i, e in encs.items() if e.truncated and e.n_response == 1]
-        assert cut  # the boundary example keeps exactly one response token
-        ifd_cut = res.examples.set_index("id").loc[cut, "ifd"]
-        assert ifd_cut.isna().all() if not bos else ifd_cut.notna().all()
-        assert any(e.truncated and e.n_response > 1 for e in encs.values())  # and one is cut mid-response
-    assert res.manifest["ifd"] is True and res.manifest["ifd_rule"] == NoPromptRule(bos_id).describe()
+    seen = check_against_oracle(res, model, tok, data, mode, max_length, definition, RTOL[batch_size])
+    assert seen["checked"] >= 4
+    # Cherry scores every response token without the prompt too (after '### Response:'); Superfiltering
+    # without a BOS leaves a one-token response nothing to be predicted from
+    assert seen["undefined"] == 0 if (definition == "cherry" or bos) else seen["undefined"] >= 1
+    assert seen["skipped"] == (1 if truncate else 0)
+    if truncate:  # the boundary example keeps exactly one response token, another is cut mid-response
+        ex = res.examples.set_index("id")
+        assert (ex.loc[ex["status"] == "ok", "n_response_tokens"] == 1).any() and ex["truncated"].sum() >= 2
+    assert res.manifest["ifd"] == definition
+    assert res.manifest["ifd_rule"].startswith(definition + ":")
+
+
+@pytest.mark.parametrize("flag,definition", [(["--ifd"], "cherry"), (["--ifd", "cherry"], "cherry"),
+                                             (["--ifd", "superfiltering"], "superfiltering")])
+def test_cli_ifd_by_name_in_fp64(tmp_path, flag, definition):
+    """``run --ifd [NAME] --dtype fp64 --stats-dtype float64`` from a saved model: the oracle to 1e-10."""
+    tok = make_tokenizer(bos=False)
+    folder = save_model(tmp_path, "llama", tok)
+    data = write_json(tmp_path / "d.json", RECORDS[:5])
+    out = tmp_path / "run"
+    code = cli.main(["run", "--model", str(folder), "--data", str(data), "--out", str(out), *flag, "--dtype", "fp64",
+                     "--stats-dtype", "float64", "--prompt-mode", "base", "--batch-size", "1", "--modules", "attn", "--no-progress"])
+    assert code == 0
+    res = load_results(out)
+    assert res.manifest["ifd"] == definition
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float64).eval()  # as the run loaded it
+    seen = check_against_oracle(res, model, tok, data, "base", 1024, definition, 1e-10)
+    assert seen["checked"] >= 3
+
+
+def test_cli_unknown_definition_is_a_clear_error(tmp_path, capsys):
+    data = write_json(tmp_path / "d.json", RECORDS[:1])
+    code = cli.main(["run", "--data", str(data), "--out", str(tmp_path / "o"), "--ifd", "chery", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'cherry'" in err and "superfiltering" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_values_map_to_definition_names(tmp_path):
+    base = dict(data=["d.json"], out="o")
+    assert RunConfig(**base).ifd is None
+    assert RunConfig(**base, ifd=False).ifd is None
+    assert RunConfig(**base, ifd=True).ifd == "cherry"  # older configs: `ifd = true` is the default definition
+    assert RunConfig(**base, ifd="Superfiltering").ifd == "superfiltering"
+    from layergrad.ifd import DEFAULT_IFD, IFD_DEFINITIONS, IFDError
+
+    assert IFD_DEFINITIONS == ("cherry", "superfiltering") and DEFAULT_IFD == "cherry"
+    with pytest.raises(IFDError, match="did you mean 'superfiltering'"):
+        RunConfig(**base, ifd="superfilter")
+    with pytest.raises(IFDError, match="one of cherry, superfiltering, not 1.5"):
+        RunConfig(**base, ifd=1.5)
+    import tomllib
+
+    for text, want in [("ifd = true", "cherry"), ("ifd = false", None), ('ifd = "superfiltering"', "superfiltering")]:
+        assert RunConfig.from_dict({**base, **tomllib.loads(text)}).ifd == want
+
+
+def test_resume_with_another_definition_is_refused(tmp_path):
+    tok = make_tokenizer(bos=False)
+    model = make_model("llama", len(tok))
+    data = write_json(tmp_path / "d.json", RECORDS[:2])
+    kw = dict(data=[str(data)], out=str(tmp_path / "run"), progress=False, prompt_mode="base", modules="attn")
+    engine.run(RunConfig(**kw, ifd="cherry"), loaded=_loaded(model, tok))
+    engine.run(RunConfig(**kw, ifd=True), loaded=_loaded(model, tok))  # --ifd alone is the same definition: resumes
+    with pytest.raises(ConfigMismatch, match="ifd"):
+        engine.run(RunConfig(**kw, ifd="superfiltering"), loaded=_loaded(model, tok))
+    with pytest.raises(ConfigMismatch, match="ifd"):
+        engine.run(RunConfig(**kw), loaded=_loaded(model, tok))
+    assert load_results(kw["out"]).manifest["ifd"] == "cherry"
 
 
 @pytest.mark.parametrize("bos", [True, False])
-def test_no_prompt_input_is_the_response_ids_of_the_full_tokenisation(bos):
+def test_response_alone_input_is_the_response_ids_of_the_full_tokenisation(bos):
+    from layergrad.ifd import NoPromptRule
+    from layergrad.prompting import encode
+
     tok = make_tokenizer(bos=bos)
-    rule = NoPromptRule.for_tokenizer(tok)
-    assert rule.bos_id == (tok.bos_token_id if bos else None)
+    b = [tok.bos_token_id] if bos else []
+    cherry = NoPromptRule.for_tokenizer(tok, "cherry")
+    sf = NoPromptRule.for_tokenizer(tok, "superfiltering")
+    assert NoPromptRule.for_tokenizer(tok) == NoPromptRule.for_tokenizer(tok, True) == cherry
+    assert list(cherry.prefix) == b + tok("### Response:", add_special_tokens=False)["input_ids"] and cherry.skip == 0
+    assert list(sf.prefix) == b and sf.skip == (0 if bos else 1)
     exs, _ = load_examples([write_json_tmp(RECORDS)])
     for ex in exs:
         for max_length in (None, 14):
             enc = encode(ex, tok, "base", max_length)
-            s = max(enc.n_prompt, 1)
-            want = ([tok.bos_token_id] if bos else []) + enc.input_ids[s:]
-            assert rule.input_ids(enc) == want  # never a re-tokenisation of the response text
-            assert rule.n_scored(enc) == max(0, enc.n_response - (0 if bos else 1))
+            r = enc.input_ids[max(enc.n_prompt, 1):]
+            assert cherry.input_ids(enc) == list(cherry.prefix) + r  # never a re-tokenisation of the response text
+            assert sf.input_ids(enc) == b + r
+            assert cherry.n_scored(enc) == enc.n_response
+            assert sf.n_scored(enc) == max(0, enc.n_response - (0 if bos else 1))
 
 
 def write_json_tmp(records):
@@ -157,36 +286,30 @@ def test_ifd_pass_leaves_the_gradient_statistics_unchanged(tmp_path):
     model = make_model("llama", len(tok))
     data = write_json(tmp_path / "d.json", RECORDS)
     out = {}
-    for ifd in (False, True):
+    for ifd in (None, "cherry", "superfiltering"):
         cfg = RunConfig(data=[str(data)], out=str(tmp_path / f"run{ifd}"), progress=False, ifd=ifd, prompt_mode="base",
                         batch_size=4, stats_dtype="float64")
         engine.run(cfg, loaded=_loaded(model, tok))
         out[ifd] = load_results(cfg.out)
-    a, b = out[False].modules, out[True].modules
-    assert len(a) == len(b) > 0
-    for k in ("nuclear", "effective_rank", "spectral"):
-        assert a[k].tolist() == b[k].tolist()
-    assert out[False].examples["loss"].tolist() == out[True].examples["loss"].tolist()
-    assert "ifd" not in out[False].examples.columns
+    for ifd in ("cherry", "superfiltering"):
+        a, b = out[None].modules, out[ifd].modules
+        assert len(a) == len(b) > 0
+        for k in ("nuclear", "effective_rank", "spectral"):
+            assert a[k].tolist() == b[k].tolist()
+        assert out[None].examples["loss"].tolist() == out[ifd].examples["loss"].tolist()
+    assert "ifd" not in out[None].examples.columns and out[None].manifest["ifd"] is False
 
 
-def test_ifd_without_the_gather_hook(tmp_path):
+@pytest.mark.parametrize("definition", DEFINITIONS)
+def test_ifd_without_the_gather_hook(tmp_path, definition):
     """With lm_head measured, logits are computed at every position (the gather hook is off)."""
     tok = make_tokenizer(bos=False)
     model = make_model("llama", len(tok))
     data = write_json(tmp_path / "d.json", RECORDS[:3])
-    cfg = RunConfig(data=[str(data)], out=str(tmp_path / "run"), progress=False, ifd=True, prompt_mode="base",
+    cfg = RunConfig(data=[str(data)], out=str(tmp_path / "run"), progress=False, ifd=definition, prompt_mode="base",
                     modules="attn,lm_head", stats_dtype="float64")
     engine.run(cfg, loaded=_loaded(model, tok))
-    res = load_results(cfg.out)
-    exs, _ = load_examples([str(data)])
-    for ex, (_, row) in zip(exs, res.examples.iterrows()):
-        enc = encode(ex, tok, "base", 1024)
-        lp, l0, n = direct_ifd(model, enc.input_ids, enc.n_prompt, None)
-        if n:
-            assert row["ifd"] == pytest.approx(lp / l0, rel=RTOL[8])
-        else:
-            assert math.isnan(row["ifd"])
+    check_against_oracle(load_results(cfg.out), model, tok, data, "base", 1024, definition, RTOL[8])
 
 
 def test_invalid_records_get_nan_ifd_with_reason(tmp_path):
@@ -205,6 +328,8 @@ def test_invalid_records_get_nan_ifd_with_reason(tmp_path):
 
 
 def test_ifd_fields_math_and_undefined_cases():
+    from layergrad.ifd import ifd_fields
+
     f = ifd_fields(1.5, 2.0, 4)
     assert f["ifd"] == 0.75 and f["ifd_ppl"] == pytest.approx(math.exp(-0.5)) and f["ifd_reason"] is None
     assert f["loss_no_prompt"] == 2.0 and f["loss_with_prompt"] == 1.5

@@ -112,14 +112,19 @@ def test_selection_equals_a_brute_force_sort():
         assert select(t, "loss", Amount("bottom", count=k)).ids == [f"e{i}" for i in want_bottom]
 
 
-def test_ifd_filter_drops_nan_and_values_of_one_and_above():
-    t = table([0.5, 1.0, 0.9, np.nan, 1.7, 0.2], status=["ok"] * 5 + ["failed"], name="ifd")
+def test_ifd_filter_drops_nan_and_values_above_one_keeps_one():
+    """Cherry_LLM's filter (``if mean_rate > 1: continue``): IFD above 1 is dropped, exactly 1 is kept."""
+    t = table([0.5, 1.0, 0.9, np.nan, 1.7, 0.2, 1.0000001], status=["ok"] * 5 + ["failed", "ok"], name="ifd")
     sel = select(t, "ifd", Amount("top", count=10))
-    assert sel.ids == ["e2", "e0"]  # 1.0 and 1.7 dropped, NaN dropped, failed not eligible
-    assert sel.dropped == {"with status other than ok": 1, "with ifd NaN": 1, "with ifd >= 1 (IFD filter)": 2}
-    assert any("IFD filter on" in line for line in sel.summary(t.set_index("id")["ifd"]))
-    assert select(t, "ifd", Amount("top", count=10), ifd_filter=False).ids == ["e4", "e1", "e2", "e0"]
+    assert sel.ids == ["e1", "e2", "e0"]  # 1.0 kept; 1.7 and 1.0000001 dropped, NaN dropped, failed not eligible
+    assert sel.dropped == {"with status other than ok": 1, "with ifd NaN": 1, "with ifd > 1 (IFD filter)": 2}
+    summary = sel.summary(t.set_index("id")["ifd"])
+    assert any("IFD filter on" in line and "kept ifd <= 1" in line and "2 with ifd > 1" in line for line in summary)
+    assert select(t, "ifd", Amount("top", count=10), ifd_filter=False).ids == ["e4", "e6", "e1", "e2", "e0"]
     assert select(t, "ifd", Amount("bottom", count=1)).ids == ["e0"]
+    for name in ("ifd", "ifd_ppl"):  # the boundary exactly, on both IFD columns
+        edge = table([1.0, 1.0000001, np.nextafter(1.0, 2.0), np.nextafter(1.0, 0.0)], name=name)
+        assert select(edge, name, Amount("top", count=10)).ids == ["e0", "e3"]
     # the filter is for IFD only
     assert select(table([1.5, 2.0]), "loss", Amount("top", count=1)).ids == ["e1"]
 
@@ -179,8 +184,10 @@ def test_score_table_has_every_example_and_default_scores(run_dir):
               "effective_rank:all:mean", "ifd_reason"):
         assert c in t.columns
     assert t.set_index("id").loc["a", "ifd"] == res.examples.set_index("id").loc["a", "ifd"]
-    # "b" has one response token and no BOS: IFD undefined, with its reason
-    assert math.isnan(t.set_index("id").loc["b", "ifd"]) and "no response token" in t.set_index("id").loc["b", "ifd_reason"]
+    # "b" has one response token and no BOS: the default definition (cherry) still scores it without the
+    # prompt (after '### Response:'); superfiltering would leave it undefined (tests/test_ifd.py)
+    assert res.manifest["ifd"] == "cherry"
+    assert math.isfinite(t.set_index("id").loc["b", "ifd"]) and pd.isna(t.set_index("id").loc["b", "ifd_reason"])
 
 
 def _select(run_dir, out, *args):
@@ -223,7 +230,7 @@ def test_select_jsonl_only_input_is_byte_identical(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "IFD filter on" in printed
     ifd = load_results(cfg.out).examples.set_index("id")["ifd"]
-    eligible = ifd[(ifd < 1) & ifd.notna()].sort_values(ascending=False, kind="stable")
+    eligible = ifd[(ifd <= 1) & ifd.notna()].sort_values(ascending=False, kind="stable")
     got = [json.loads(line)["id"] for line in out2.read_text(encoding="utf-8").splitlines()]
     assert got == list(eligible.index[: len(eligible) // 2])
 

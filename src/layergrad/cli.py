@@ -42,7 +42,12 @@ def _add_run(sub) -> None:
     p.add_argument("--spectrum-k", default=None, help="singular values stored per module: a number or 'all' (default 64)")
     p.add_argument("--elementwise", action="store_true", default=None, help="also M_mean/M_max/M_min of the dense gradient (slower)")
     p.add_argument("--cosine", action="store_true", default=None, help="cosine similarity of gradients: next layer, q~o, k~v")
-    p.add_argument("--ifd", action="store_true", default=None, help="also IFD scores (one extra forward pass per batch)")
+    p.add_argument("--ifd", nargs="?", const=True, default=None, metavar="{cherry,superfiltering}",
+                   help="also IFD scores (one extra forward pass per batch, no backward) by the named published definition: "
+                   "cherry (Cherry_LLM: every response token scored with and without the prompt, the response alone "
+                   "after '### Response:') or superfiltering (the response alone with no context: without a BOS its "
+                   "first token is scored with the prompt only). --ifd alone: cherry, the definition of the paper that "
+                   "introduced IFD, whose two means cover the same tokens for every tokenizer")
     p.add_argument("--skip-invalid", action="store_true", default=None, help="run the valid records, store invalid ones with their reason")
     p.add_argument("--trust-remote-code", action="store_true", default=None)
     p.add_argument("--method", choices=["auto", "factored", "dense"], default=None, help=argparse.SUPPRESS)

@@ -24,7 +24,7 @@ class RunConfig:
     spectrum_k: int | None = 64  # singular values stored per module; None = the full spectrum
     elementwise: bool = False  # also M_mean/M_max/M_min of the dense gradient (costly)
     cosine: bool = False  # cosine similarity between gradients of paired modules
-    ifd: bool = False  # instruction-following difficulty (one extra forward pass)
+    ifd: str | None = None  # IFD definition: "cherry" | "superfiltering" | None (off); True = the default (cherry)
     skip_invalid: bool = False  # run the valid records, store the invalid ones with their reason
     trust_remote_code: bool = False
     reference: bool = False  # the paper's tokenisation rule (drop-in compatibility)
@@ -32,6 +32,11 @@ class RunConfig:
     shard: str | None = None  # "i/N": this process takes shard i of N
     progress: bool = True
     fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages
+
+    def __post_init__(self) -> None:
+        from .ifd import ifd_definition
+
+        self.ifd = ifd_definition(self.ifd)  # True (older configs, `ifd = true`) -> the default; False -> None
 
     def to_dict(self) -> dict:
         return asdict(self)

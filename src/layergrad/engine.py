@@ -143,8 +143,8 @@ def build_manifest(cfg: RunConfig, loaded, mode: str, targets: list[Target]) -> 
         "spectrum_k": cfg.spectrum_k,
         "elementwise": cfg.elementwise,
         "cosine": cfg.cosine,
-        "ifd": cfg.ifd,
-        "ifd_rule": NoPromptRule.for_tokenizer(loaded.tokenizer).describe() if cfg.ifd else None,
+        "ifd": cfg.ifd or False,  # the IFD definition's name (false: off, as runs stored before names were)
+        "ifd_rule": NoPromptRule.for_tokenizer(loaded.tokenizer, cfg.ifd).describe() if cfg.ifd else None,
         "loss_rule": LOSS_RULE,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
@@ -391,7 +391,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     measurer = faults.FiniteGuard(Measurer(stats_dtype=stats_dtype, spectrum_k=cfg.spectrum_k, elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method))
     pad_id = pad_id_of(tok)
     model_device = next(model.parameters()).device
-    ifd_rule = NoPromptRule.for_tokenizer(tok) if cfg.ifd else None
+    ifd_rule = NoPromptRule.for_tokenizer(tok, cfg.ifd) if cfg.ifd else None
     runner = BatchRunner(model, targets, measurer, model_device, pad_id, ifd=ifd_rule)
 
     # out of memory: split the batch and retry, down to one example (stored as failed if it still fails)

@@ -9,6 +9,7 @@ def expected_errors() -> tuple[type, ...]:
     from .data import DataError
     from .distributed import DistributedError
     from .experiment import ExperimentError
+    from .ifd import IFDError
     from .models import ModelError
     from .modules import SelectionError
     from .prompting import PromptError
@@ -16,7 +17,8 @@ def expected_errors() -> tuple[type, ...]:
     from .store import ConfigMismatch
     from .store.parts import StoreWriteError  # disk full, no permission: names the path and the cause
 
-    return (CaptureError, DataError, DistributedError, ExperimentError, ModelError, SelectionError, PromptError, ReferenceFormatError, ConfigMismatch,
+    return (CaptureError, DataError, DistributedError, ExperimentError, IFDError, ModelError, SelectionError, PromptError,
+            ReferenceFormatError, ConfigMismatch,
             StoreWriteError, FileNotFoundError)
 
 

@@ -19,8 +19,10 @@ layers is the mean of 10 layers x 4 roles = 40 numbers). An example that lacks a
 any of those modules gets NaN, so every score averages the same modules.
 
 Selection (:func:`select`): the eligible examples are those with status ``ok`` and a finite score;
-for ``ifd`` and ``ifd_ppl`` the Cherry_LLM convention also drops ``score >= 1`` (the prompt does
-not help; switch off with ``ifd_filter=False``). ``top`` takes the highest scores, ``bottom`` the
+for ``ifd`` and ``ifd_ppl`` Cherry_LLM's filter also drops ``score > 1`` (the prompt makes the
+response harder; ``score == 1`` is kept, as ``if mean_rate > 1: continue`` in Cherry_LLM's
+``cherry_seletion/data_by_IFD.py`` keeps it; switch off with ``ifd_filter=False``). The same filter
+applies whichever IFD definition the run used (see :mod:`layergrad.ifd`). ``top`` takes the highest scores, ``bottom`` the
 lowest; a count ``k`` takes ``min(k, eligible)``, a fraction ``f`` takes ``floor(f * eligible)``.
 Ties are broken by input order (the run's ``order``: data file order, then record order): the
 earlier record wins, so a selection is the same on every machine and every rerun.
@@ -305,11 +307,11 @@ class Selection:
                  f"(of {self.n_eligible} eligible)"]
         if self.metric.is_ifd:
             if self.ifd_filter:
-                nan, high = self.dropped.get(f"with {name} NaN", 0), self.dropped.get(f"with {name} >= 1 (IFD filter)", 0)
-                lines.append(f"  IFD filter on (Cherry_LLM convention; --no-ifd-filter turns it off): kept {name} < 1; "
-                             f"dropped {nan} with NaN and {high} with {name} >= 1")
+                nan, high = self.dropped.get(f"with {name} NaN", 0), self.dropped.get(f"with {name} > 1 (IFD filter)", 0)
+                lines.append(f"  IFD filter on (Cherry_LLM's filter; --no-ifd-filter turns it off): kept {name} <= 1; "
+                             f"dropped {nan} with NaN and {high} with {name} > 1")
             else:
-                lines.append("  IFD filter off: values >= 1 are eligible")
+                lines.append("  IFD filter off: values > 1 are eligible")
         for why, n in self.dropped.items():
             if n:
                 lines.append(f"  not eligible: {n} {why}")
@@ -332,8 +334,8 @@ def select(table: pd.DataFrame, metric: Metric | str, amount: Amount, *, ifd_fil
     dropped = {"with status other than ok": int((~ok).sum()), f"with {m.name} NaN": int((ok & ~finite).sum())}
     eligible = ok & finite
     if use_filter:
-        high = eligible & (v >= 1)
-        dropped[f"with {m.name} >= 1 (IFD filter)"] = int(high.sum())
+        high = eligible & (v > 1)  # Cherry_LLM: IFD above 1 is dropped, exactly 1 is kept
+        dropped[f"with {m.name} > 1 (IFD filter)"] = int(high.sum())
         eligible &= ~high
     order = pd.to_numeric(t["order"], errors="coerce").fillna(np.inf).to_numpy(float) if "order" in t else np.arange(len(t), dtype=float)
     idx = np.nonzero(eligible)[0]

@@ -14,7 +14,7 @@ METRIC: ifd | ifd_ppl | loss | loss_no_prompt | n_response_tokens | n_prompt_tok
 
 SELECT_EPILOG = METRIC_HELP + """
 examples:
-  # the 20% of examples with the highest IFD (NaN and IFD >= 1 dropped first: Cherry_LLM's rule)
+  # the 20% of examples with the highest IFD (NaN and IFD > 1 dropped first: Cherry_LLM's filter)
   layergrad select runs/gsm8k --by ifd --ratio 0.2 --out picked/high_ifd.json
   # the 20% with the lowest IFD, and the 100 with the smallest late-layer MLP nuclear norm
   layergrad select runs/gsm8k --by ifd --bottom 20% --out picked/low_ifd.json
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
     how.add_argument("--bottom", metavar="K|P%", help="the K (or P percent) eligible examples with the lowest score")
     how.add_argument("--ratio", metavar="R", help="the top fraction R (0 < R <= 1) of the eligible examples")
     p.add_argument("--out", required=True, type=Path, help="output file: .json, .jsonl or .parquet")
-    p.add_argument("--no-ifd-filter", action="store_true", help="for ifd/ifd_ppl: keep values >= 1 (default: dropped, as Cherry_LLM does)")
+    p.add_argument("--no-ifd-filter", action="store_true", help="for ifd/ifd_ppl: keep values > 1 (default: dropped, as Cherry_LLM does; 1 itself is always kept)")
     p.add_argument("--order", choices=["input", "score"], default="input", help="order of the written records (default input)")
     p.add_argument("--scores-csv", type=Path, help="where the scores table goes (default: scores.csv beside --out)")
     p.add_argument("--data", nargs="+", help="the run's data files, if not where its manifest says")
