@@ -52,6 +52,7 @@ def make_tokenizer(template: str | None = CHAT_TEMPLATE, bos: bool = True):
 
 def _configs(vocab: int):
     from transformers import (
+        Gemma2Config,
         GemmaConfig,
         GPT2Config,
         GPTNeoXConfig,
@@ -72,6 +73,9 @@ def _configs(vocab: int):
         "gpt2": GPT2Config(vocab_size=vocab, n_embd=16, n_layer=3, n_head=4, n_positions=256),  # Conv1D, fused c_attn
         "gpt_neox": GPTNeoXConfig(vocab_size=vocab, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
                                   num_attention_heads=4, max_position_embeddings=256),
+        # not in ARCHS (used by tests/test_oracle_independent.py only):
+        "gemma2": Gemma2Config(**common, head_dim=4),  # tied head, soft-capping, alternating sliding window
+        "llama_tied": LlamaConfig(**common, tie_word_embeddings=True),  # lm_head.weight is model.embed_tokens.weight
     }
 
 
