@@ -268,3 +268,18 @@ def test_gram_side_choice_changes_nothing_beyond_rounding():
         got = [float(getattr(st, k)[0]) for st in stats.values()]
         scale = float(want[0]) if k == "min_sigma" else max(abs(v) for v in got)
         assert max(got) - min(got) <= 1e-7 * scale, (k, got)
+
+
+def test_captured_tensor_that_does_not_match_the_batch_is_an_error_not_a_number():
+    """An input gathered to (1, N, i) (a logit shortcut left on by mistake) while the mask is (n, t)."""
+    from layergrad.capture import CaptureError
+
+    meas = Measurer(stats_dtype=torch.float64, spectrum_k=None)
+    meas.begin(torch.ones(2, 5, dtype=torch.long), {("x",): 1}, {})
+    t = Target("lm_head", None, -1, "lm_head", 6, 4, "linear")
+    with pytest.raises(CaptureError, match="cannot be attributed"):
+        meas(t, torch.randn(1, 7, 4, dtype=torch.float64), torch.randn(1, 7, 6, dtype=torch.float64), ("x",))
+    with pytest.raises(CaptureError):  # one example: (1, N) against a (1, t) mask is caught by the token count
+        meas.begin(torch.ones(1, 5, dtype=torch.long), {("x",): 1}, {})
+        meas(t, torch.randn(1, 3, 4, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64), ("x",))
+    assert meas.results == {}
