@@ -33,6 +33,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from .errors import LayergradError
 
 __all__ = [
     "DataError",
@@ -129,7 +130,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class DataError(ValueError):
+class DataError(LayergradError, ValueError):
     """The input data has problems; ``problems`` holds every one of them."""
 
     def __init__(self, problems: list[Problem], hint: str | None = None):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed, faults
+from . import __version__, distributed, faults, vocab
 from .batching import Batch, pad, pad_id_of, plan_batches, shard_batches
 from .capture import Capture, activation_only_backward
 from .config import RunConfig
@@ -380,7 +380,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
 
     todo = [b for b in batches if not all(examples[k].id in done for k in b.items)]
     n_todo = sum(len(b.items) for b in todo)
-    stats_dtype = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64}[cfg.stats_dtype]
+    stats_dtype = {k: getattr(torch, v) for k, v in vocab.STATS_DTYPES.items()}[cfg.stats_dtype]
     measurer = faults.FiniteGuard(Measurer(stats_dtype=stats_dtype, spectrum_k=cfg.spectrum_k, elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method))
     pad_id = pad_id_of(tok)
     model_device = next(model.parameters()).device

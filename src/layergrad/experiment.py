@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig
+from .errors import LayergradError
 
 
-class ExperimentError(ValueError):
+class ExperimentError(LayergradError, ValueError):
     pass
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from . import vocab
+from .errors import LayergradError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -59,7 +61,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _GGUF_MAGIC = b"GGUF"
 
 
-class ModelError(ValueError):
+class ModelError(LayergradError, ValueError):
     """A model could not be found or loaded; the message names the path and what to do."""
 
 
@@ -77,17 +79,8 @@ class LoadedModel:
 
 # ---------------------------------------------------------------------------------- dtype
 
-_DTYPES: dict[str, torch.dtype | str] = {
-    "auto": "auto",
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
+# The names are layergrad.vocab.DTYPES'; this maps them to torch dtypes.
+_DTYPES: dict[str, torch.dtype | str] = {k: v if v == "auto" else getattr(torch, v) for k, v in vocab.DTYPES.items()}
 
 
 def resolve_dtype(name: str) -> torch.dtype | str:
@@ -97,7 +90,7 @@ def resolve_dtype(name: str) -> torch.dtype | str:
     """
     if isinstance(name, torch.dtype) and name in _DTYPES.values():
         return name
-    key = str(name).strip().lower().removeprefix("torch.")
+    key = vocab.normalize_dtype_name(name)
     if key not in _DTYPES:
         raise ModelError(f"unknown dtype {name!r}; choose one of: {', '.join(_DTYPES)}")
     return _DTYPES[key]
@@ -105,7 +98,7 @@ def resolve_dtype(name: str) -> torch.dtype | str:
 
 def _dtype_from_name(name: object) -> torch.dtype | None:
     if isinstance(name, str):
-        found = _DTYPES.get(name.strip().lower().removeprefix("torch."))
+        found = _DTYPES.get(vocab.normalize_dtype_name(name))
         return found if isinstance(found, torch.dtype) else None
     return None
 

@@ -26,12 +26,13 @@ import pandas as pd
 
 from layergrad.store.run import Results, load_results
 from layergrad.store.schema import METRICS
+from layergrad.errors import LayergradError
 
 
 COSINE_KINDS = ("next_layer", "q_o", "k_v")  # display order of cosine kinds (schema.COSINE)
 
 
-class AnalysisError(ValueError):
+class AnalysisError(LayergradError, ValueError):
     """Input the analysis cannot use, with a message saying what and why."""
 
 

@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-# Kept here (not imported from the analysis) so that building the parser imports nothing heavy.
-_METRICS = ("nuclear", "spectral", "frobenius", "min_sigma", "top1_share", "effective_rank", "stable_rank")
-_DEFAULT_METRICS = ("nuclear", "spectral", "frobenius", "top1_share", "effective_rank")
+# From the torch-free vocabulary (not the analysis), so that building the parser imports nothing heavy.
+from layergrad.vocab import DEFAULT_REPORT_METRICS as _DEFAULT_METRICS
+from layergrad.vocab import METRICS as _METRICS
 
 EPILOG = """\
 examples:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from ..errors import LayergradError
 
 TMP_SUFFIX = ".tmp"
 
 
-class StoreWriteError(OSError):
+class StoreWriteError(LayergradError, OSError):
     """Results could not be written (``errno`` as the OS said); what was committed before is intact."""
 
     def __init__(self, path: Path, cause: OSError):

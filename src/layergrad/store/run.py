@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from . import schema
 from .parts import TMP_SUFFIX, StoreWriteError, part_problem, read_part, write_atomic, write_text_atomic
+from ..errors import LayergradError
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
@@ -48,7 +49,7 @@ IDENTITY_KEYS = (
 _TAG = re.compile(r"^(examples|modules|cosine)-(.+)\.parquet$")
 
 
-class ConfigMismatch(ValueError):
+class ConfigMismatch(LayergradError, ValueError):
     """Raised when a run directory is resumed with a different configuration."""
 
 
