@@ -33,6 +33,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
 from .errors import LayergradError
 
 __all__ = [

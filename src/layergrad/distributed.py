@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+
 from .errors import LayergradError
 
 __all__ = [

@@ -21,7 +21,7 @@ import torch
 from . import __version__, distributed, faults, vocab
 from .batching import Batch, pad, pad_id_of, plan_batches, shard_batches
 from .capture import Capture, activation_only_backward
-from .config import RunConfig
+from .config import RunConfig, parse_shard
 from .data import DataError, Example, Fields, load_examples
 from .ifd import NoPromptRule, score_batch, undefined
 from .loss import loss_positions, per_example_loss
@@ -302,24 +302,13 @@ def module_rows(ex_id: str, b: int, results: dict, targets: list[Target]) -> tup
 # ---------------------------------------------------------------------------------------
 
 
-def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    if not spec:
-        return None
-    try:
-        i, n = (int(v) for v in spec.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard {spec}: need 0 <= i < N")
-    return i, n
-
-
 def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
     """Compute and store the statistics of every example of ``cfg.data``; resume if possible.
 
     Under torchrun (``RANK``/``WORLD_SIZE`` set) every rank calls this with the same ``cfg``
     and computes its own shard of the global batch plan (see :mod:`distributed`).
     """
+    cfg.validate()  # every bad option at once, before any model loads
     world = distributed.detect()
     device = resolve_device(cfg.device)
     if world is not None:
@@ -336,7 +325,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     t0 = time.time()
     examples, problems = load_data(cfg)
     if loaded is None:
-        loaded = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code)
+        loaded = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code, progress=cfg.progress)
     model, tok = loaded.model, loaded.tokenizer
     model.eval()
     targets = find_targets(model, "reference" if cfg.reference and cfg.modules == "reference" else cfg.modules)

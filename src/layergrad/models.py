@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
 from . import vocab
 from .errors import LayergradError
 
@@ -419,6 +420,21 @@ def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn
     return model, tokenizer
 
 
+@contextmanager
+def progress_bars(enabled: bool):
+    """transformers' progress bars on (as they are) or off within the block, restored after it."""
+    from transformers.utils import logging as hf_logging
+
+    if enabled or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -427,8 +443,12 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from local files only, in eval mode.
+
+    ``progress=False`` silences transformers' progress bars (loading weights, de-quantising a
+    GGUF file) while loading; their setting is restored afterwards.
 
     ``dtype="auto"`` loads fp32 on CPU (fp64 checkpoints stay fp64) and keeps the
     checkpoint's dtype on an accelerator. ``device_map`` (e.g. ``"auto"``) is handed to
@@ -441,18 +461,20 @@ def load_model(
         raise ModelError(f"unknown device {device!r}: {e}") from e
     if device_map is None and target.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
-    path, is_gguf = _resolve(name_or_path)
+    with progress_bars(progress):  # the embedded model's one-time conversion de-quantises a GGUF file
+        path, is_gguf = _resolve(name_or_path)
     on_cpu = _on_cpu(device, device_map)
     checkpoint = None if is_gguf else _checkpoint_dtype(path)
     load_dtype = _load_dtype(requested, checkpoint, on_cpu)
     loader = _load_gguf if is_gguf else _load_folder
-    model, tokenizer = loader(
-        path,
-        dtype=load_dtype,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-        attn_implementation=attn_implementation,
-    )
+    with progress_bars(progress):
+        model, tokenizer = loader(
+            path,
+            dtype=load_dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+        )
     if device_map is None:
         model.to(target)
     model.eval()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
+
 from .errors import LayergradError
 from .vocab import closest
 

@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 
 from .data import content_id
+from .errors import LayergradError
 from .modules import layer_of, role_of
 from .store import RunStore, load_results
 from .store.parts import write_text_atomic
-from .errors import LayergradError
 
 KEYS = ("M_mean", "M_max", "M_min", "frobenius_norm", "S_sum", "S_max", "S_min")
 #: reference key -> our column

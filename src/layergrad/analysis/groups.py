@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from layergrad.errors import LayergradError
 from layergrad.store.run import Results, load_results
 from layergrad.store.schema import METRICS
-from layergrad.errors import LayergradError
 
 
 COSINE_KINDS = ("next_layer", "q_o", "k_v")  # display order of cosine kinds (schema.COSINE)

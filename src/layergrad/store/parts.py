@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from ..errors import LayergradError
 
 TMP_SUFFIX = ".tmp"

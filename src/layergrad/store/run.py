@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..errors import LayergradError
 from . import schema
 from .parts import TMP_SUFFIX, StoreWriteError, part_problem, read_part, write_atomic, write_text_atomic
-from ..errors import LayergradError
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
