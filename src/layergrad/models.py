@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import vocab
+from .atomic import atomic_write
 from .errors import LayergradError
 
 if TYPE_CHECKING:
@@ -156,14 +157,8 @@ def cache_dir() -> Path:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", fsync=False) as f:
+        f.write(text)
 
 
 # ---------------------------------------------------------------------------- fingerprint
