@@ -221,13 +221,17 @@ def test_config_values_map_to_definition_names(tmp_path):
     assert RunConfig(**base, ifd=False).ifd is None
     assert RunConfig(**base, ifd=True).ifd == "cherry"  # older configs: `ifd = true` is the default definition
     assert RunConfig(**base, ifd="Superfiltering").ifd == "superfiltering"
-    from layergrad.ifd import DEFAULT_IFD, IFD_DEFINITIONS, IFDError
+    from layergrad.ifd import DEFAULT_IFD, IFD_DEFINITIONS, IFDError, ifd_definition
 
     assert IFD_DEFINITIONS == ("cherry", "superfiltering") and DEFAULT_IFD == "cherry"
-    with pytest.raises(IFDError, match="did you mean 'superfiltering'"):
-        RunConfig(**base, ifd="superfilter")
-    with pytest.raises(IFDError, match="one of cherry, superfiltering, not 1.5"):
-        RunConfig(**base, ifd=1.5)
+    from layergrad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'superfiltering'"):  # checked with every other option
+        RunConfig(**base, ifd="superfilter").validate()
+    with pytest.raises(ConfigError, match="1.5; use true, false or one of: cherry, superfiltering"):
+        RunConfig(**base, ifd=1.5).validate()
+    with pytest.raises(IFDError, match="did you mean 'superfiltering'"):  # the name's own parser
+        ifd_definition("superfilter")
     import tomllib
 
     for text, want in [("ifd = true", "cherry"), ("ifd = false", None), ('ifd = "superfiltering"', "superfiltering")]:

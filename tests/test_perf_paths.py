@@ -204,8 +204,8 @@ def test_parallel_and_sequential_examples_agree():
 # sqrt(u) * s_1 (measured <= 5.8e-8 * s_1 on these models), so norms and shares within 1e-7. The
 # effective rank of a rank-deficient gradient also sums p ln p over values that are zero in exact
 # arithmetic and ~1e-8 * s_1 here (nothing is thresholded): measured <= 2.7e-7 relative, held to 1e-6.
-# In padded batches transformers' fp32 rotary angles round differently with the batch shape (~1e-7 on
-# a single role of Phi-3's fused qkv_proj; see test_engine.RTOL), so those are held to 1e-6.
+# In padded batches the eager attention's float32 softmax rounds differently with the batch shape (~1e-7
+# on a single role of Phi-3's fused qkv_proj; see test_engine.RTOL), so those are held to 1e-6.
 @pytest.mark.parametrize("batch_size,rtol", [(1, 1e-7), (3, 1e-6)], ids=["one-a-batch", "padded"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_engine_float32_statistics_gram_path_equals_dense_oracle(tmp_path, tokenizer, records, arch, batch_size, rtol):

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from .errors import LayergradError
 from .modules import Target
 
 #: sink(target, X, D, x_key): X (n, t', i), D (n, t', o); t' = t * calls when a module ran more than once.
@@ -39,7 +40,7 @@ def activation_only_backward(model: nn.Module):
             p.requires_grad_(flag)
 
 
-class CaptureError(RuntimeError):
+class CaptureError(LayergradError, RuntimeError):
     """A captured tensor cannot be attributed to the batch's examples (never stored as a number)."""
 
 

@@ -3,7 +3,10 @@ so ``layergrad --help`` is instant."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+
+from . import vocab
 
 RUN_EXAMPLES = """examples:
   layergrad run --data gsm8k_train_with_cot.json --out runs/cot
@@ -15,7 +18,41 @@ drop-in for the paper's script (same flags, same JSON-lines output):
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with a did-you-mean for unknown flags and choices (Python 3.11 has no ``suggest_on_error``)."""
+
+    def error(self, message: str):
+        from .vocab import did_you_mean
+
+        m = re.match(r"unrecognized arguments: (.*)", message)
+        if m:
+            flags = [o for o in self._option_string_actions if o.startswith("--")]
+            hints = [f"{w}{did_you_mean(w.split('=', 1)[0], flags, template=' (did you mean {}?)')}"
+                     for w in m.group(1).split() if w.startswith("-")]
+            if hints:
+                message = f"unrecognized arguments: {m.group(1)}; unknown flag(s): {', '.join(hints)}"
+        m = re.match(r"argument (.*): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(3))
+            hint = did_you_mean(m.group(2), choices, template=" (did you mean {!r}?)")
+            if hint:
+                message = f"argument {m.group(1)}: invalid choice: {m.group(2)!r}{hint}; choose from {m.group(3)}"
+        super().error(message)
+
+
+def _default(name: str) -> str:
+    """A RunConfig field's default, as the help texts state it (stated once: in RunConfig)."""
+    from .config import RunConfig
+
+    value = RunConfig.field_default(name)
+    return "all" if name == "spectrum_k" and value is None else str(value)
+
+
+#: ``layergrad run`` flags by RunConfig field (the dest of every flag is its field's name);
+#: tests/test_config.py checks that every field has one (or is in config.NO_FLAG) and that
+#: every "(default X)" in a help text is the field's default.
 def _add_run(sub) -> None:
+    D = _default
     p = sub.add_parser(
         "run",
         help="compute per-example, per-module gradient spectra and store them",
@@ -27,19 +64,22 @@ def _add_run(sub) -> None:
     p.add_argument("--model", default="default", help="HF folder, .gguf file, or 'default' (embedded SmolLM2-135M-Instruct)")
     p.add_argument("--data", nargs="+", help="data files: Alpaca .json/.jsonl/.parquet or chat 'messages' records")
     p.add_argument("--out", help="run directory (created; rerun to resume)")
-    p.add_argument("--config", help="a TOML file with these options (command-line flags override it)")
+    p.add_argument("--config", help="a TOML file with these options, by their RunConfig names (batch_size = 4), at the top "
+                   "or in a [run] table; command-line flags override it. Relative data paths in the file are relative "
+                   "to the file's folder; those on the command line to the current folder")
     p.add_argument("--group", help="group label (default: each data file's name)")
-    p.add_argument("--prompt-mode", choices=["auto", "base", "chat"], default=None, help="base: prompt+'\\n'+response; chat: chat template; auto: chat if the tokenizer has a template")
-    p.add_argument("--modules", default=None, help="attn | mlp | all | reference | roles, e.g. q,k,v,o or all,lm_head (default all)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens (default 1024)")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per padded batch (default 8)")
-    p.add_argument("--max-batch-tokens", type=int, default=None, help="cap on batch size x longest sequence (default 8192)")
-    p.add_argument("--limit", type=int, default=None, help="first N examples of each data file")
-    p.add_argument("--dtype", default=None, help="model dtype: auto, fp32, bf16, fp16, fp64")
-    p.add_argument("--stats-dtype", choices=["float32", "float64"], default=None, help="precision of the statistics (default float32)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--prompt-mode", choices=list(vocab.PROMPT_MODES), default=None, help="base: prompt+'\\n'+response; chat: chat template; auto: chat if the tokenizer has a template (default " + D("prompt_mode") + ")")
+    p.add_argument("--modules", default=None, help=f"attn | mlp | all | reference | roles, e.g. q,k,v,o or all,lm_head (default {D('modules')})")
+    p.add_argument("--max-length", type=int, default=None, help=f"truncate texts to this many tokens (default {D('max_length')})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"examples per padded batch (default {D('batch_size')})")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help=f"cap on batch size x longest sequence (default {D('max_batch_tokens')})")
+    p.add_argument("--limit", type=int, default=None, help="first N examples of each data file (default: all)")
+    p.add_argument("--dtype", default=None, help=f"model dtype: auto, fp32, bf16, fp16, fp64 (default {D('dtype')})")
+    p.add_argument("--stats-dtype", choices=sorted(set(vocab.STATS_DTYPES.values())), default=None,
+                   help=f"precision of the statistics (default {D('stats_dtype')}; float32 statistics use the float64 Gram path)")
+    p.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, mps or auto (default {D('device')})")
     p.add_argument("--device-map", default=None, help="'auto' spreads a large model over the visible GPUs (accelerate)")
-    p.add_argument("--spectrum-k", default=None, help="singular values stored per module: a number or 'all' (default 64)")
+    p.add_argument("--spectrum-k", default=None, help=f"singular values stored per module: a number or 'all' (default {D('spectrum_k')})")
     p.add_argument("--elementwise", action="store_true", default=None, help="also M_mean/M_max/M_min of the dense gradient (slower)")
     p.add_argument("--cosine", action="store_true", default=None, help="cosine similarity of gradients: next layer, q~o, k~v")
     p.add_argument("--ifd", nargs="?", const=True, default=None, metavar="{cherry,superfiltering}",
@@ -49,36 +89,85 @@ def _add_run(sub) -> None:
                    "first token is scored with the prompt only). --ifd alone: cherry, the definition of the paper that "
                    "introduced IFD, whose two means cover the same tokens for every tokenizer")
     p.add_argument("--skip-invalid", action="store_true", default=None, help="run the valid records, store invalid ones with their reason")
-    p.add_argument("--trust-remote-code", action="store_true", default=None)
-    p.add_argument("--method", choices=["auto", "factored", "dense"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a model folder's own Python code (transformers' trust_remote_code)")
+    p.add_argument("--method", choices=list(vocab.METHODS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--shard", default=None, help="i/N: take shard i of N (job arrays); merge with 'layergrad merge'")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (neither the run's nor the model loading's)")
     # the paper's flags (drop-in mode)
     g = p.add_argument_group("drop-in flags of the paper's get_gradient_values.py")
-    g.add_argument("--data_path")
-    g.add_argument("--save_path")
-    g.add_argument("--model_name_or_path")
-    g.add_argument("--max_length", type=int)
-    g.add_argument("--run_instruct_version", action="store_true")
-    g.add_argument("--start_idx_ratio", type=float, default=0)
-    g.add_argument("--end_idx_ratio", type=float, default=-1)
+    g.add_argument("--data_path", help="data file (drop-in mode: with --save_path)")
+    g.add_argument("--save_path", help="JSON-lines output in the paper's format; the run directory is SAVE_PATH.layergrad")
+    g.add_argument("--model_name_or_path", help="as --model")
+    g.add_argument("--max_length", type=int, help="as --max-length")
+    g.add_argument("--run_instruct_version", action="store_true", help="chat template (else base prompts)")
+    g.add_argument("--start_idx_ratio", type=float, default=0, help="first record: a ratio (<= 1) or an index (> 1)")
+    g.add_argument("--end_idx_ratio", type=float, default=-1, help="end record: a ratio (<= 1) or an index (> 1); -1: the end")
     g.add_argument("--cache_dir", help="accepted and ignored (no hub here)")
     p.set_defaults(func=cmd_run)
 
 
+#: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
+_PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
+                "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "ifd", "skip_invalid",
+                "trust_remote_code", "method", "shard")
+
+
+def read_config_file(path: str) -> dict:
+    """The run options of a TOML file (top-level keys and/or a ``[run]`` table); relative data paths
+    become relative to the file's folder. Raises :class:`ConfigError` naming the file."""
+    import os
+    import tomllib
+
+    from .errors import ConfigError
+
+    try:
+        with open(path, "rb") as fh:
+            conf = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path}: is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"--config {path}: permission denied") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e} (strings need quotes: modules = \"attn\")") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text: {e})") from None
+    run = conf.pop("run", None)
+    if run is not None:
+        if not isinstance(run, dict):
+            raise ConfigError(f"{path}: 'run' must be a table ([run]) of run options, got {run!r}")
+        both = sorted(set(run) & set(conf))
+        if both:
+            raise ConfigError(f"{path}: {', '.join(map(repr, both))} set both at the top and in [run]; keep one")
+        conf.update(run)
+    data = conf.get("data")
+    base = os.path.dirname(path)
+    if isinstance(data, str):
+        data = [data]
+    if isinstance(data, list):
+        conf["data"] = [os.path.normpath(os.path.join(base, p)) if isinstance(p, str) and not os.path.isabs(p) and base else p
+                        for p in data]
+    return conf
+
+
+#: What drop-in mode sets (over a config file's values).
+DROPIN_KEYS = ("data", "out", "model", "prompt_mode", "modules", "reference", "elementwise", "max_length", "spectrum_k", "record_slice")
+
+
 def _run_config(a):
-    from .config import RunConfig
+    from .config import RunConfig, parse_spectrum_k
+    from .errors import ConfigError
 
     opts: dict = {}
     if a.config:
-        import tomllib
-
-        with open(a.config, "rb") as fh:
-            opts.update(tomllib.load(fh))
+        opts.update(read_config_file(a.config))
+    origins = {k: a.config for k in opts}  # what a problem names: the file, else the flag
+    problems: list[str] = []
     dropin = a.data_path is not None or a.save_path is not None
     if dropin:
         if not (a.data_path and a.save_path):
-            raise SystemExit("layergrad run: drop-in mode needs both --data_path and --save_path")
+            raise ConfigError("drop-in mode needs both --data_path and --save_path")
         opts.update(
             data=[a.data_path],
             out=a.save_path + ".layergrad",
@@ -92,25 +181,29 @@ def _run_config(a):
         )
         if a.start_idx_ratio or a.end_idx_ratio != -1:
             opts["record_slice"] = [a.start_idx_ratio, a.end_idx_ratio]
-    flags = {
-        "data": a.data, "out": a.out, "group": a.group, "prompt_mode": a.prompt_mode, "modules": a.modules,
-        "max_length": a.max_length if not dropin else None, "batch_size": a.batch_size,
-        "max_batch_tokens": a.max_batch_tokens, "limit": a.limit, "dtype": a.dtype, "stats_dtype": a.stats_dtype,
-        "device": a.device, "device_map": a.device_map, "elementwise": a.elementwise, "cosine": a.cosine,
-        "ifd": a.ifd, "skip_invalid": a.skip_invalid, "trust_remote_code": a.trust_remote_code,
-        "method": a.method, "shard": a.shard,
-    }
+        origins = {k: v for k, v in origins.items() if k not in DROPIN_KEYS}
+    flags = {name: getattr(a, name) for name in _PLAIN_FLAGS}
+    if dropin:
+        flags["max_length"] = None  # --max_length is drop-in mode's own (set above)
     if not dropin and a.model != "default":
         flags["model"] = a.model
     if a.spectrum_k is not None:
-        flags["spectrum_k"] = None if a.spectrum_k == "all" else int(a.spectrum_k)
-    opts.update({k: v for k, v in flags.items() if v is not None})
+        try:
+            flags["spectrum_k"] = parse_spectrum_k(a.spectrum_k)
+        except ConfigError as e:
+            problems.append(str(e))
+    flags = {k: v for k, v in flags.items() if v is not None}
     if a.no_progress:
-        opts["progress"] = False
-    missing = [k for k in ("data", "out") if not opts.get(k)]
-    if missing:
-        raise SystemExit(f"layergrad run: missing --{' and --'.join(missing)} (see layergrad run --help)")
-    return RunConfig.from_dict(opts), (a.save_path if dropin else None)
+        flags["progress"] = False
+    opts.update(flags)
+    origins = {k: v for k, v in origins.items() if k not in flags}
+    try:
+        cfg = RunConfig.from_dict(opts, origins=origins)
+    except ConfigError as e:
+        raise ConfigError(problems + e.problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return cfg, (a.save_path if dropin else None)
 
 
 def cmd_run(a) -> int:
@@ -132,8 +225,9 @@ def cmd_run(a) -> int:
 
 def cmd_modules(a) -> int:
     from .models import load_model
-    from .modules import find_targets
+    from .modules import find_targets, parse_selection
 
+    parse_selection(a.modules)  # a typo fails before the model loads
     lm = load_model(a.model, trust_remote_code=a.trust_remote_code)
     targets = find_targets(lm.model, a.modules)
     print(f"{'module':<48} {'layer':>5} {'role':<8} {'out x in':>13}")
@@ -175,30 +269,43 @@ def cmd_validate(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layergrad", description="Per-example, layer-wise gradient spectra of LLM fine-tuning data.")
+    parser = ArgumentParser(prog="layergrad", description="Per-example, layer-wise gradient spectra of LLM fine-tuning data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = sub.choices  # name -> subparser: main() reports an unknown flag with the subcommand's flags
     _add_run(sub)
 
-    p = sub.add_parser("modules", help="list the modules that would be measured", epilog="example:\n  layergrad modules default --modules attn", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="HF folder, .gguf file or 'default'")
-    p.add_argument("--modules", default="all")
-    p.add_argument("--trust-remote-code", action="store_true")
+    p = sub.add_parser("modules", help="list the modules that would be measured",
+                       description="Load a model and list the linear modules that `layergrad run --modules SPEC` would "
+                       "measure: name, decoder layer, role and weight shape (out x in). Nothing is computed.",
+                       epilog="example:\n  layergrad modules default --modules attn", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="HF folder, .gguf file or 'default' (embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--modules", default="all", help="attn | mlp | all | reference | roles, e.g. q,k,v,o or all,lm_head (default all)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own Python code (transformers' trust_remote_code)")
     p.set_defaults(func=cmd_modules)
 
-    p = sub.add_parser("export", help="write a run in the paper's JSON-lines format", epilog="example:\n  layergrad export runs/cot --format reference --to cot.jsonl", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir")
-    p.add_argument("--format", choices=["reference"], default="reference")
-    p.add_argument("--to", required=True)
+    p = sub.add_parser("export", help="write a run in the paper's JSON-lines format",
+                       description="Write a run directory's results as the JSON lines of the paper's get_gradient_values.py "
+                       "(one line per example, its modules' metrics by name), for tools that read that format.",
+                       epilog="example:\n  layergrad export runs/cot --format reference --to cot.jsonl", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="run directory of `layergrad run` (its --out)")
+    p.add_argument("--format", choices=["reference"], default="reference", help="output format: reference, the paper's JSON lines (default reference)")
+    p.add_argument("--to", required=True, help="output file (.jsonl)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="read the paper's JSON-lines output into a run directory", epilog="example:\n  layergrad import old_results.jsonl --to runs/old", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file")
-    p.add_argument("--to", required=True)
-    p.add_argument("--group")
+    p = sub.add_parser("import", help="read the paper's JSON-lines output into a run directory",
+                       description="Read the JSON-lines output of the paper's get_gradient_values.py into a new layergrad "
+                       "run directory, so that `layergrad report` and `layergrad select` can use it.",
+                       epilog="example:\n  layergrad import old_results.jsonl --to runs/old", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="the paper's JSON-lines file")
+    p.add_argument("--to", required=True, help="run directory to create")
+    p.add_argument("--group", help="group label of the imported examples (default: the file's name without its suffix)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("validate", help="list every problem in data files", epilog="example:\n  layergrad validate data/*.json", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", nargs="+")
+    p = sub.add_parser("validate", help="list every problem in data files",
+                       description="Check data files without a model: print every problem (file, record, field, what is "
+                       "wrong), one per line. Exit status 0 when there is none, 1 otherwise.",
+                       epilog="example:\n  layergrad validate data/*.json", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="+", help="data files: Alpaca .json/.jsonl/.parquet or chat 'messages' records")
     p.set_defaults(func=cmd_validate)
 
     for mod in ("layergrad.report.cli", "layergrad.experiment", "layergrad.merge_cli", "layergrad.selection_cli"):
@@ -208,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's parser names its own flags (and suggests the closest)
+        parser.commands.get(getattr(a, "command", None), parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(a, "func", None):
         parser.print_help()
         return 2

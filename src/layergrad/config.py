@@ -1,11 +1,43 @@
-"""One configuration object for a run: the command line, a TOML file and Python all fill it."""
+"""One configuration object for a run: the command line, a TOML file and Python all fill it.
+
+:meth:`RunConfig.validate` is the one place that checks every value of a run. It runs before
+any model loads (:meth:`RunConfig.from_dict` calls it, and so does ``engine.run``), collects
+every problem and raises one :class:`~layergrad.errors.ConfigError` listing all of them, with a
+did-you-mean where one helps. Validation never changes a value: what is stored in the run's
+manifest is what was asked for.
+
+``stats_dtype`` (the precision the user asks for) and ``method`` (the algorithm) are separate
+settings. ``method="auto"`` resolves per module (``measure.Measurer.resolve_method``):
+
+* ``stats_dtype`` float32 (or fp32): ``gram``, the squared singular values as eigenvalues of a
+  float64 Gram-type matrix, one example at a time over its real tokens (faster, and at least as
+  exact as float32 statistics);
+* ``stats_dtype`` float64 (or fp64): ``factored`` or ``dense``, whichever is cheaper for the
+  module's shape (``spectral.choose_method``), batched, in float64.
+
+An explicit ``method`` (``gram``, ``factored``, ``dense``) is used for every module.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from . import vocab
+from .errors import ConfigError
+
+#: Fields of :class:`RunConfig` that have no ``layergrad run`` flag of their own, and why.
+NO_FLAG = {
+    "record_slice": "set by the paper's drop-in flags --start_idx_ratio/--end_idx_ratio (or a TOML file)",
+    "reference": "set by drop-in mode (--data_path/--save_path), or a TOML file",
+    "progress": "cleared by --no-progress",
+    "fields": "a TOML table or Python dict only ([fields] instruction = 'question', ...)",
+}
 
 
 @dataclass
 class RunConfig:
+    """The options of one run; see the module docstring for how ``method`` follows ``stats_dtype``."""
+
     data: list[str]  # data files (Alpaca JSON/JSONL/Parquet or chat `messages` records)
     out: str  # run directory
     model: str = "default"  # HF folder, .gguf file, or "default" (embedded SmolLM2-135M-Instruct)
@@ -17,43 +49,260 @@ class RunConfig:
     max_batch_tokens: int = 8192  # cap on batch_size x longest sequence in a batch
     limit: int | None = None  # first N examples of each data file
     record_slice: list | None = None  # [start, end] as the paper's --start_idx_ratio/--end_idx_ratio (ratio <= 1, index > 1)
-    dtype: str = "auto"  # model dtype
-    stats_dtype: str = "float32"  # float32 | float64: precision of the statistics
-    device: str = "auto"  # cpu | cuda | cuda:1 | auto
+    dtype: str = "auto"  # model dtype: vocab.DTYPES (auto, fp32, bf16, fp16, fp64 and their long names)
+    stats_dtype: str = "float32"  # float32 | float64: precision of the statistics (vocab.STATS_DTYPES)
+    device: str = "auto"  # cpu | cuda | cuda:1 | mps | auto
     device_map: str | None = None  # e.g. "auto" (accelerate) for models larger than one device
     spectrum_k: int | None = 64  # singular values stored per module; None = the full spectrum
     elementwise: bool = False  # also M_mean/M_max/M_min of the dense gradient (costly)
     cosine: bool = False  # cosine similarity between gradients of paired modules
-    ifd: str | None = None  # IFD definition: "cherry" | "superfiltering" | None (off); True = the default (cherry)
+    ifd: str | None = None  # IFD definition: a vocab.IFD_METHODS name (cherry | superfiltering) or None (off); True = the default
     skip_invalid: bool = False  # run the valid records, store the invalid ones with their reason
     trust_remote_code: bool = False
     reference: bool = False  # the paper's tokenisation rule (drop-in compatibility)
-    method: str = "auto"  # auto | factored | dense
+    method: str = "auto"  # vocab.METHODS: auto | gram | factored | dense (auto: see the module docstring)
     shard: str | None = None  # "i/N": this process takes shard i of N
     progress: bool = True
     fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages
 
     def __post_init__(self) -> None:
-        from .ifd import ifd_definition
+        from .ifd import DEFAULT_IFD
 
-        self.ifd = ifd_definition(self.ifd)  # True (older configs, `ifd = true`) -> the default; False -> None
+        # True (older configs, `ifd = true`) -> the default; False -> None; anything else is left to validate()
+        if self.ifd is True or self.ifd is False:
+            self.ifd = DEFAULT_IFD if self.ifd else None
+        elif isinstance(self.ifd, str) and self.ifd.strip().lower() in vocab.IFD_METHODS:
+            self.ifd = self.ifd.strip().lower()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            import difflib
+    def field_default(cls, name: str):
+        """The default of field ``name`` (for help texts: stated once, here)."""
+        f = {f.name: f for f in fields(cls)}[name]
+        return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
 
-            hints = []
-            for u in unknown:
-                close = difflib.get_close_matches(u, names, n=1)
-                hints.append(f"{u!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown run option(s): {', '.join(hints)}")
-        d = dict(d)
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str | None = None, origins: dict[str, str] | None = None) -> "RunConfig":
+        """A validated config from a dict (a TOML file's, the command line's); every problem is reported at once.
+
+        ``source`` (a file name) prefixes the message; ``origins`` names where a key came from
+        (``{"limit": "run.toml"}``), said in its problem instead of its command-line flag.
+        """
+        problems = unknown_keys(d, cls, origins)
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
         if isinstance(d.get("data"), str):
             d["data"] = [d["data"]]
-        return cls(**d)
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and d.get(f.name) in (None, "", [])]
+        problems += [f"missing {name!r} (--{name})" for name in missing]
+        cfg = cls(**{**{name: None for name in missing}, **d})
+        problems += cfg.problems(skip=set(missing), origins=origins)
+        if problems:
+            raise ConfigError(problems, source=source)
+        return cfg
+
+    def validate(self) -> "RunConfig":
+        """Raise one :class:`ConfigError` listing every bad value; return ``self`` when all are good."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def problems(self, skip: set[str] = frozenset(), origins: dict[str, str] | None = None) -> list[str]:
+        """Every bad value, one message each, naming the field and its flag or ``origins[field]``."""
+        out: list[str] = []
+        for f in fields(self):
+            if f.name in skip:
+                continue
+            check = _CHECKS.get(f.name)
+            if check is None:
+                continue
+            msg = check(getattr(self, f.name))
+            if msg:
+                out.append(f"{_label(f.name, origins)}: {msg}")
+        return out
+
+
+def _label(name: str, origins: dict[str, str] | None = None) -> str:
+    if origins and name in origins:
+        return f"{name} (in {origins[name]})"
+    return name if name in NO_FLAG else f"{name} (--{name.replace('_', '-')})"
+
+
+def unknown_keys(d: dict, cls=RunConfig, origins: dict[str, str] | None = None) -> list[str]:
+    """A message per key of ``d`` that is no field of ``cls``, with a did-you-mean (and where it was, from ``origins``)."""
+    names = [f.name for f in fields(cls)]
+    where = lambda k: f" in {origins[k]}" if origins and k in origins else ""  # noqa: E731
+    return [f"unknown run option {k!r}{where(k)}{_hint(str(k), names)}" for k in d if k not in names]
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``; ``None`` -> ``None``. Raises :class:`ConfigError`."""
+    if not spec:
+        return None
+    problem = _shard(spec)
+    if problem:
+        raise ConfigError(f"--shard {problem}")
+    i, n = str(spec).split("/")
+    return int(i), int(n)
+
+
+def parse_spectrum_k(text: str) -> int | None:
+    """The ``--spectrum-k`` value: ``all`` -> ``None`` (the full spectrum), else an integer >= 0."""
+    if str(text).strip().lower() == "all":
+        return None
+    try:
+        k = int(text)
+    except ValueError:
+        raise ConfigError(f"--spectrum-k must be a number >= 0 or 'all', got {text!r}") from None
+    return k
+
+
+# ------------------------------------------------------------------------------- checks
+# Each returns None when the value is good, else what is wrong with it.
+
+
+def _hint(word: str, choices) -> str:
+    return vocab.did_you_mean(word, choices, template=" (did you mean {!r}?)")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_at_least(lo: int, *, optional: bool, none_means: str = ""):
+    def check(v):
+        if v is None and optional:
+            return None
+        if not _is_int(v) or v < lo:
+            want = f"an integer >= {lo}" + (f" or none ({none_means})" if optional and none_means else "")
+            return f"must be {want}, got {v!r}"
+        return None
+    return check
+
+
+def _same(v):
+    return v
+
+
+def _one_of(choices, *, normalize=_same, what: str = "value"):
+    def check(v):
+        if (isinstance(v, str) or normalize is not _same) and normalize(str(v)) in choices:
+            return None
+        return f"unknown {what} {v!r}{_hint(str(v), choices)}; choose one of: {', '.join(choices)}"
+    return check
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
+def _str(optional: bool):
+    def check(v):
+        if v is None and optional:
+            return None
+        return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
+    return check
+
+
+def _data(v):
+    if isinstance(v, (list, tuple)) and v and all(isinstance(p, str) and p for p in v):
+        return None
+    return f"must be one or more file names, got {v!r}"
+
+
+def _modules(v):
+    if not isinstance(v, str):
+        return f"must be a string such as 'attn' or 'q,k,v', got {v!r}"
+    from .modules import SelectionError, parse_selection  # torch: only when a run is configured
+
+    try:
+        parse_selection(v)
+    except SelectionError as e:
+        return str(e)
+    return None
+
+
+def _device(v):
+    if isinstance(v, str) and (v in vocab.DEVICES or re.fullmatch(r"cuda:\d+", v)):
+        return None
+    hint = " (did you mean 'cuda'?)" if str(v).lower() in ("gpu", "cuda0", "nvidia") else _hint(str(v), vocab.DEVICES)
+    return (f"unknown device {v!r}{hint}; "
+            f"choose one of: {', '.join(vocab.DEVICES)} or cuda:N")
+
+
+def _device_map(v):
+    return None if v is None or isinstance(v, (str, dict)) else f"must be a string such as 'auto', got {v!r}"
+
+
+def _shard(v):
+    if v is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", v) if isinstance(v, str) else None
+    if not m:
+        return f"must look like i/N (e.g. 0/4: the first of 4 shards), got {v!r}"
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1:
+        return f"{v}: N must be at least 1"
+    if not i < n:
+        return f"{v}: need 0 <= i < N (the shards of {n} are 0/{n} to {n - 1}/{n})"
+    return None
+
+
+def _ifd(v):
+    if v is None or isinstance(v, bool) or v in vocab.IFD_METHODS:
+        return None
+    return (f"unknown IFD method {v!r}{_hint(str(v), vocab.IFD_METHODS)}; "
+            f"use true, false or one of: {', '.join(vocab.IFD_METHODS)}")
+
+
+def _record_slice(v):
+    if v is None:
+        return None
+    if (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+        return None
+    return f"must be [start, end] (numbers: ratios <= 1 or indices > 1), got {v!r}"
+
+
+FIELD_NAMES = ("instruction", "input", "output", "id", "messages")
+
+
+def _fields(v):
+    if not isinstance(v, dict):
+        return f"must be a table of field names ({', '.join(FIELD_NAMES)}), got {v!r}"
+    bad = [f"unknown field {k!r}{_hint(str(k), FIELD_NAMES)}" for k in v if k not in FIELD_NAMES]
+    bad += [f"{k!r} must be a non-empty field name, got {x!r}" for k, x in v.items()
+            if k in FIELD_NAMES and not (isinstance(x, str) and x)]
+    return "; ".join(bad) + (f" (fields: {', '.join(FIELD_NAMES)})" if bad else "") or None
+
+
+_CHECKS = {
+    "data": _data,
+    "out": _str(optional=False),
+    "model": _str(optional=False),
+    "group": _str(optional=True),
+    "prompt_mode": _one_of(vocab.PROMPT_MODES, what="prompt mode"),
+    "modules": _modules,
+    "max_length": _int_at_least(1, optional=True, none_means="no truncation"),
+    "batch_size": _int_at_least(1, optional=False),
+    "max_batch_tokens": _int_at_least(1, optional=False),
+    "limit": _int_at_least(1, optional=True, none_means="every example"),
+    "record_slice": _record_slice,
+    "dtype": _one_of(vocab.DTYPES, normalize=vocab.normalize_dtype_name, what="dtype"),
+    "stats_dtype": _one_of(vocab.STATS_DTYPES, what="statistics dtype"),
+    "device": _device,
+    "device_map": _device_map,
+    "spectrum_k": _int_at_least(0, optional=True, none_means="'all': the full spectrum"),
+    "elementwise": _bool,
+    "cosine": _bool,
+    "ifd": _ifd,
+    "skip_invalid": _bool,
+    "trust_remote_code": _bool,
+    "reference": _bool,
+    "method": _one_of(vocab.METHODS, what="method"),
+    "shard": _shard,
+    "progress": _bool,
+    "fields": _fields,
+}

@@ -30,9 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .atomic import atomic_write
+from .errors import ConfigError, LayergradError
 
 __all__ = [
     "DataError",
@@ -129,7 +131,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class DataError(ValueError):
+class DataError(LayergradError, ValueError):
     """The input data has problems; ``problems`` holds every one of them."""
 
     def __init__(self, problems: list[Problem], hint: str | None = None):
@@ -523,12 +525,6 @@ def load_examples(
 # ----------------------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_records(examples: list[Example], path) -> Path:
     """Write the examples' original records to ``path``, in the format of its suffix.
 
@@ -540,17 +536,15 @@ def write_records(examples: list[Example], path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"cannot write {str(path)!r}: unsupported file type {path.suffix!r}; "
+        raise ConfigError(f"cannot write {str(path)!r}: unsupported file type {path.suffix!r}; "
                          f"expected one of {', '.join(SUFFIXES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, "wb", fsync=False) as fh:
         if suffix in PARQUET_SUFFIXES:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist([e.record for e in examples]), tmp)
+            pq.write_table(pa.Table.from_pylist([e.record for e in examples]), fh)
         else:
             if suffix in JSONL_SUFFIXES:
                 lines = [e.raw if e.raw is not None else json.dumps(e.record, ensure_ascii=False)
@@ -558,10 +552,5 @@ def write_records(examples: list[Example], path) -> Path:
                 text = "".join(line + "\n" for line in lines)
             else:
                 text = json.dumps([e.record for e in examples], ensure_ascii=False, indent=1) + "\n"
-            Path(tmp).write_bytes(text.encode("utf-8"))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes a private file; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            fh.write(text.encode("utf-8"))
     return path

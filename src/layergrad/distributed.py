@@ -31,6 +31,8 @@ import atexit
 import os
 from dataclasses import dataclass
 
+from .errors import LayergradError
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DistributedError",
@@ -55,7 +57,7 @@ ENV_DEVICE_GROUP = "LAYERGRAD_DEVICE_GROUP"  # set by assign_device_group: the r
 _OWNED = False  # whether this module created the default process group (then it destroys it at exit)
 
 
-class DistributedError(ValueError):
+class DistributedError(LayergradError, ValueError):
     """The launcher's environment or the options do not make a valid multi-process run."""
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed, faults, spectral
+from . import __version__, distributed, faults, spectral, vocab
 from .batching import Batch, pad, pad_id_of, plan_batches, shard_batches
 from .capture import Capture, activation_only_backward
-from .config import RunConfig
+from .config import RunConfig, parse_shard
 from .data import DataError, Example, Fields, load_examples
 from .ifd import NoPromptRule, score_batch, undefined
 from .loss import loss_positions, per_example_loss
@@ -309,24 +309,13 @@ def module_rows(ex_id: str, b: int, results: dict, targets: list[Target]) -> tup
 # ---------------------------------------------------------------------------------------
 
 
-def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    if not spec:
-        return None
-    try:
-        i, n = (int(v) for v in spec.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard {spec}: need 0 <= i < N")
-    return i, n
-
-
 def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
     """Compute and store the statistics of every example of ``cfg.data``; resume if possible.
 
     Under torchrun (``RANK``/``WORLD_SIZE`` set) every rank calls this with the same ``cfg``
     and computes its own shard of the global batch plan (see :mod:`distributed`).
     """
+    cfg.validate()  # every bad option at once, before any model loads
     world = distributed.detect()
     device = resolve_device(cfg.device)
     if world is not None:
@@ -343,7 +332,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     t0 = time.time()
     examples, problems = load_data(cfg)
     if loaded is None:
-        loaded = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code)
+        loaded = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code, progress=cfg.progress)
     model, tok = loaded.model, loaded.tokenizer
     model.eval()
     targets = find_targets(model, "reference" if cfg.reference and cfg.modules == "reference" else cfg.modules)
@@ -387,7 +376,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
 
     todo = [b for b in batches if not all(examples[k].id in done for k in b.items)]
     n_todo = sum(len(b.items) for b in todo)
-    stats_dtype = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64}[cfg.stats_dtype]
+    stats_dtype = {k: getattr(torch, v) for k, v in vocab.STATS_DTYPES.items()}[cfg.stats_dtype]
     measurer = faults.FiniteGuard(Measurer(stats_dtype=stats_dtype, spectrum_k=cfg.spectrum_k, elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method))
     pad_id = pad_id_of(tok)
     model_device = next(model.parameters()).device

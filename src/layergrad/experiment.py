@@ -30,10 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RunConfig
+from .errors import ConfigError, LayergradError
+from .vocab import did_you_mean
 
 
-class ExperimentError(ValueError):
+class ExperimentError(LayergradError, ValueError):
     pass
+
+
+#: The keys of an experiment file, and of one of its [[groups]].
+TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons", "builtin")
+GROUP_KEYS = ("label", "data", "run")
 
 
 @dataclass
@@ -57,9 +64,18 @@ def load_config(path: str | Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise ExperimentError(f"{path}: not valid TOML: {e}") from None
     conf["_base"] = path.resolve().parent
-    for key in ("name", "models", "groups"):
-        if key not in conf:
-            raise ExperimentError(f"{path}: missing '{key}' (see `layergrad experiment --help` for the format)")
+    conf["_path"] = str(path)
+    problems = [f"unknown key {k!r}{did_you_mean(k, TOP_KEYS, template=' (did you mean {!r}?)')}" for k in conf
+                if k not in TOP_KEYS and not k.startswith("_")]
+    problems += [f"missing '{key}'" for key in ("name", "models", "groups") if key not in conf]
+    for i, m in enumerate(conf.get("models", [])):
+        if not isinstance(m, dict) or not isinstance(m.get("model"), str):
+            problems.append(f"models[{i}] needs a string 'model' (a folder, a .gguf file or 'default')")
+    for i, g in enumerate(conf.get("groups", [])):
+        bad = [k for k in (g if isinstance(g, dict) else {}) if k not in GROUP_KEYS]
+        problems += [f"groups[{i}]: unknown key {k!r}{did_you_mean(k, GROUP_KEYS, template=' (did you mean {!r}?)')}" for k in bad]
+    if problems:
+        raise ExperimentError(f"{path}: " + "; ".join(problems) + " (see `layergrad experiment --help` for the format)")
     labels = [g.get("label") for g in conf["groups"]]
     for i, g in enumerate(conf["groups"]):
         for k in ("label", "data"):
@@ -89,6 +105,7 @@ def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
     out = Path(out or conf.get("out", f"runs/{conf['name']}"))
     root = data_root(conf)
     jobs, notes = [], []
+    problems: dict[str, list[str]] = {}  # problem -> the runs it concerns
     builtin = None
     for m in conf["models"]:
         mname = m.get("name") or m["model"]
@@ -108,10 +125,22 @@ def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
                     notes.append(f"skipped group {g['label']!r}: {path} not found (set data_root or $LAYERGRAD_DATA)")
                     continue
             opts = dict(conf.get("run", {}))
+            origins = {k: "[run]" for k in opts}
             opts.update({k: v for k, v in m.items() if k not in ("name",)})
+            origins.update({k: f"[[models]] {mname!r}" for k in m if k != "name"})
             opts.update(g.get("run", {}))
+            origins.update({k: f"[groups.run] of {g['label']!r}" for k in g.get("run", {})})
             opts.update(data=[str(path)], group=g["label"], out=str(out / "runs" / slug(mname) / slug(g["label"])))
-            jobs.append(Job(mname, g["label"], RunConfig.from_dict(opts)))
+            try:
+                jobs.append(Job(mname, g["label"], RunConfig.from_dict(opts, origins=origins)))
+            except ConfigError as e:  # every problem of every run, each once
+                for problem in e.problems:
+                    problems.setdefault(problem, []).append(f"{mname} · {g['label']}")
+    if problems:
+        n_jobs = len(conf["models"]) * len(conf["groups"])
+        lines = [p if len(who) == n_jobs else f"{p} (runs: {', '.join(who)})" for p, who in problems.items()]
+        raise ExperimentError(f"{conf.get('_path', 'experiment')}: {len(lines)} problem(s) in the run options:\n"
+                              + "\n".join(f"  - {line}" for line in lines))
     return jobs, notes
 
 
@@ -137,7 +166,8 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
             device = engine.resolve_device(job.cfg.device)
             if world is not None:
                 device = distributed.local_device(world, device, job.cfg.device_map)
-            loaded_cache[key] = load_model(job.cfg.model, dtype=job.cfg.dtype, device=device, device_map=job.cfg.device_map, trust_remote_code=job.cfg.trust_remote_code)
+            loaded_cache[key] = load_model(job.cfg.model, dtype=job.cfg.dtype, device=device, device_map=job.cfg.device_map, trust_remote_code=job.cfg.trust_remote_code,
+                                       progress=job.cfg.progress)
         if main_rank:
             log(f"[{k}/{len(jobs)}] {job.model_name} · {job.label}")
         s = engine.run(job.cfg, loaded=loaded_cache[key])

@@ -104,12 +104,13 @@ gradients are enabled) take no part in it.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import LayergradError
 from .prompting import Encoded
+from .vocab import IFD_METHODS, did_you_mean
 
 if TYPE_CHECKING:  # torch is imported where it is used: RunConfig checks names without it
     from torch import Tensor
@@ -118,7 +119,7 @@ __all__ = ["CHERRY_RESPONSE_PREFIX", "DEFAULT_IFD", "IFD_DEFINITIONS", "IFD_KEYS
            "ifd_definition", "ifd_fields", "no_prompt_loss", "score_batch", "undefined"]
 
 #: The IFD definitions, by name (``run --ifd NAME``); see the module docstring.
-IFD_DEFINITIONS = ("cherry", "superfiltering")
+IFD_DEFINITIONS = IFD_METHODS
 #: ``run --ifd`` without a name (and ``ifd = true`` in a TOML file or ``RunConfig(ifd=True)``).
 DEFAULT_IFD = "cherry"
 #: What Cherry_LLM's response-alone pass puts before the response.
@@ -129,7 +130,7 @@ CHERRY_RESPONSE_PREFIX = "### Response:"
 IFD_KEYS = ("loss_no_prompt", "ifd", "ifd_ppl", "ifd_reason", "loss_with_prompt")
 
 
-class IFDError(ValueError):
+class IFDError(LayergradError, ValueError):
     """An IFD definition that does not exist (the command ends with exit code 2 and this message)."""
 
 
@@ -144,8 +145,7 @@ def ifd_definition(value) -> str | None:
         name = value.strip().lower()
         if name in IFD_DEFINITIONS:
             return name
-        close = difflib.get_close_matches(name, IFD_DEFINITIONS, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, IFD_DEFINITIONS, cutoff=0.5, template=" (did you mean {!r}?)")
         raise IFDError(f"--ifd: unknown IFD definition {value!r}{hint}; choose one of {', '.join(IFD_DEFINITIONS)} "
                        f"(--ifd alone: {DEFAULT_IFD})")
     raise IFDError(f"--ifd: expected true/false or one of {', '.join(IFD_DEFINITIONS)}, not {value!r}")

@@ -30,6 +30,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import vocab
+from .atomic import atomic_write
+from .errors import LayergradError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -59,7 +63,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _GGUF_MAGIC = b"GGUF"
 
 
-class ModelError(ValueError):
+class ModelError(LayergradError, ValueError):
     """A model could not be found or loaded; the message names the path and what to do."""
 
 
@@ -77,17 +81,8 @@ class LoadedModel:
 
 # ---------------------------------------------------------------------------------- dtype
 
-_DTYPES: dict[str, torch.dtype | str] = {
-    "auto": "auto",
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
+# The names are layergrad.vocab.DTYPES'; this maps them to torch dtypes.
+_DTYPES: dict[str, torch.dtype | str] = {k: v if v == "auto" else getattr(torch, v) for k, v in vocab.DTYPES.items()}
 
 
 def resolve_dtype(name: str) -> torch.dtype | str:
@@ -97,7 +92,7 @@ def resolve_dtype(name: str) -> torch.dtype | str:
     """
     if isinstance(name, torch.dtype) and name in _DTYPES.values():
         return name
-    key = str(name).strip().lower().removeprefix("torch.")
+    key = vocab.normalize_dtype_name(name)
     if key not in _DTYPES:
         raise ModelError(f"unknown dtype {name!r}; choose one of: {', '.join(_DTYPES)}")
     return _DTYPES[key]
@@ -105,7 +100,7 @@ def resolve_dtype(name: str) -> torch.dtype | str:
 
 def _dtype_from_name(name: object) -> torch.dtype | None:
     if isinstance(name, str):
-        found = _DTYPES.get(name.strip().lower().removeprefix("torch."))
+        found = _DTYPES.get(vocab.normalize_dtype_name(name))
         return found if isinstance(found, torch.dtype) else None
     return None
 
@@ -162,14 +157,8 @@ def cache_dir() -> Path:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", fsync=False) as f:
+        f.write(text)
 
 
 # ---------------------------------------------------------------------------- fingerprint
@@ -426,6 +415,21 @@ def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn
     return model, tokenizer
 
 
+@contextmanager
+def progress_bars(enabled: bool):
+    """transformers' progress bars on (as they are) or off within the block, restored after it."""
+    from transformers.utils import logging as hf_logging
+
+    if enabled or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -434,8 +438,12 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from local files only, in eval mode.
+
+    ``progress=False`` silences transformers' progress bars (loading weights, de-quantising a
+    GGUF file) while loading; their setting is restored afterwards.
 
     ``dtype="auto"`` loads fp32 on CPU (fp64 checkpoints stay fp64) and keeps the
     checkpoint's dtype on an accelerator. ``device_map`` (e.g. ``"auto"``) is handed to
@@ -448,18 +456,20 @@ def load_model(
         raise ModelError(f"unknown device {device!r}: {e}") from e
     if device_map is None and target.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
-    path, is_gguf = _resolve(name_or_path)
+    with progress_bars(progress):  # the embedded model's one-time conversion de-quantises a GGUF file
+        path, is_gguf = _resolve(name_or_path)
     on_cpu = _on_cpu(device, device_map)
     checkpoint = None if is_gguf else _checkpoint_dtype(path)
     load_dtype = _load_dtype(requested, checkpoint, on_cpu)
     loader = _load_gguf if is_gguf else _load_folder
-    model, tokenizer = loader(
-        path,
-        dtype=load_dtype,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-        attn_implementation=attn_implementation,
-    )
+    with progress_bars(progress):
+        model, tokenizer = loader(
+            path,
+            dtype=load_dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+        )
     if device_map is None:
         model.to(target)
     model.eval()

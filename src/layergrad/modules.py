@@ -11,12 +11,14 @@ role ``unknown``.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
+
+from .errors import LayergradError
+from .vocab import closest
 
 # ---------------------------------------------------------------------------------------
 # Adapters: module type -> (out_features, in_features) of the weight as a linear map
@@ -225,7 +227,7 @@ def fused_roles(model_type: str | None, cfg, path: str, out: int) -> dict[str, R
     return {}
 
 
-class SelectionError(ValueError):
+class SelectionError(LayergradError, ValueError):
     pass
 
 
@@ -251,8 +253,8 @@ def parse_selection(spec: str) -> set[str]:
         else:
             choices = list(ROLES) + list(ROLE_GROUPS) + ["all", "reference"]
             stem = re.sub(r"_?proj$", "", word)  # qproj, q_proj -> q
-            close = [stem] if stem in ROLES else difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ";"
+            close = stem if stem in ROLES else closest(word, choices, cutoff=0.5)
+            hint = f"; did you mean '{close}'?" if close else ";"
             raise SelectionError(f"unknown role '{word}'{hint} available: {', '.join(choices)}")
     if not roles:
         raise SelectionError("empty --modules selection; use attn, mlp, all or a list of roles such as q,k,v")

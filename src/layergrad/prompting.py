@@ -23,12 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .data import Example
+from .errors import LayergradError
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 PROMPT_MODES = ("base", "chat")
 
 
-class PromptError(ValueError):
+class PromptError(LayergradError, ValueError):
     pass
 
 

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from .data import content_id
+from .errors import LayergradError
 from .modules import layer_of, role_of
 from .store import RunStore, load_results
 from .store.parts import write_text_atomic
@@ -29,7 +30,7 @@ COLUMN = {
 }
 
 
-class ReferenceFormatError(ValueError):
+class ReferenceFormatError(LayergradError, ValueError):
     pass
 
 

@@ -29,7 +29,6 @@ earlier record wins, so a selection is the same on every machine and every rerun
 """
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import pandas as pd
 
 from .modules import ROLE_GROUPS, ROLES, SelectionError, parse_selection
 from .store.schema import METRICS
+from .vocab import did_you_mean
 
 __all__ = [
     "LAYER_WORDS", "Metric", "MetricError", "RunDataError", "SCALARS", "Selection", "Amount", "default_metrics",
@@ -101,8 +101,7 @@ class Metric:
 
 
 def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ";"
+    return did_you_mean(word, choices, cutoff=0.5, default=";")
 
 
 def _canonical_roles(text: str) -> tuple[frozenset, str]:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from layergrad.vocab import DEFAULT_REPORT_METRICS as DEFAULT_METRICS  # one table: layergrad.vocab
+
 from . import bootstrap
 from .groups import Group
 
-DEFAULT_METRICS = ("nuclear", "spectral", "frobenius", "top1_share", "effective_rank")
 N_BOOT = 1000
 
 CURVE_COLUMNS = ["group", "role", "layer", "metric", "mean", "ci_low", "ci_high", "n"]

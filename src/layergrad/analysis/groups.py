@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from layergrad.errors import LayergradError
 from layergrad.store.run import Results, load_results
 from layergrad.store.schema import METRICS
 
@@ -31,7 +32,7 @@ from layergrad.store.schema import METRICS
 COSINE_KINDS = ("next_layer", "q_o", "k_v")  # display order of cosine kinds (schema.COSINE)
 
 
-class AnalysisError(ValueError):
+class AnalysisError(LayergradError, ValueError):
     """Input the analysis cannot use, with a message saying what and why."""
 
 

@@ -19,7 +19,6 @@ Layout of ``OUT``::
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ from layergrad.analysis.length import length_points, length_table, partial_table
 from layergrad.analysis.mad import mad_table, segments
 from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_groups, require_comparable, status_table
 from layergrad.store.schema import METRICS
+from layergrad.vocab import did_you_mean
 
 from . import figures, html, scores, tables
 
@@ -77,8 +77,7 @@ def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]
     metrics = list(dict.fromkeys(metrics))
     for m in metrics:
         if m not in METRICS:
-            close = difflib.get_close_matches(m, METRICS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(m, METRICS)
             raise AnalysisError(f"unknown metric {m!r}{hint} available: {', '.join(METRICS)}")
     if not metrics:
         raise AnalysisError(f"no metrics selected; available: {', '.join(METRICS)}")

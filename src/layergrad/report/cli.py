@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-# Kept here (not imported from the analysis) so that building the parser imports nothing heavy.
-_METRICS = ("nuclear", "spectral", "frobenius", "min_sigma", "top1_share", "effective_rank", "stable_rank")
-_DEFAULT_METRICS = ("nuclear", "spectral", "frobenius", "top1_share", "effective_rank")
+# From the torch-free vocabulary (not the analysis), so that building the parser imports nothing heavy.
+from layergrad.vocab import DEFAULT_REPORT_METRICS as _DEFAULT_METRICS
+from layergrad.vocab import METRICS as _METRICS
 
 EPILOG = """\
 examples:
@@ -71,7 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from layergrad.analysis.groups import AnalysisError
+    from layergrad.errors import LayergradError
     from layergrad.report.build import make_report
 
     if args.n_boot < 1 or args.n_perm < 1:
@@ -80,7 +80,7 @@ def handler(args: argparse.Namespace) -> int:
     try:
         rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
                           n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction)
-    except (AnalysisError, FileNotFoundError) as e:
+    except (LayergradError, FileNotFoundError) as e:  # AnalysisError, a store's ConfigMismatch, ...
         print(f"layergrad report: error: {e}", file=sys.stderr)
         return 2
     for n in rep.notes:

@@ -16,10 +16,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TMP_SUFFIX = ".tmp"
+from ..atomic import TMP_SUFFIX, atomic_write, fsync_dir
+from ..errors import LayergradError
 
 
-class StoreWriteError(OSError):
+
+class StoreWriteError(LayergradError, OSError):
     """Results could not be written (``errno`` as the OS said); what was committed before is intact."""
 
     def __init__(self, path: Path, cause: OSError):
@@ -51,37 +53,21 @@ def _writing(path: Path):
         raise StoreWriteError(path, e) from e
 
 
+def _tmp_of(path: Path) -> Path:
+    return path.with_name(path.name + f".{os.getpid()}{TMP_SUFFIX}")  # this process's: cleaned up on resume
+
+
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that ``path`` is either absent or complete."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with _writing(path), open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        with _writing(path):
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with _writing(path), atomic_write(path, "wb", tmp=_tmp_of(path)) as fh:
+        pq.write_table(table, fh, compression="zstd")
 
 
 def write_text_atomic(text: str, path: Path) -> None:
     path = Path(path)
-    tmp = path.with_name(path.name + f".{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with _writing(path), open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with _writing(path):
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with _writing(path), atomic_write(path, "w", encoding="utf-8", tmp=_tmp_of(path)) as fh:
+        fh.write(text)
 
 
 def read_part(path: Path) -> pa.Table | None:
@@ -114,14 +100,4 @@ def clean_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir  # the old name

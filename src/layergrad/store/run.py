@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..errors import LayergradError
 from . import schema
 from .parts import TMP_SUFFIX, StoreWriteError, part_problem, read_part, write_atomic, write_text_atomic
 
@@ -48,7 +49,7 @@ IDENTITY_KEYS = (
 _TAG = re.compile(r"^(examples|modules|cosine)-(.+)\.parquet$")
 
 
-class ConfigMismatch(ValueError):
+class ConfigMismatch(LayergradError, ValueError):
     """Raised when a run directory is resumed with a different configuration."""
 
 

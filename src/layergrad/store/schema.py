@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from layergrad.vocab import METRICS, STATUSES  # noqa: F401  (re-exported)
+
 #: 2: fused modules split into role rows (``module`` ``path[role]``), tied heads measured as their
 #: parameter (``tied_with``), ``rank`` per example, spectra never padded beyond it, ``reason``.
 SCHEMA_VERSION = 2
@@ -95,7 +97,5 @@ COSINE = pa.schema(
     ]
 )
 
-#: Metrics that the analysis and report treat as per-module scalars.
-METRICS = ("nuclear", "spectral", "frobenius", "min_sigma", "top1_share", "effective_rank", "stable_rank")
-
-STATUSES = ("ok", "skipped", "failed", "invalid")
+#: METRICS (what the analysis and report treat as per-module scalars) and STATUSES (of an example)
+#: are the tables of :mod:`layergrad.vocab`, imported above and re-exported here.
