@@ -25,11 +25,11 @@ import time
 
 import torch
 
-from layergrad.batching import pad
-from layergrad.faults import FiniteGuard
-from layergrad.engine import BatchRunner, gather_logits_at
-from layergrad.loss import loss_positions, per_example_loss
-from layergrad.measure import Measurer
+from layergrad.run.plan import pad
+from layergrad.run.faults import FiniteGuard
+from layergrad.run.engine import BatchRunner, gather_logits_at
+from layergrad.run.loss import loss_positions, per_example_loss
+from layergrad.measure.measurer import Measurer
 
 LABELS = {
     "a": "(a) paper: per example, dense grad + SVD",
@@ -143,7 +143,7 @@ def train_step(model, pad_id: int, stock: bool = False):
 
 def paper_method(model, targets):
     """``a``: one example at a time (``encs`` of any size are run one by one)."""
-    from layergrad import oracle
+    from layergrad.measure import oracle
 
     def run(encs, positions):
         total = 0.0

@@ -80,8 +80,8 @@ def paper_positions(examples, k: int) -> list[int]:
 
 
 def build_methods(wl, modules: list[str], keys: list[str], paper_modules: list[str] | None = None):
-    from layergrad.batching import pad_id_of
-    from layergrad.modules import find_targets
+    from layergrad.run.plan import pad_id_of
+    from layergrad.inputs.targets import find_targets
 
     pad_id = pad_id_of(wl.tokenizer)
     targets = {m: find_targets(wl.model, m) for m in sorted(set(modules) | {"all"})}

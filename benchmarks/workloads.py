@@ -59,7 +59,7 @@ def load_workload(name: str, seed: int = 0, device: str = "cpu", dtype: str | No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from layergrad.models import load_model, resolve_dtype
+    from layergrad.inputs.models import load_model, resolve_dtype
 
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}; choose one of {', '.join(CONFIGS)}")
@@ -86,7 +86,7 @@ def load_workload(name: str, seed: int = 0, device: str = "cpu", dtype: str | No
 
 def load_examples(per_file: int, data_dir: Path | None = None) -> tuple[list, str]:
     """The first ``per_file`` examples of each GSM8K file, or synthetic ones; and where they came from."""
-    from layergrad.data import load_examples as read
+    from layergrad.inputs.data import load_examples as read
 
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     paths = [data_dir / f for f in DATA_FILES]
@@ -98,7 +98,7 @@ def load_examples(per_file: int, data_dir: Path | None = None) -> tuple[list, st
         return out, f"GSM8K Simplified CoT and Detailed CoT ({', '.join(DATA_FILES)} in {data_dir}), first {per_file} of each"
     import tempfile
 
-    from layergrad.synthetic import write_dataset
+    from layergrad.inputs.synthetic import write_dataset
 
     folder = Path(tempfile.mkdtemp(prefix="layergrad-bench-"))
     files = write_dataset(folder, n=max(per_file, 1))
@@ -111,7 +111,7 @@ def load_examples(per_file: int, data_dir: Path | None = None) -> tuple[list, st
 
 
 def encode_all(examples, tokenizer, max_length: int = 1024):
-    from layergrad.prompting import encode
+    from layergrad.inputs.prompting import encode
 
     mode = "chat" if getattr(tokenizer, "chat_template", None) else "base"  # the engine's "auto"
     encs = [encode(ex, tokenizer, mode, max_length) for ex in examples]
@@ -121,6 +121,6 @@ def encode_all(examples, tokenizer, max_length: int = 1024):
 
 def make_batches(encs, batch_size: int, max_batch_tokens: int = 8192) -> list[list[int]]:
     """Positions of ``encs`` per batch, as the engine plans them (grouped by length, longest first)."""
-    from layergrad.batching import plan_batches
+    from layergrad.run.plan import plan_batches
 
     return [list(b.items) for b in plan_batches([e.n_tokens for e in encs], batch_size, max_batch_tokens)]

@@ -167,7 +167,7 @@ def test_a_config_file_run_is_the_same_run_as_the_flags(tmp_path, tokenizer, rec
 def test_no_progress_restores_transformers_progress_bars(tmp_path, tokenizer):
     from transformers.utils import logging as hf_logging
 
-    from layergrad.models import load_model
+    from layergrad.inputs.models import load_model
 
     folder = save_model(tmp_path, "llama", tokenizer)
     assert hf_logging.is_progress_bar_enabled()

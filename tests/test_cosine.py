@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from conftest import make_model, write_json
-from layergrad import engine, oracle
+from layergrad.run import engine
+from layergrad.measure import oracle
 from layergrad.config import RunConfig
-from layergrad.data import load_examples
-from layergrad.models import LoadedModel
-from layergrad.modules import find_targets
-from layergrad.prompting import encode
+from layergrad.inputs.data import load_examples
+from layergrad.inputs.models import LoadedModel
+from layergrad.inputs.targets import find_targets
+from layergrad.inputs.prompting import encode
 from layergrad.store import load_results
 
 

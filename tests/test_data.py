@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from layergrad.data import (
+from layergrad.inputs.data import (
     DataError,
     Example,
     Fields,

@@ -6,12 +6,12 @@ import json
 import pytest
 
 from conftest import DATA
-from layergrad import oracle
+from layergrad.measure import oracle
 from layergrad.cli import main
-from layergrad.data import load_examples
-from layergrad.models import load_model
-from layergrad.modules import find_targets
-from layergrad.prompting import encode
+from layergrad.inputs.data import load_examples
+from layergrad.inputs.models import load_model
+from layergrad.inputs.targets import find_targets
+from layergrad.inputs.prompting import encode
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +55,10 @@ def test_drop_in_on_real_model_equals_papers_method(tmp_path, default):
 
 
 def test_native_run_all_modules_on_real_model(tmp_path, default):
-    from layergrad import engine
+    from layergrad.run import engine
     from layergrad.config import RunConfig
     from layergrad.store import load_results
-    from layergrad.synthetic import write_dataset
+    from layergrad.inputs.synthetic import write_dataset
 
     paths = write_dataset(tmp_path / "data", n=2)
     cfg = RunConfig(data=[str(paths["detailed"])], out=str(tmp_path / "r"), progress=False)

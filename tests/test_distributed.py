@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import RECORDS, save_model, write_json
-from layergrad import distributed
+from layergrad.run import distributed
 from layergrad.cli import main
-from layergrad.distributed import DistributedError, World
+from layergrad.run.distributed import DistributedError, World
 from layergrad.store import ConfigMismatch, RunStore, load_results
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from conftest import ARCHS, make_model, write_json
-from layergrad import engine, oracle
+from layergrad.run import engine
+from layergrad.measure import oracle
 from layergrad.config import RunConfig
-from layergrad.data import load_examples
-from layergrad.models import LoadedModel
-from layergrad.modules import find_targets
-from layergrad.prompting import encode
+from layergrad.inputs.data import load_examples
+from layergrad.inputs.models import LoadedModel
+from layergrad.inputs.targets import find_targets
+from layergrad.inputs.prompting import encode
 from layergrad.store import load_results
 
 # fp64 model and statistics. These tiny models run transformers' eager attention, whose softmax is
@@ -134,9 +135,9 @@ def test_single_token_response_and_attention_subset(tmp_path, tokenizer):
 
 def test_module_called_twice_sums_both_calls(tokenizer):
     """A module shared by two places (weight tying): its gradient is the sum of both calls'."""
-    from layergrad.capture import Capture, activation_only_backward
-    from layergrad.measure import Measurer
-    from layergrad.modules import Target
+    from layergrad.measure.capture import Capture, activation_only_backward
+    from layergrad.measure.measurer import Measurer
+    from layergrad.inputs.targets import Target
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(6, 6, bias=False).double()
@@ -216,9 +217,9 @@ def test_gradient_checkpointing_in_training_mode_counts_each_call_once(tokenizer
     recomputed inside the backward, so the capture hooks fire twice per module. The recomputation is
     not a second call: the numbers equal the dense oracle, and the rank bound is that of one call.
     (``layergrad run`` puts the model in eval mode, where transformers never checkpoints.)"""
-    from layergrad.batching import pad_id_of
-    from layergrad.data import Example
-    from layergrad.measure import Measurer
+    from layergrad.run.plan import pad_id_of
+    from layergrad.inputs.data import Example
+    from layergrad.measure.measurer import Measurer
 
     model = make_model("llama", len(tokenizer))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -251,7 +252,7 @@ def test_gradient_checkpointing_in_training_mode_counts_each_call_once(tokenizer
 
 
 def test_empty_selection_is_a_clear_error(tmp_path, tokenizer, records):
-    from layergrad.modules import SelectionError
+    from layergrad.inputs.targets import SelectionError
 
     model = make_model("gpt2", len(tokenizer))
     with pytest.raises(SelectionError, match="roles present"):

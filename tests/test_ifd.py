@@ -26,10 +26,11 @@ import pytest
 import torch
 
 from conftest import make_model, make_tokenizer, save_model, write_json
-from layergrad import cli, engine
+from layergrad import cli
+from layergrad.run import engine
 from layergrad.config import RunConfig
-from layergrad.data import load_examples
-from layergrad.models import LoadedModel
+from layergrad.inputs.data import load_examples
+from layergrad.inputs.models import LoadedModel
 from layergrad.store import ConfigMismatch, load_results
 
 RECORDS = [
@@ -221,7 +222,7 @@ def test_config_values_map_to_definition_names(tmp_path):
     assert RunConfig(**base, ifd=False).ifd is None
     assert RunConfig(**base, ifd=True).ifd == "cherry"  # older configs: `ifd = true` is the default definition
     assert RunConfig(**base, ifd="Superfiltering").ifd == "superfiltering"
-    from layergrad.ifd import DEFAULT_IFD, IFD_DEFINITIONS, IFDError, ifd_definition
+    from layergrad.run.ifd import DEFAULT_IFD, IFD_DEFINITIONS, IFDError, ifd_definition
 
     assert IFD_DEFINITIONS == ("cherry", "superfiltering") and DEFAULT_IFD == "cherry"
     from layergrad.errors import ConfigError
@@ -254,8 +255,8 @@ def test_resume_with_another_definition_is_refused(tmp_path):
 
 @pytest.mark.parametrize("bos", [True, False])
 def test_response_alone_input_is_the_response_ids_of_the_full_tokenisation(bos):
-    from layergrad.ifd import NoPromptRule
-    from layergrad.prompting import encode
+    from layergrad.run.ifd import NoPromptRule
+    from layergrad.inputs.prompting import encode
 
     tok = make_tokenizer(bos=bos)
     b = [tok.bos_token_id] if bos else []
@@ -332,7 +333,7 @@ def test_invalid_records_get_nan_ifd_with_reason(tmp_path):
 
 
 def test_ifd_fields_math_and_undefined_cases():
-    from layergrad.ifd import ifd_fields
+    from layergrad.run.ifd import ifd_fields
 
     f = ifd_fields(1.5, 2.0, 4)
     assert f["ifd"] == 0.75 and f["ifd_ppl"] == pytest.approx(math.exp(-0.5)) and f["ifd_reason"] is None

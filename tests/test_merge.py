@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import save_model, write_json
-from layergrad import engine
+from layergrad.run import engine
 from layergrad.cli import main
 from layergrad.config import RunConfig
-from layergrad.merge import MergeError, check, merge
-from layergrad.models import load_model
+from layergrad.store.merge import MergeError, check, merge
+from layergrad.inputs.models import load_model
 from layergrad.store import load_results
 from test_distributed import assert_same_results, part_ids, study_records
 

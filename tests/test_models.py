@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from layergrad import models
-from layergrad.models import DEFAULT_MODEL, LoadedModel, ModelError, cache_dir, load_model, resolve_dtype
+from layergrad.inputs import models
+from layergrad.inputs.models import DEFAULT_MODEL, LoadedModel, ModelError, cache_dir, load_model, resolve_dtype
 
 GOLDEN_TINY_LLAMA = Path("/work/shared/golden/tiny-llama")
 VOCAB = 64

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import ARCHS, make_model, write_json
-from layergrad import engine
-from layergrad import spectral as S
+from layergrad.run import engine
+from layergrad.spectra import svd as S
 from layergrad.config import RunConfig
-from layergrad.measure import Measurer, _each_example
-from layergrad.modules import Target, find_targets
+from layergrad.measure.measurer import Measurer, _each_example
+from layergrad.inputs.targets import Target, find_targets
 from layergrad.store import load_results
 from test_engine import loaded, oracle_for
 
@@ -272,7 +272,7 @@ def test_gram_side_choice_changes_nothing_beyond_rounding():
 
 def test_captured_tensor_that_does_not_match_the_batch_is_an_error_not_a_number():
     """An input gathered to (1, N, i) (a logit shortcut left on by mistake) while the mask is (n, t)."""
-    from layergrad.capture import CaptureError
+    from layergrad.measure.capture import CaptureError
 
     meas = Measurer(stats_dtype=torch.float64, spectrum_k=None)
     meas.begin(torch.ones(2, 5, dtype=torch.long), {("x",): 1}, {})

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from conftest import NO_SYSTEM_TEMPLATE, make_tokenizer
-from layergrad.data import Example
-from layergrad.prompting import SYSTEM_PROMPT, build_text, encode
+from layergrad.inputs.data import Example
+from layergrad.inputs.prompting import SYSTEM_PROMPT, build_text, encode
 
 
 def ex(prompt="What is 12 plus 30?", response="The answer is 42.", messages=None):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import GOLDEN
 from layergrad.cli import main
-from layergrad.reference import KEYS, ReferenceFormatError, export_reference, import_reference
+from layergrad.store.paper import KEYS, ReferenceFormatError, export_reference, import_reference
 from layergrad.store import load_results
 
 needs_golden = pytest.mark.skipif(not (GOLDEN / "reference_base.jsonl").exists(), reason="shared/golden not present beside the repository")

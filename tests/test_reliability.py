@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from conftest import make_model, save_model, write_json
-from layergrad import engine, faults
+from layergrad.run import engine
+from layergrad.run import faults
 from layergrad.cli import main
 from layergrad.config import RunConfig
-from layergrad.models import LoadedModel
+from layergrad.inputs.models import LoadedModel
 from layergrad.store import ConfigMismatch, RunStore, load_results
 from layergrad.store.run import IDENTITY_KEYS, UNREADABLE
 
@@ -410,7 +411,7 @@ def test_non_finite_example_is_failed_with_reason_and_its_batch_mates_are_untouc
 
 
 def test_finite_guard_ignores_non_finite_padding_and_counts_shared_inputs_once():
-    from layergrad.modules import Target
+    from layergrad.inputs.targets import Target
 
     seen = []
 

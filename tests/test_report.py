@@ -16,7 +16,7 @@ import pytest
 
 from layergrad.analysis import AnalysisError, IncompatibleGroups
 from layergrad.report import build_report, make_report
-from layergrad.report.cli import add_parser
+from layergrad.cli.report import add_parser
 from test_analysis import make_run, noise
 
 ROLES = ("q", "k", "v", "o")

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from conftest import make_model, make_tokenizer, write_json
-from layergrad import cli, engine
+from layergrad import cli
+from layergrad.run import engine
 from layergrad.config import RunConfig
-from layergrad.data import load_examples
-from layergrad.models import LoadedModel
-from layergrad.selection import (
+from layergrad.inputs.data import load_examples
+from layergrad.inputs.models import LoadedModel
+from layergrad.analysis.selection import (
     Amount, MetricError, RunDataError, metric_values, parse_amount, parse_metric, run_examples, score_table, select,
 )
 from layergrad.store import load_results
@@ -280,7 +281,7 @@ def test_scores_merge_keyed_by_id(run_dir, tmp_path, capsys):
     # a record field of the same name is never overwritten
     from dataclasses import replace
 
-    from layergrad.selection import merge_scores
+    from layergrad.analysis.selection import merge_scores
 
     first = replace(exs["a"], record={**exs["a"].record, "loss": 0.5})
     with pytest.raises(RunDataError, match="already has a field 'loss'.*--prefix"):

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from layergrad.data import load_examples
-from layergrad.synthetic import STYLES, make_dataset, pair_key, write_dataset
+from layergrad.inputs.data import load_examples
+from layergrad.inputs.synthetic import STYLES, make_dataset, pair_key, write_dataset
 
 N = 40  # five rounds of the eight templates
 

@@ -1,7 +1,7 @@
 """``python -m layergrad`` (also ``torchrun -m layergrad``): the command line."""
 import sys
 
-from .distributed import assign_device_group
+from layergrad.run.distributed import assign_device_group
 
 # Under torchrun with LAYERGRAD_DEVICES_PER_RANK set: narrow CUDA_VISIBLE_DEVICES to this
 # rank's own GPUs, before anything imports torch (see layergrad.distributed).

@@ -66,7 +66,7 @@ class RunConfig:
     fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages
 
     def __post_init__(self) -> None:
-        from .ifd import DEFAULT_IFD
+        from layergrad.run.ifd import DEFAULT_IFD
 
         # True (older configs, `ifd = true`) -> the default; False -> None; anything else is left to validate()
         if self.ifd is True or self.ifd is False:
@@ -215,7 +215,7 @@ def _data(v):
 def _modules(v):
     if not isinstance(v, str):
         return f"must be a string such as 'attn' or 'q,k,v', got {v!r}"
-    from .modules import SelectionError, parse_selection  # torch: only when a run is configured
+    from layergrad.inputs.targets import SelectionError, parse_selection  # torch: only when a run is configured
 
     try:
         parse_selection(v)

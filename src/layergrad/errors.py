@@ -3,7 +3,7 @@
 This module imports nothing from the package, so every other module (and the command line,
 before anything heavy is imported) can use it. Every expected error subclasses
 :class:`LayergradError`; the modules that raise them define their own subclasses
-(``DataError`` in :mod:`layergrad.data`, ``ModelError`` in :mod:`layergrad.models`, ...).
+(``DataError`` in :mod:`layergrad.inputs.data`, ``ModelError`` in :mod:`layergrad.inputs.models`, ...).
 Most of those also subclass ``ValueError`` (``StoreWriteError``: ``OSError``), as they did
 before the base class existed, so code catching those keeps working.
 """

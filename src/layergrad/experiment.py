@@ -100,7 +100,7 @@ def data_root(conf: dict) -> Path:
 
 def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
     """The runs to do, and a note for every group whose data is absent (skipped, not fatal)."""
-    from .synthetic import write_dataset
+    from layergrad.inputs.synthetic import write_dataset
 
     out = Path(out or conf.get("out", f"runs/{conf['name']}"))
     root = data_root(conf)
@@ -145,8 +145,9 @@ def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
 
 
 def run_experiment(config_path: str | Path, out: str | Path | None = None, *, reports: bool = True, log=print) -> Path:
-    from . import distributed, engine
-    from .models import load_model
+    from layergrad.run import distributed
+    from layergrad.run import engine
+    from layergrad.inputs.models import load_model
 
     conf = load_config(config_path)
     out = Path(out or conf.get("out", f"runs/{conf['name']}"))

@@ -167,7 +167,7 @@ def _status_counts(ex: pd.DataFrame) -> pd.DataFrame:
     bad = ex[ex["status"] != "ok"]
     if len(bad) == 0:
         return pd.DataFrame({"status": pd.Series(dtype=str), "reason": pd.Series(dtype=str), "count": pd.Series(dtype=int)})
-    from ..faults import reason_kind
+    from layergrad.run.faults import reason_kind
 
     # group by a stable label of the reason (one row per kind, not per record or token count)
     kinds = [reason_kind(s, r) for s, r in zip(bad["status"], bad["reason"])]

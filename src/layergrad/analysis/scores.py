@@ -30,7 +30,7 @@ SEGMENT_COLUMNS = ["half", "roles", "segment", "metric", "mean", "n"]
 
 
 def score_columns(table: pd.DataFrame) -> list[str]:
-    from layergrad.selection import ID_COLUMNS
+    from layergrad.analysis.selection import ID_COLUMNS
 
     return [c for c in table.columns if c not in ID_COLUMNS and c not in ("ifd_reason", "rank", "selected")]
 
@@ -88,7 +88,7 @@ def split_ids(table: pd.DataFrame, by: str, fraction: float = 0.5, *, ifd_filter
 
     One ranking, cut at both ends: the two parts are disjoint also when ties straddle a cut.
     """
-    from layergrad.selection import Amount, parse_metric, select
+    from layergrad.analysis.selection import Amount, parse_metric, select
 
     if not 0 < fraction <= 0.5:
         raise ValueError(f"fraction must be in (0, 0.5] so the halves do not overlap, got {fraction}")
@@ -112,7 +112,7 @@ def subset(results, ids):
 
 def split_groups(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *, ifd_filter: bool = False) -> list[Group]:
     """Two groups, ``high <by>`` and ``low <by>``, for :func:`curves.curve_table` and friends."""
-    from layergrad.selection import parse_metric
+    from layergrad.analysis.selection import parse_metric
 
     name = parse_metric(by).name
     high, low = split_ids(table, by, fraction, ifd_filter=ifd_filter)
@@ -126,7 +126,7 @@ def split_curves(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *
     ``mean`` is the mean over the half's examples of METRIC ``<metric>:<roles>:<layer>`` (the
     example's mean over that layer's modules of the role set); ``n`` the examples with a value.
     """
-    from layergrad.selection import run_depth, metric_values, parse_metric
+    from layergrad.analysis.selection import run_depth, metric_values, parse_metric
 
     high, low = split_ids(table, by, fraction, ifd_filter=ifd_filter)
     rows = []
@@ -144,7 +144,7 @@ def split_curves(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *
 def split_segments(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *, metrics=("nuclear", "effective_rank"),
                    roles=("attn", "mlp"), ifd_filter: bool = False) -> pd.DataFrame:
     """Columns ``half, roles, segment, metric, mean, n``: as :func:`split_curves`, per third and overall."""
-    from layergrad.selection import metric_values, parse_metric
+    from layergrad.analysis.selection import metric_values, parse_metric
 
     high, low = split_ids(table, by, fraction, ifd_filter=ifd_filter)
     rows = []

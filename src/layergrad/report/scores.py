@@ -26,7 +26,7 @@ import pandas as pd
 from layergrad.analysis.curves import curve_table
 from layergrad.analysis.groups import AnalysisError, Group, group_from_results
 from layergrad.analysis.scores import score_summary, spearman_matrix, split_ids, subset
-from layergrad.selection import MetricError, default_metrics, parse_metric, score_table
+from layergrad.analysis.selection import MetricError, default_metrics, parse_metric, score_table
 from layergrad.store.run import Results, load_results
 
 MIN_EXAMPLES = 4  # fewer ok examples in all: no panel (a Spearman of 3 points says nothing)

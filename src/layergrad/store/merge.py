@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .store import ConfigMismatch, RunStore
-from .store.run import IDENTITY_KEYS
-from .store.schema import MODULES
+from layergrad.store import ConfigMismatch, RunStore
+from layergrad.store.run import IDENTITY_KEYS
+from layergrad.store.schema import MODULES
 
 __all__ = ["MERGE_KEYS", "MergeError", "MergeReport", "check", "check_compatible", "expected_ids", "format_report", "merge"]
 
@@ -112,9 +112,9 @@ def expected_ids(manifest: dict) -> tuple[list[str] | None, str | None]:
     fields, limit, record slice). Returns ``(None, why)`` when that is impossible: a file
     is unreadable, or the files changed since the run (their fingerprint differs).
     """
-    from .config import RunConfig
-    from .data import DataError
-    from .engine import data_fingerprint, invalid_rows, load_data
+    from layergrad.config import RunConfig
+    from layergrad.inputs.data import DataError
+    from layergrad.run.engine import data_fingerprint, invalid_rows, load_data
 
     paths = manifest.get("data") or []
     cfg = RunConfig(

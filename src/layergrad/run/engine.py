@@ -18,18 +18,22 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed, faults, spectral, vocab
-from .batching import Batch, pad, pad_id_of, plan_batches, shard_batches
-from .capture import Capture, activation_only_backward
-from .config import RunConfig, parse_shard
-from .data import DataError, Example, Fields, load_examples
-from .ifd import NoPromptRule, score_batch, undefined
-from .loss import loss_positions, per_example_loss
-from .measure import Measurer
-from .modules import Target, find_targets
-from .prompting import Encoded, encode
-from .store import RunStore
-from .store.schema import SCHEMA_VERSION
+from layergrad import __version__
+from layergrad.run import distributed
+from layergrad.run import faults
+from layergrad.spectra import svd as spectral
+from layergrad import vocab
+from layergrad.run.plan import Batch, pad, pad_id_of, plan_batches, shard_batches
+from layergrad.measure.capture import Capture, activation_only_backward
+from layergrad.config import RunConfig, parse_shard
+from layergrad.inputs.data import DataError, Example, Fields, load_examples
+from layergrad.run.ifd import NoPromptRule, score_batch, undefined
+from layergrad.run.loss import loss_positions, per_example_loss
+from layergrad.measure.measurer import Measurer
+from layergrad.inputs.targets import Target, find_targets
+from layergrad.inputs.prompting import Encoded, encode
+from layergrad.store import RunStore
+from layergrad.store.schema import SCHEMA_VERSION
 
 LOSS_RULE = "mean-ce-response-tokens/v1"
 
@@ -327,7 +331,7 @@ def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
 def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -> RunSummary:
     from tqdm.auto import tqdm
 
-    from .models import load_model
+    from layergrad.inputs.models import load_model
 
     t0 = time.time()
     examples, problems = load_data(cfg)

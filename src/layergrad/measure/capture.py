@@ -20,8 +20,8 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .errors import LayergradError
-from .modules import Target
+from layergrad.errors import LayergradError
+from layergrad.inputs.targets import Target
 
 #: sink(target, X, D, x_key): X (n, t', i), D (n, t', o); t' = t * calls when a module ran more than once.
 Sink = Callable[[Target, Tensor, Tensor, tuple], None]

@@ -11,11 +11,11 @@ import json
 import math
 from pathlib import Path
 
-from .data import content_id
-from .errors import LayergradError
-from .modules import layer_of, role_of
-from .store import RunStore, load_results
-from .store.parts import write_text_atomic
+from layergrad.inputs.data import content_id
+from layergrad.errors import LayergradError
+from layergrad.inputs.targets import layer_of, role_of
+from layergrad.store import RunStore, load_results
+from layergrad.store.parts import write_text_atomic
 
 KEYS = ("M_mean", "M_max", "M_min", "frobenius_norm", "S_sum", "S_max", "S_min")
 #: reference key -> our column

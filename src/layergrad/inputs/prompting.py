@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .data import Example
-from .errors import LayergradError
+from layergrad.inputs.data import Example
+from layergrad.errors import LayergradError
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 PROMPT_MODES = ("base", "chat")

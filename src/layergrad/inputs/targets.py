@@ -17,8 +17,8 @@ from typing import Callable
 
 from torch import nn
 
-from .errors import LayergradError
-from .vocab import closest
+from layergrad.errors import LayergradError
+from layergrad.vocab import closest
 
 # ---------------------------------------------------------------------------------------
 # Adapters: module type -> (out_features, in_features) of the weight as a linear map
@@ -138,7 +138,7 @@ class Target:
     ``tied``: the path of the input-embedding module whose weight IS this module's weight (a tied
     output head). The parameter's gradient is then the sum over both uses,
     ``G = D_head^T X_head + onehot(ids)^T (c * D_emb)`` (``c`` the embedding's scale), measured as
-    two calls stacked on the token axis (:mod:`layergrad.capture`).
+    two calls stacked on the token axis (:mod:`layergrad.measure.capture`).
     """
 
     name: str  # row name: module path, plus "[role]" for a role of a fused module

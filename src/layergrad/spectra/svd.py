@@ -258,7 +258,7 @@ def gram_side(t: int, i: int, o: int, *, x_shared_by: int = 1, have_k_x: bool = 
 # Metrics of a spectrum
 # ---------------------------------------------------------------------------------------
 
-from .vocab import METRICS as METRIC_NAMES  # noqa: E402  (one table: layergrad.vocab)
+from layergrad.vocab import METRICS as METRIC_NAMES  # noqa: E402  (one table: layergrad.vocab)
 
 
 @dataclass

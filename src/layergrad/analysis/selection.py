@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .modules import ROLE_GROUPS, ROLES, SelectionError, parse_selection
-from .store.schema import METRICS
-from .vocab import did_you_mean
+from layergrad.inputs.targets import ROLE_GROUPS, ROLES, SelectionError, parse_selection
+from layergrad.store.schema import METRICS
+from layergrad.vocab import did_you_mean
 
 __all__ = [
     "LAYER_WORDS", "Metric", "MetricError", "RunDataError", "SCALARS", "Selection", "Amount", "default_metrics",
@@ -87,7 +87,7 @@ class Metric:
         if self.layers == "mean":
             return np.arange(n_layers)
         if self.layers in ("early", "middle", "late"):
-            from .analysis.mad import segments
+            from layergrad.analysis.mad import segments
 
             return segments(n_layers)[self.layers]
         out = []
@@ -350,13 +350,13 @@ def select(table: pd.DataFrame, metric: Metric | str, amount: Amount, *, ifd_fil
 
 
 def run_examples(results, data=None) -> dict:
-    """The run's examples as :class:`layergrad.data.Example` (with their original records), by id.
+    """The run's examples as :class:`layergrad.inputs.data.Example` (with their original records), by id.
 
     The data files are those of the manifest (``data=`` overrides them, e.g. when the run was made
     from another directory), read with the manifest's ``fields``. Every stored example must be found
     with the same response text; otherwise the files changed since the run and nothing is written.
     """
-    from .data import Fields, load_examples
+    from layergrad.inputs.data import Fields, load_examples
 
     m = results.manifest
     paths = [str(p) for p in (data or m.get("data") or [])]

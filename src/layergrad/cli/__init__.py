@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from . import vocab
+from layergrad import vocab
 
 RUN_EXAMPLES = """examples:
   layergrad run --data gsm8k_train_with_cot.json --out runs/cot
@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser with a did-you-mean for unknown flags and choices (Python 3.11 has no ``suggest_on_error``)."""
 
     def error(self, message: str):
-        from .vocab import did_you_mean
+        from layergrad.vocab import did_you_mean
 
         m = re.match(r"unrecognized arguments: (.*)", message)
         if m:
@@ -42,7 +42,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def _default(name: str) -> str:
     """A RunConfig field's default, as the help texts state it (stated once: in RunConfig)."""
-    from .config import RunConfig
+    from layergrad.config import RunConfig
 
     value = RunConfig.field_default(name)
     return "all" if name == "spectrum_k" and value is None else str(value)
@@ -118,7 +118,7 @@ def read_config_file(path: str) -> dict:
     import os
     import tomllib
 
-    from .errors import ConfigError
+    from layergrad.errors import ConfigError
 
     try:
         with open(path, "rb") as fh:
@@ -156,8 +156,8 @@ DROPIN_KEYS = ("data", "out", "model", "prompt_mode", "modules", "reference", "e
 
 
 def _run_config(a):
-    from .config import RunConfig, parse_spectrum_k
-    from .errors import ConfigError
+    from layergrad.config import RunConfig, parse_spectrum_k
+    from layergrad.errors import ConfigError
 
     opts: dict = {}
     if a.config:
@@ -207,8 +207,8 @@ def _run_config(a):
 
 
 def cmd_run(a) -> int:
-    from . import engine
-    from .reference import export_reference
+    from layergrad.run import engine
+    from layergrad.store.paper import export_reference
 
     cfg, save_path = _run_config(a)
     s = engine.run(cfg)
@@ -224,8 +224,8 @@ def cmd_run(a) -> int:
 
 
 def cmd_modules(a) -> int:
-    from .models import load_model
-    from .modules import find_targets, parse_selection
+    from layergrad.inputs.models import load_model
+    from layergrad.inputs.targets import find_targets, parse_selection
 
     parse_selection(a.modules)  # a typo fails before the model loads
     lm = load_model(a.model, trust_remote_code=a.trust_remote_code)
@@ -238,7 +238,7 @@ def cmd_modules(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .reference import export_reference
+    from layergrad.store.paper import export_reference
 
     n, missing = export_reference(a.dir, a.to)
     print(f"wrote {n} examples to {a.to}")
@@ -248,7 +248,7 @@ def cmd_export(a) -> int:
 
 
 def cmd_import(a) -> int:
-    from .reference import import_reference
+    from layergrad.store.paper import import_reference
 
     n = import_reference(a.file, a.to, group=a.group)
     print(f"imported {n} examples into {a.to}")
@@ -256,7 +256,7 @@ def cmd_import(a) -> int:
 
 
 def cmd_validate(a) -> int:
-    from .data import Fields, validate
+    from layergrad.inputs.data import Fields, validate
 
     problems = validate(a.data, fields=Fields())
     for p in problems:
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="data files: Alpaca .json/.jsonl/.parquet or chat 'messages' records")
     p.set_defaults(func=cmd_validate)
 
-    for mod in ("layergrad.report.cli", "layergrad.experiment", "layergrad.merge_cli", "layergrad.selection_cli"):
+    for mod in ("layergrad.cli.report", "layergrad.experiment", "layergrad.cli.merge", "layergrad.cli.select"):
         __import__(mod, fromlist=["add_parser"]).add_parser(sub)
     return parser
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(a, "func", None):
         parser.print_help()
         return 2
-    from .errors import friendly
+    from layergrad.errors import friendly
 
     return friendly(a.func, a)
 

@@ -31,7 +31,7 @@ import atexit
 import os
 from dataclasses import dataclass
 
-from .errors import LayergradError
+from layergrad.errors import LayergradError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",

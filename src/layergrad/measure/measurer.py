@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from . import spectral
-from .modules import Target
+from layergrad.spectra import svd as spectral
+from layergrad.inputs.targets import Target
 
 COSINE_PAIRS = ("next_layer", "q_o", "k_v")
 
@@ -79,7 +79,7 @@ class Measurer:
         ok = (X.dim() == 3 and D.dim() == 3 and X.shape[:2] == D.shape[:2] and X.shape[0] == n and X.shape[1] % t == 0
               and X.shape[1] > 0 and X.shape[-1] == target.in_features and D.shape[-1] == target.out_features)
         if not ok:
-            from .capture import CaptureError
+            from layergrad.measure.capture import CaptureError
 
             raise CaptureError(
                 f"{target.name}: captured input {tuple(X.shape)} and output gradient {tuple(D.shape)} do not match the "

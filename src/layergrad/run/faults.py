@@ -96,9 +96,9 @@ def reason_kind(status: str, reason: str | None) -> str | None:
 
 
 def unscorable_problems(examples, encoded, output_field: str = "output") -> list:
-    """A :class:`~layergrad.data.Problem` for each example with nothing to score (its response
+    """A :class:`~layergrad.inputs.data.Problem` for each example with nothing to score (its response
     wholly cut by ``--max-length``, or no response token at all)."""
-    from .data import Problem
+    from layergrad.inputs.data import Problem
 
     problems = []
     for ex, enc in zip(examples, encoded):

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_merge(a) -> int:
-    from .merge import check, format_report, merge
+    from layergrad.store.merge import check, format_report, merge
 
     report = merge(a.dirs, a.to) if a.to else check(a.dirs)
     print(format_report(report))

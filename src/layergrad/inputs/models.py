@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import vocab
-from .atomic import atomic_write
-from .errors import LayergradError
+from layergrad import vocab
+from layergrad.atomic import atomic_write
+from layergrad.errors import LayergradError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

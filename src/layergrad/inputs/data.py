@@ -33,8 +33,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .atomic import atomic_write
-from .errors import ConfigError, LayergradError
+from layergrad.atomic import atomic_write
+from layergrad.errors import ConfigError, LayergradError
 
 __all__ = [
     "DataError",

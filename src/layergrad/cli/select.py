@@ -77,9 +77,9 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_select(a) -> int:
-    from .data import write_records
-    from .selection import parse_amount, parse_metric, run_examples, score_table, select
-    from .store import load_results
+    from layergrad.inputs.data import write_records
+    from layergrad.analysis.selection import parse_amount, parse_metric, run_examples, score_table, select
+    from layergrad.store import load_results
 
     metric = parse_metric(a.by)
     direction = "top" if a.top is not None else "bottom" if a.bottom is not None else "ratio"
@@ -109,9 +109,9 @@ def cmd_select(a) -> int:
 
 
 def cmd_scores(a) -> int:
-    from .data import write_records
-    from .selection import merge_scores, run_examples, score_table
-    from .store import load_results
+    from layergrad.inputs.data import write_records
+    from layergrad.analysis.selection import merge_scores, run_examples, score_table
+    from layergrad.store import load_results
 
     results = load_results(a.dir)
     table = score_table(results, None)
@@ -131,6 +131,6 @@ def cmd_scores(a) -> int:
 
 
 def _names(table) -> list[str]:
-    from .selection import ID_COLUMNS
+    from layergrad.analysis.selection import ID_COLUMNS
 
     return [c for c in table.columns if c not in ID_COLUMNS and c != "ifd_reason"]

@@ -108,9 +108,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import LayergradError
-from .prompting import Encoded
-from .vocab import IFD_METHODS, did_you_mean
+from layergrad.errors import LayergradError
+from layergrad.inputs.prompting import Encoded
+from layergrad.vocab import IFD_METHODS, did_you_mean
 
 if TYPE_CHECKING:  # torch is imported where it is used: RunConfig checks names without it
     from torch import Tensor
@@ -165,7 +165,7 @@ class NoPromptRule:
 
     @classmethod
     def for_tokenizer(cls, tokenizer, definition=DEFAULT_IFD) -> "NoPromptRule":
-        from .prompting import _adds_bos
+        from layergrad.inputs.prompting import _adds_bos
 
         name = ifd_definition(definition)
         if name is None:
@@ -240,8 +240,8 @@ def no_prompt_loss(rule: NoPromptRule, model, encs: list[Encoded], pad_id: int, 
     """
     import torch
 
-    from .batching import pad
-    from .loss import loss_positions, per_example_loss
+    from layergrad.run.plan import pad
+    from layergrad.run.loss import loss_positions, per_example_loss
 
     seqs = [rule.input_ids(e) for e in encs]
     first = len(rule.prefix) + rule.skip  # position of the first scored token (r[skip])
