@@ -26,8 +26,10 @@ import time
 import torch
 
 from layergrad.run.plan import pad
-from layergrad.run.faults import FiniteGuard
-from layergrad.run.engine import BatchRunner, gather_logits_at
+from layergrad.measure.guard import FiniteGuard
+from layergrad.measure.sink import Measured
+from layergrad.run.gather import GatherIndex, logits_at
+from layergrad.run.step import BatchRunner
 from layergrad.run.loss import loss_positions, per_example_loss
 from layergrad.measure.measurer import Measurer
 
@@ -45,14 +47,14 @@ LABELS = {
 class NullSink:
     """A statistics sink that does nothing: the floor's capture."""
 
-    results: dict = {}
-    cosines: list = []
-
     def begin(self, *args, **kwargs) -> None:
         pass
 
-    def __call__(self, *args, **kwargs) -> None:
+    def accept(self, *args, **kwargs) -> None:
         pass
+
+    def finish(self) -> Measured:
+        return Measured()
 
 
 def _statistics_sink(reference: bool = False, method: str = "auto") -> object:
@@ -88,7 +90,8 @@ def runner_method(model, targets, pad_id: int, measure: bool, reference: bool = 
         sink = _statistics_sink(reference, method) if measure else NullSink()
         runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id)
         with runner.hooks():
-            seconds, (loss, results) = _timed(lambda: runner.run(encs))
+            seconds, (loss, measured) = _timed(lambda: runner.run(encs))
+        results = measured.modules
         payload = {}
         if measure:
             for name, r in results.items():
@@ -110,14 +113,17 @@ def train_step(model, pad_id: int, stock: bool = False):
         device = next(model.parameters()).device
         ids, mask = (x.to(device) for x in pad([e.input_ids for e in encs], pad_id))
         rows, pred, tgt = (x.to(device) for x in loss_positions(lengths, n_prompt))
-        index = {} if stock else {"rows": rows, "pos": pred}
+        index = GatherIndex()
         labels = torch.full_like(ids, -100)
         labels[rows, tgt] = ids[rows, tgt]
         flags = [(p, p.requires_grad) for p in model.parameters()]
         for p, _ in flags:
             p.requires_grad_(True)
             p.grad = None
-        ctx = contextlib.nullcontext() if stock else gather_logits_at(model, index)
+        ctx = contextlib.nullcontext() if stock else contextlib.ExitStack()
+        if not stock:
+            ctx.enter_context(index.hooked(model))
+            ctx.enter_context(index.at(rows, pred))
 
         def step():
             with torch.enable_grad():
@@ -125,7 +131,7 @@ def train_step(model, pad_id: int, stock: bool = False):
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
                 else:
                     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                    logits = logits.reshape(-1, logits.shape[-1]) if logits.shape[:2] != ids.shape else logits[rows, pred]
+                    logits = logits_at(logits, ids.shape, rows, pred)
                     loss = per_example_loss(logits, ids[rows, tgt], rows, len(encs)).sum()
                 loss.backward()
 

@@ -220,6 +220,7 @@ def test_gradient_checkpointing_in_training_mode_counts_each_call_once(tokenizer
     from layergrad.run.plan import pad_id_of
     from layergrad.inputs.data import Example
     from layergrad.measure.measurer import Measurer
+    from layergrad.run.step import BatchRunner
 
     model = make_model("llama", len(tokenizer))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -230,10 +231,10 @@ def test_gradient_checkpointing_in_training_mode_counts_each_call_once(tokenizer
     encs = [encode(ex, tokenizer, "base", 1024) for ex in exs]
     calls = []
     hook = model.model.layers[1].self_attn.q_proj.register_forward_hook(lambda m, a, o: calls.append(torch.is_grad_enabled()))
-    runner = engine.BatchRunner(model, targets, Measurer(stats_dtype=torch.float64, spectrum_k=None), "cpu", pad_id_of(tokenizer))
+    runner = BatchRunner(model, targets, Measurer(stats_dtype=torch.float64, spectrum_k=None), "cpu", pad_id_of(tokenizer))
     try:
         with runner.hooks():
-            loss, results = runner.run(encs)
+            loss, measured = runner.run(encs)
     finally:
         hook.remove()
     # the forward (without gradients when reentrant) and its recomputation in the backward
@@ -245,7 +246,7 @@ def test_gradient_checkpointing_in_training_mode_counts_each_call_once(tokenizer
         want = oracle.dense_stats(grads)
         assert float(loss[b]) == pytest.approx(want_loss, rel=1e-10)
         for t in targets:
-            r = results[t.name]
+            r = measured.modules[t.name]
             assert int(r.rank[b]) == min(enc.n_tokens, t.in_features, t.out_features), t.name
             for k in ("nuclear", "spectral", "effective_rank"):
                 assert float(r.stats[k][b]) == pytest.approx(want[t.name][k], rel=RTOL), (t.name, k)

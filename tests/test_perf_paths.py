@@ -6,7 +6,7 @@ import torch
 
 from conftest import ARCHS, make_model, write_json
 from layergrad.run import engine
-from layergrad.spectra import svd as S
+from layergrad import spectra as S
 from layergrad.config import RunConfig
 from layergrad.measure.measurer import Measurer, _each_example
 from layergrad.inputs.targets import Target, find_targets
@@ -123,7 +123,7 @@ def _measure(X, D, mask, method, threads=None, o=None, i=None, calls=1):
     if threads:
         torch.set_num_threads(threads)
     try:
-        meas(t, X, D, ("x",))
+        meas.accept(t, X, D, ("x",))
     finally:
         torch.set_num_threads(before)
     return meas.results["m"]
@@ -278,8 +278,8 @@ def test_captured_tensor_that_does_not_match_the_batch_is_an_error_not_a_number(
     meas.begin(torch.ones(2, 5, dtype=torch.long), {("x",): 1}, {})
     t = Target("lm_head", None, -1, "lm_head", 6, 4, "linear")
     with pytest.raises(CaptureError, match="cannot be attributed"):
-        meas(t, torch.randn(1, 7, 4, dtype=torch.float64), torch.randn(1, 7, 6, dtype=torch.float64), ("x",))
+        meas.accept(t, torch.randn(1, 7, 4, dtype=torch.float64), torch.randn(1, 7, 6, dtype=torch.float64), ("x",))
     with pytest.raises(CaptureError):  # one example: (1, N) against a (1, t) mask is caught by the token count
         meas.begin(torch.ones(1, 5, dtype=torch.long), {("x",): 1}, {})
-        meas(t, torch.randn(1, 3, 4, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64), ("x",))
+        meas.accept(t, torch.randn(1, 3, 4, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64), ("x",))
     assert meas.results == {}

@@ -158,6 +158,7 @@ CHANGES = {
     "cosine": ({"cosine": True}, {}),
     "ifd": ({"ifd": True}, {}),
     "loss_rule": ({}, {}),  # a new loss definition (engine.LOSS_RULE)
+    "schema_version": ({}, {}),  # rows that mean something else (store/schema.py)
 }
 
 
@@ -182,6 +183,10 @@ def test_resume_with_another_configuration_is_refused_naming_it(tmp_path, tokeni
         other = loaded(model.float(), tokenizer)
     if key == "loss_rule":
         monkeypatch.setattr(engine, "LOSS_RULE", "mean-ce-response-tokens/v2")
+    if key == "schema_version":
+        from layergrad.store import manifest
+
+        monkeypatch.setattr(manifest, "SCHEMA_VERSION", manifest.SCHEMA_VERSION + 1)
     with pytest.raises(ConfigMismatch) as info:
         engine.run(second, loaded=other)
     message = str(info.value)
@@ -412,6 +417,8 @@ def test_non_finite_example_is_failed_with_reason_and_its_batch_mates_are_untouc
 
 def test_finite_guard_ignores_non_finite_padding_and_counts_shared_inputs_once():
     from layergrad.inputs.targets import Target
+    from layergrad.measure.guard import FiniteGuard
+    from layergrad.measure.sink import Measured
 
     seen = []
 
@@ -419,10 +426,14 @@ def test_finite_guard_ignores_non_finite_padding_and_counts_shared_inputs_once()
         def begin(self, mask, *a):
             self.mask = mask
 
-        def __call__(self, target, X, D, key):
+        def accept(self, target, X, D, key):
             seen.append((target.name, X.clone(), D.clone()))
 
-    guard = faults.FiniteGuard(Sink())
+        def finish(self):
+            return Measured(modules={"q": "from the sink"})
+
+    inner = Sink()
+    guard = FiniteGuard(inner)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     guard.begin(mask, {}, {})
     X = torch.ones(2, 3, 4)
@@ -430,13 +441,15 @@ def test_finite_guard_ignores_non_finite_padding_and_counts_shared_inputs_once()
     X[1, 0, 1] = float("inf")  # a real token of example 1
     D = torch.ones(2, 3, 5)
     q, k = (Target(n, None, 0, n, 5, 4, "linear") for n in ("q", "k"))
-    guard(q, X, D, ("x",))
-    guard(k, X, D, ("x",))
-    assert guard.nonfinite == {1: ["q", "k"]}
+    guard.accept(q, X, D, ("x",))
+    guard.accept(k, X, D, ("x",))
+    measured = guard.finish()
+    assert measured.faults == {1: ["q", "k"]} and measured.modules == {"q": "from the sink"}
     assert all(torch.isfinite(x).all() and torch.isfinite(d).all() for _, x, d in seen)
     assert torch.equal(seen[0][1][1, 1:], X[1, 1:]) and torch.equal(seen[0][1][0, :2], X[0, :2])  # the rest untouched
     assert torch.isnan(X[0, 2, 0])  # the caller's tensor is not modified
-    assert guard.mask is mask  # every other attribute is the sink's
+    assert inner.mask is mask  # begin reached the wrapped sink
+    assert not hasattr(guard, "mask")  # a plain wrapper: no attribute pass-through
 
 
 # ---------------------------------------------------------------------------------------

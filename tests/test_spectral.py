@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from layergrad.spectra import svd as S
+from layergrad import spectra as S
 
 SHAPES = [  # (t, i, o): short sequences, long sequences, square, a single token
     (5, 16, 8), (40, 16, 8), (7, 7, 7), (1, 4, 6), (12, 9, 30), (3, 50, 50),

@@ -87,6 +87,13 @@ def build_text(ex: Example, mode: str, tokenizer) -> tuple[str, int]:
     return prefix + ex.response, len(prefix)
 
 
+def resolve_mode(mode: str, tokenizer) -> str:
+    """``auto``: ``chat`` when the tokenizer has a chat template, else ``base``; other modes as given."""
+    if mode != "auto":
+        return mode
+    return "chat" if getattr(tokenizer, "chat_template", None) else "base"
+
+
 def _adds_bos(tokenizer) -> bool:
     bos = tokenizer.bos_token_id
     if bos is None:

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from layergrad.errors import LayergradError
 from layergrad.inputs.targets import Target
+from layergrad.measure.sink import Sink
 
-#: sink(target, X, D, x_key): X (n, t', i), D (n, t', o); t' = t * calls when a module ran more than once.
-Sink = Callable[[Target, Tensor, Tensor, tuple], None]
 
 
 @contextlib.contextmanager
@@ -223,7 +222,7 @@ class Capture:
         D = d[0] if len(d) == 1 else torch.cat([v.to(d[0].dtype) for v in d], dim=-2)
         self._keys.pop(t.name, None)
         self._done.add(t.name)
-        self.sink(t, X, D, key)
+        self.sink.accept(t, X, D, key)
 
     def _onehot(self, t: Target, ids: Tensor, like: Tensor) -> Tensor:
         """``onehot(ids)`` ``(n, t, V)``, zero at the embedding's ``padding_idx`` (its row gets no gradient)."""

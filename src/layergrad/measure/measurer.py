@@ -8,10 +8,10 @@ Two computations (``method``):
 
 * ``gram`` (``auto`` with float32 statistics): one example at a time over its real tokens only
   (no padding work), the squared singular values as eigenvalues of a float64 Gram-type matrix,
-  the cheapest of :data:`spectral.GRAM_SIDES` per example and module (:func:`spectral.gram_side`).
+  the cheapest of :data:`~layergrad.spectra.svd.GRAM_SIDES` per example and module (:func:`~layergrad.spectra.methods.gram_side`).
 * ``factored`` / ``dense`` (``auto`` with float64 statistics): batched over the padded batch with
   padding rows zeroed, in ``stats_dtype``, by QR factors or the dense gradient
-  (:func:`spectral.choose_method`); their error is ``u * s_1``, which float64 statistics keep.
+  (:func:`~layergrad.spectra.methods.choose_method`); their error is ``u * s_1``, which float64 statistics keep.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from layergrad.spectra import svd as spectral
+from layergrad.spectra import methods, metrics, products, svd
 from layergrad.inputs.targets import Target
+from layergrad.measure.sink import Measured
 
 COSINE_PAIRS = ("next_layer", "q_o", "k_v")
 
@@ -67,11 +68,8 @@ class Measurer:
         return A.to(self.stats_dtype) * m.unsqueeze(-1).to(self.stats_dtype)
 
     def resolve_method(self, t: int, i: int, o: int, shared: int) -> str:
-        if self.method != "auto":
-            return self.method
-        if self.stats_dtype.itemsize < 8:  # float32 statistics: the float64 Gram path is faster and as exact
-            return "gram"
-        return spectral.choose_method(t, i, o, x_shared_by=shared)
+        family = methods.method_for(self.method, self.stats_dtype.itemsize)  # the user's precision -> a family
+        return methods.cheapest("qr", t, i, o, x_shared_by=shared) if family == "qr" else family
 
     def _check_shapes(self, target: Target, X: Tensor, D: Tensor) -> None:
         """Every captured tensor is ``(n, t * calls, ·)`` for the batch's ``(n, t)`` mask, or nothing is stored."""
@@ -93,7 +91,11 @@ class Measurer:
         tokens = self._mask.to("cpu").sum(-1).to(torch.long) * calls
         return tokens.clamp(max=min(i, o))
 
-    def __call__(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
+    def finish(self) -> Measured:
+        """This batch's results (the :class:`~layergrad.measure.sink.Sink` protocol)."""
+        return Measured(modules=dict(self.results), cosines=list(self.cosines))
+
+    def accept(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
         self._check_shapes(target, X, D)
         n, t, _ = X.shape
         o, i = target.out_features, target.in_features
@@ -109,25 +111,25 @@ class Measurer:
             s = self._gram(X, D, x_key, i, o, shared)
         elif method == "factored":
             if x_key not in self._rx:
-                self._rx[x_key] = spectral.r_factor(Xm)
-            s = spectral.factored_svdvals(Xm, Dm, R_X=self._rx[x_key])
+                self._rx[x_key] = svd.r_factor(Xm)
+            s = svd.factored_svdvals(Xm, Dm, R_X=self._rx[x_key])
         elif method == "dense":
-            s = spectral.dense_svdvals(Xm, Dm)
+            s = svd.dense_svdvals(Xm, Dm)
         else:
             raise ValueError(f"unknown method {method!r}; choose auto, gram, factored or dense")
         rank = self.example_ranks(t, i, o)
-        bound = rank if method == "gram" else torch.minimum(rank, spectral.nonzero_terms(Xm, Dm).to("cpu"))  # gram: per example
-        st = spectral.spectrum_stats(s, min(o, i), bound)
+        bound = rank if method == "gram" else torch.minimum(rank, svd.nonzero_terms(Xm, Dm).to("cpu"))  # gram: per example
+        st = metrics.spectrum_stats(s, min(o, i), bound)
         spectrum = st.spectrum if self.spectrum_k is None else st.spectrum[..., : self.spectrum_k]
         result = ModuleResult(
             target=target,
             method=method,
-            stats={k: getattr(st, k).to("cpu", torch.float64) for k in spectral.METRIC_NAMES},
+            stats={k: getattr(st, k).to("cpu", torch.float64) for k in metrics.METRIC_NAMES},
             spectrum=spectrum.to("cpu", torch.float32),
             rank=rank,
         )
         if self.elementwise:
-            result.elementwise = tuple(v.to("cpu", torch.float64) for v in spectral.elementwise_stats(Xm, Dm))
+            result.elementwise = tuple(v.to("cpu", torch.float64) for v in products.elementwise_stats(Xm, Dm))
         self.results[target.name] = result
         if self.cosine:
             self._cosine(target, Xm, Dm)
@@ -170,15 +172,15 @@ class Measurer:
             if T == 0:
                 return
             c = cache[b]
-            side = spectral.gram_side(T, i, o, x_shared_by=shared, have_k_x="K" in c, have_f_x="F" in c)
+            side = methods.gram_side(T, i, o, x_shared_by=shared, have_k_x="K" in c, have_f_x="F" in c)
             if side in ("token", "out") and "K" not in c:
-                c["K"] = spectral.gram(Xb)
+                c["K"] = svd.gram(Xb)
             if side == "token" and "F" not in c:
-                c["F"] = spectral.psd_factor(c["K"])
-            found[b] = spectral.gram_svdvals(Xb, Db, side, K_X=c.get("K"), F_X=c.get("F"))
+                c["F"] = svd.psd_factor(c["K"])
+            found[b] = svd.gram_svdvals(Xb, Db, side, K_X=c.get("K"), F_X=c.get("F"))
 
         _each_example(one, n, X.device, longest_first=sorted(range(n), key=lambda b: -_count(rows[b], t)))
-        out = torch.zeros(n, r, dtype=spectral.GRAM_DTYPE, device=X.device)
+        out = torch.zeros(n, r, dtype=svd.GRAM_DTYPE, device=X.device)
         for b, s in enumerate(found):
             if s is not None:
                 out[b, : s.shape[-1]] = s
@@ -211,7 +213,7 @@ class Measurer:
             if other.name in self._pending:
                 Xa, Da = self._pending[a.name]
                 Xb, Db = self._pending[b.name]
-                self.cosines.append((kind, a.name, b.name, spectral.gradient_cosine(Xa, Da, Xb, Db).to("cpu", torch.float64)))
+                self.cosines.append((kind, a.name, b.name, products.gradient_cosine(Xa, Da, Xb, Db).to("cpu", torch.float64)))
         # a module's factors are needed until each of its partners has arrived
         for name in list(self._pending):
             tgt = self.results[name].target

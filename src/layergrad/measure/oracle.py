@@ -48,7 +48,7 @@ def example_gradients(model, input_ids: list[int], n_prompt: int, targets: list[
 
 def dense_stats(grads: dict[str, Tensor], dtype=torch.float64) -> dict[str, dict[str, float]]:
     """The paper's per-matrix numbers from dense gradients (full SVD): S_*, frobenius, M_*, plus our metrics."""
-    from layergrad.spectra.svd import spectrum_stats
+    from layergrad.spectra.metrics import spectrum_stats
 
     out = {}
     for name, g in grads.items():

@@ -104,6 +104,7 @@ gradients are enabled) take no part in it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -232,16 +233,17 @@ def undefined(reason: str) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def no_prompt_loss(rule: NoPromptRule, model, encs: list[Encoded], pad_id: int, device, index: dict | None = None) -> "Tensor":
+def no_prompt_loss(rule: NoPromptRule, model, encs: list[Encoded], pad_id: int, device, index=None) -> "Tensor":
     """``L_0`` per example ``(n,)``: one forward pass without gradients over the response-alone sequences.
 
-    ``index``: the dict read by :func:`engine.gather_logits_at` when that hook is on the model (the
+    ``index``: the run's :class:`~layergrad.run.gather.GatherIndex` when its hook is on the model (the
     vocabulary projection then runs only at the scored positions); ``None`` otherwise.
     """
     import torch
 
-    from layergrad.run.plan import pad
+    from layergrad.run.gather import logits_at
     from layergrad.run.loss import loss_positions, per_example_loss
+    from layergrad.run.plan import pad
 
     seqs = [rule.input_ids(e) for e in encs]
     first = len(rule.prefix) + rule.skip  # position of the first scored token (r[skip])
@@ -251,31 +253,20 @@ def no_prompt_loss(rule: NoPromptRule, model, encs: list[Encoded], pad_id: int, 
         return out
     ids, mask = pad([s if s else [pad_id] for s in seqs], pad_id)  # (n, t)
     rows, pred, tgt = loss_positions([len(s) for s in seqs], [first] * n)  # terms at positions first..len-1
-    try:
-        if index is not None:
-            index.clear()
-            index.update(rows=rows, pos=pred)
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            if logits.shape[:2] == ids.shape:  # no gather hook, or the model bypassed it
-                logits = logits[rows.to(logits.device), pred.to(logits.device)]  # (N, V)
-            else:
-                logits = logits.reshape(-1, logits.shape[-1])  # (1, N, V) -> (N, V)
-            dev = logits.device
-            loss = per_example_loss(logits, ids[rows, tgt].to(dev), rows.to(dev), n)  # (n,), NaN without terms
-    finally:
-        if index is not None:
-            index.clear()
+    with index.at(rows, pred) if index is not None else contextlib.nullcontext(), torch.no_grad():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        logits = logits_at(logits, ids.shape, rows, pred)  # (N, V)
+        dev = logits.device
+        loss = per_example_loss(logits, ids[rows, tgt].to(dev), rows.to(dev), n)  # (n,), NaN without terms
     return loss.cpu().double()
 
 
-def score_batch(rule: NoPromptRule, model, encs: list[Encoded], logits, targets, rows, tgt, loss: "Tensor", *,
-                pad_id: int, device, index: dict | None = None) -> list[dict]:
+def score_batch(rule: NoPromptRule, model, encs: list[Encoded], loss: "Tensor", *, pad_id: int, device,
+                index=None) -> list[dict]:
     """IFD row fields of every example of a batch (after its main pass).
 
     ``loss``: the main pass's per-example loss ``(n,)``, which is ``L_P`` under both definitions
-    (every response token given the prompt). ``logits``/``targets``/``rows``/``tgt`` (the main
-    pass's gathered logits and loss terms) are not needed for that; the engine passes them still.
+    (every response token given the prompt).
     """
     lp = loss.detach().cpu().double()
     l0 = no_prompt_loss(rule, model, encs, pad_id, device, index)

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: The name of this definition, recorded in every run's manifest (part of its identity).
+LOSS_RULE = "mean-ce-response-tokens/v1"
+
 
 def loss_positions(lengths: list[int], n_prompt: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """For the loss terms of a padded batch: ``(rows, predicting positions j-1, target positions j)``."""

@@ -1,10 +1,15 @@
 """The math, tensors only: singular values of per-example gradients ``G = D^T X`` from their
 factors (:mod:`.svd`: the QR core, the float64 Gram sides, the dense oracle), the registry of those
 ways with their cost functions (:mod:`.methods`), the metrics of a spectrum (:mod:`.metrics`), and
-inner products and cosines of gradients from factors (:mod:`.products`).
+entries, inner products and cosines of gradients from factors (:mod:`.products`).
 
 May import: torch and :mod:`layergrad.vocab`. No ``nn.Module``, no hooks, no file I/O.
 ``layergrad.spectra`` re-exports every name (the old ``layergrad.spectral``).
 """
+from layergrad.spectra.methods import *  # noqa: F401,F403
+from layergrad.spectra.methods import CHOL_COST, EIG_COST, QR_SLOWDOWN, SVD_COST, WAYS  # noqa: F401
+from layergrad.spectra.metrics import *  # noqa: F401,F403
+from layergrad.spectra.metrics import METRIC_NAMES, ZERO_GRADIENT  # noqa: F401
+from layergrad.spectra.products import *  # noqa: F401,F403
 from layergrad.spectra.svd import *  # noqa: F401,F403
-from layergrad.spectra.svd import GRAM_DTYPE, GRAM_SIDES, METRIC_NAMES  # noqa: F401
+from layergrad.spectra.svd import GRAM_DTYPE, GRAM_SIDES, SYMMETRIC_SPLIT  # noqa: F401

@@ -12,7 +12,7 @@ and ``rank(G) <= min(t, i, o)``. With thin QR factorisations ``X^T = Q_X R_X`` a
 columns in ``Q_D`` and ``Q_X``, so the singular values of ``G`` are those of the small core
 ``R_D R_X^T`` (``(min(o, t), min(i, t))``) — no ``(o, i)`` matrix is needed. When ``t`` is large
 relative to ``i`` and ``o`` the core is as large as ``G`` and forming ``G`` is cheaper:
-:func:`choose_method` picks by an operation count.
+:mod:`.methods` picks one way per module and example by an operation count.
 
 Batched functions take ``(n, t, ·)`` tensors in which padding rows are zero; zero rows add
 nothing to ``G``, to its factors' cores, or to any statistic here.
@@ -21,8 +21,6 @@ The dense oracle (:func:`dense_svdvals`) is the obviously-correct slow twin; the
 every fast path to it.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -60,34 +58,6 @@ def factored_svdvals(X: Tensor, D: Tensor, R_X: Tensor | None = None) -> Tensor:
     if R_X is None:
         R_X = r_factor(X)
     return torch.linalg.svdvals(core(R_X, r_factor(D)))
-
-
-# Relative costs in units of float64 matrix-product operations (``2 a b c`` for ``(a, b) @ (b, c)``),
-# measured by ``benchmarks/calibrate.py --threads 1`` (the Gram path runs each example on one thread,
-# see measure.py; torch 2.13 CPU with MKL, AMD EPYC; medians over m = 192..768): ``eigvalsh`` of an
-# ``(m, m)`` float64 matrix ~ ``EIG_COST m^3``, a Cholesky ``CHOL_COST m^3``, ``svdvals`` of an
-# ``(a, b)`` float32 matrix ~ ``SVD_COST a b min(a, b)``, and a float32 Householder QR (``mode="r"``)
-# runs at ``1 / QR_SLOWDOWN`` the rate of a float64 product. Only ratios matter: each constant decides
-# between ways of computing the same numbers, never what they are.
-QR_SLOWDOWN = 0.85
-SVD_COST = 8.0
-EIG_COST = 5.5
-CHOL_COST = 1.1
-
-
-def choose_method(t: int, i: int, o: int, *, x_shared_by: int = 1) -> str:
-    """``"factored"`` or ``"dense"``, whichever is cheaper by the measured costs above.
-
-    Counts (one example): QR of an ``(f, t)`` matrix ``2 f t k - 2 k^3 / 3`` with ``k = min(f, t)``,
-    an SVD of the core ``(min(o, t), min(i, t))`` or of the dense ``(o, i)`` gradient.
-    ``x_shared_by`` modules share the input's factor, so each pays its share.
-    """
-    kx, kd = min(i, t), min(o, t)
-    qr = lambda f, k: QR_SLOWDOWN * (2.0 * f * t * k - 2.0 * k**3 / 3)  # noqa: E731
-    svd = lambda a, b: SVD_COST * a * b * min(a, b)  # noqa: E731
-    factored = qr(i, kx) / x_shared_by + qr(o, kd) + 2.0 * kd * t * kx + svd(kd, kx)
-    dense = 2.0 * o * t * i + svd(o, i)
-    return "factored" if factored <= dense else "dense"
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,129 +198,3 @@ def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None,
         S = G @ G.mT if o <= i else G.mT @ G
     s = sqrt_eigvalsh(S, k)
     return torch.cat([s, s.new_zeros(r - k)]) if k < r else s
-
-
-def gram_cost(f: int, t: int) -> float:
-    """Operations of :func:`gram` on a ``(t, f)`` matrix."""
-    return 2.0 * f * t * t * (0.75 if t >= SYMMETRIC_SPLIT else 1.0)
-
-
-def gram_side(t: int, i: int, o: int, *, x_shared_by: int = 1, have_k_x: bool = False, have_f_x: bool = False) -> str:
-    """The cheapest of :data:`GRAM_SIDES` for one example, by the measured costs above.
-
-    A shared input's ``K_X`` and factor are paid once: each of the ``x_shared_by`` modules pays its
-    share, and nothing when they are already computed (``have_k_x``, ``have_f_x``).
-    """
-    kx = 0.0 if have_k_x else gram_cost(i, t) / x_shared_by
-    fx = 0.0 if have_f_x else kx + CHOL_COST * t**3 / x_shared_by
-    eig = lambda m: EIG_COST * m**3  # noqa: E731
-    a, b = min(o, i), max(o, i)
-    cost = {
-        "token": fx + gram_cost(o, t) + (2.5 if t >= SYMMETRIC_SPLIT else 4.0) * t**3 + eig(t),
-        "out": kx + 2.0 * t * t * o + 2.0 * t * o * o + eig(o),
-        "in": gram_cost(o, t) + 2.0 * t * t * i + 2.0 * t * i * i + eig(i),
-        "product": 2.0 * t * i * o + 2.0 * a * a * b + eig(a),
-    }
-    return min(GRAM_SIDES, key=lambda s: cost[s])
-
-
-# ---------------------------------------------------------------------------------------
-# Metrics of a spectrum
-# ---------------------------------------------------------------------------------------
-
-from layergrad.vocab import METRICS as METRIC_NAMES  # noqa: E402  (one table: layergrad.vocab)
-
-
-@dataclass
-class SpectrumStats:
-    """Per-example metrics of a batch of spectra; every field is ``(n,)`` except ``spectrum``."""
-
-    nuclear: Tensor  # sum(s)
-    spectral: Tensor  # s_1
-    frobenius: Tensor  # sqrt(sum(s^2))
-    min_sigma: Tensor  # smallest of the min(o, i) singular values (0 when rank < min(o, i))
-    top1_share: Tensor  # s_1 / sum(s)
-    effective_rank: Tensor  # exp(-sum p ln p), p = s / sum(s)
-    stable_rank: Tensor  # sum(s^2) / s_1^2
-    spectrum: Tensor  # (n, r) singular values, descending
-
-
-def spectrum_stats(s: Tensor, full_rank: int, rank: Tensor | None = None) -> SpectrumStats:
-    """Metrics of singular values ``s`` ``(n, r)`` (any order) of matrices with ``min(o, i) = full_rank``.
-
-    ``rank`` ``(n,)``: each matrix's rank bound known from its shapes (``min(T, i, o)``, ``T`` its own
-    tokens); values beyond it are exact zeros, and ``min_sigma`` is exactly 0 when it is below
-    ``full_rank``. Default: ``r`` for every row.
-
-    A zero gradient (``sum(s) == 0``) has nuclear, spectral, Frobenius norm and ``min_sigma`` 0 and
-    NaN for the ratios (top-1 share, effective and stable rank), which are undefined there:
-    never 1 or 0 (see :func:`undefined_reason`).
-    """
-    s = s.clamp_min(0).sort(dim=-1, descending=True).values
-    n, r = s.shape[0], s.shape[-1]
-    if rank is None:
-        rank = torch.full((n,), r, dtype=torch.long)
-    rank = rank.to(device=s.device, dtype=torch.long).clamp(max=r)
-    s = torch.where(torch.arange(r, device=s.device) < rank.unsqueeze(-1), s, torch.zeros_like(s))
-    nuclear = s.sum(-1)
-    s1 = s[..., 0] if r else torch.zeros(n, dtype=s.dtype, device=s.device)
-    sq = (s * s).sum(-1)
-    zero = nuclear == 0
-    p = s / torch.where(zero, torch.ones_like(nuclear), nuclear).unsqueeze(-1)
-    plogp = torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))
-    nan = torch.full_like(nuclear, float("nan"))
-    if r >= full_rank:
-        min_sigma = torch.where(rank >= full_rank, s[..., full_rank - 1], torch.zeros_like(s1))
-    else:
-        min_sigma = torch.zeros_like(s1)
-    return SpectrumStats(
-        nuclear=nuclear,
-        spectral=s1,
-        frobenius=sq.sqrt(),
-        min_sigma=min_sigma,
-        top1_share=torch.where(zero, nan, s1 / torch.where(zero, torch.ones_like(nuclear), nuclear)),
-        effective_rank=torch.where(zero, nan, torch.exp(-plogp.sum(-1))),
-        stable_rank=torch.where(zero, nan, sq / torch.where(zero, torch.ones_like(s1), s1 * s1)),
-        spectrum=s,
-    )
-
-
-ZERO_GRADIENT = "zero gradient: top1_share, effective_rank and stable_rank are undefined (NaN)"
-
-
-def undefined_reason(nuclear: float) -> str | None:
-    """Why a row's ratio metrics are NaN, or ``None`` when every metric is defined."""
-    return ZERO_GRADIENT if nuclear == 0 else None
-
-
-# ---------------------------------------------------------------------------------------
-# Elementwise statistics and cosines, without G where possible
-# ---------------------------------------------------------------------------------------
-
-
-def elementwise_stats(X: Tensor, D: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean, max and min over the entries of ``G = D^T X``, each ``(n,)``.
-
-    The mean needs no ``G`` (``1^T D^T X 1 / (o i)``); max and min do: ``G`` is formed one
-    batch of one module at a time. Zero rows at padded positions are ignored as in ``G``.
-    """
-    G = dense_gradient(X, D)
-    o, i = G.shape[-2], G.shape[-1]
-    mean = (D.sum(-1) * X.sum(-1)).sum(-1) / (o * i)
-    return mean, G.amax(dim=(-2, -1)), G.amin(dim=(-2, -1))
-
-
-def gradient_inner(Xa: Tensor, Da: Tensor, Xb: Tensor, Db: Tensor) -> Tensor:
-    """``<D_a^T X_a, D_b^T X_b>_F = sum_{t,u} (D_a D_b^T)_{tu} (X_a X_b^T)_{tu}``: ``(n,)``.
-
-    Needs both gradients to have the same shape; only ``(t, t)`` matrices are formed.
-    """
-    return ((Da @ Db.transpose(-1, -2)) * (Xa @ Xb.transpose(-1, -2))).sum(dim=(-2, -1))
-
-
-def gradient_cosine(Xa: Tensor, Da: Tensor, Xb: Tensor, Db: Tensor) -> Tensor:
-    """Cosine similarity of two same-shaped per-example gradients, from their factors: ``(n,)``."""
-    ab = gradient_inner(Xa, Da, Xb, Db)
-    aa = gradient_inner(Xa, Da, Xa, Da)
-    bb = gradient_inner(Xb, Db, Xb, Db)
-    return ab / (aa.clamp_min(0).sqrt() * bb.clamp_min(0).sqrt())

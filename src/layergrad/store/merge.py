@@ -24,7 +24,7 @@ from layergrad.store.schema import MODULES
 __all__ = ["MERGE_KEYS", "MergeError", "MergeReport", "check", "check_compatible", "expected_ids", "format_report", "merge"]
 
 #: Manifest keys that must be equal in every merged directory.
-MERGE_KEYS = ("schema_version",) + IDENTITY_KEYS
+MERGE_KEYS = IDENTITY_KEYS  # schema_version is one of them
 #: Keys that may differ (a resume accepts them too), but a merged store then mixes them: reported.
 NOTED_KEYS = ("layergrad_version",)
 
@@ -114,7 +114,8 @@ def expected_ids(manifest: dict) -> tuple[list[str] | None, str | None]:
     """
     from layergrad.config import RunConfig
     from layergrad.inputs.data import DataError
-    from layergrad.run.engine import data_fingerprint, invalid_rows, load_data
+    from layergrad.inputs.dataset import data_fingerprint, load_data
+    from layergrad.store.rows import invalid_rows
 
     paths = manifest.get("data") or []
     cfg = RunConfig(

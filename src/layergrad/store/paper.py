@@ -15,6 +15,8 @@ from layergrad.inputs.data import content_id
 from layergrad.errors import LayergradError
 from layergrad.inputs.targets import layer_of, role_of
 from layergrad.store import RunStore, load_results
+from layergrad.store.rows import example_row, module_row
+from layergrad.store.schema import SCHEMA_VERSION
 from layergrad.store.parts import write_text_atomic
 
 KEYS = ("M_mean", "M_max", "M_min", "frobenius_norm", "S_sum", "S_max", "S_min")
@@ -97,27 +99,24 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
             seen[base] = n + 1
             ex_id = base if n == 0 else f"{base}-{n}"
             order = len(examples)
-            examples.append({
-                "id": ex_id, "group": group, "source": str(path), "index": lineno - 1, "order": order,
-                "status": "ok", "reason": None, "instruction": rec["instruction"], "output": rec["output"],
-                "loss": float(rec["loss"]), "n_tokens": None, "n_prompt_tokens": None, "n_response_tokens": None,
-                "response_chars": len(rec["output"]), "truncated": None,
-            })
+            examples.append(example_row(
+                id=ex_id, group=group, source=str(path), index=lineno - 1, order=order, status="ok",
+                instruction=rec["instruction"], output=rec["output"], loss=float(rec["loss"]),
+            ))
             for name, v in params.items():
                 module = name[: -len(".weight")] if name.endswith(".weight") else name
                 if module not in module_names:
                     module_names.append(module)
                 s_sum, s_max, frob = float(v["S_sum"]), float(v["S_max"]), float(v["frobenius_norm"])
-                modules.append({
-                    "id": ex_id, "module": module, "param": name, "layer": layer_of(module), "role": role_of(module),
-                    "out_features": None, "in_features": None, "rank": None,
-                    "nuclear": s_sum, "spectral": s_max, "frobenius": frob, "min_sigma": float(v["S_min"]),
-                    "top1_share": s_max / s_sum if s_sum else float("nan"),
-                    "effective_rank": float("nan"),  # needs the whole spectrum, which the format lacks
-                    "stable_rank": frob * frob / (s_max * s_max) if s_max else float("nan"),
-                    "spectrum": [], "m_mean": _num(v.get("M_mean")), "m_max": _num(v.get("M_max")),
-                    "m_min": _num(v.get("M_min")), "method": "imported",
-                })
+                modules.append(module_row(
+                    id=ex_id, module=module, param=name, layer=layer_of(module), role=role_of(module),
+                    nuclear=s_sum, spectral=s_max, frobenius=frob, min_sigma=float(v["S_min"]),
+                    top1_share=s_max / s_sum if s_sum else float("nan"),
+                    effective_rank=float("nan"),  # needs the whole spectrum, which the format lacks
+                    stable_rank=frob * frob / (s_max * s_max) if s_max else float("nan"),
+                    spectrum=[], m_mean=_num(v.get("M_mean")), m_max=_num(v.get("M_max")), m_min=_num(v.get("M_min")),
+                    method="imported",
+                ))
     if problems:
         raise ReferenceFormatError("\n".join(problems) + "\nFix or remove these lines; nothing was imported.")
     if not examples:
@@ -125,6 +124,7 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
     layers = [layer_of(m) for m in module_names]
     store = RunStore(to, writer="import")
     manifest = {
+        "schema_version": SCHEMA_VERSION,
         "model": f"imported:{path.name}", "model_fingerprint": None, "prompt_mode": "imported", "max_length": None,
         "modules": "reference", "module_names": module_names, "n_layers": max(layers) + 1 if layers else 0,
         "data": [str(path)], "data_fingerprint": None, "group": group, "dtype": None, "stats_dtype": None,

@@ -24,27 +24,12 @@ import pyarrow as pa
 
 from ..errors import LayergradError
 from . import schema
+from layergrad.store.manifest import IDENTITY_KEYS  # manifest keys that must match to resume
 from .parts import TMP_SUFFIX, StoreWriteError, part_problem, read_part, write_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
 UNREADABLE = "unreadable"  # parts/unreadable/: committed parts that could not be read, moved aside on resume
-
-#: Manifest keys that must match for a run directory to be resumed.
-IDENTITY_KEYS = (
-    "model_fingerprint",
-    "prompt_mode",
-    "max_length",
-    "modules",
-    "data_fingerprint",
-    "dtype",
-    "stats_dtype",
-    "spectrum_k",
-    "elementwise",
-    "cosine",  # a run with and without cosine rows would mix examples that have them and ones that don't
-    "ifd",
-    "loss_rule",
-)
 
 _TAG = re.compile(r"^(examples|modules|cosine)-(.+)\.parquet$")
 
@@ -158,6 +143,13 @@ class RunStore:
             if t is not None and self.part_problem(tag) is None:
                 ids.update(t.column("id").to_pylist())
         return ids
+
+    def status_counts(self) -> dict[str, int]:
+        """How many examples of the whole store have each status."""
+        counts: dict[str, int] = {}
+        for r in self.read_tables()[0].column("status").to_pylist():
+            counts[r] = counts.get(r, 0) + 1
+        return counts
 
     def part_problem(self, tag: str) -> str | None:
         """Why a committed part cannot be used (a file of it missing or cut short), else ``None``.

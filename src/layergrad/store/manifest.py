@@ -1,0 +1,69 @@
+"""The manifest of a run (``manifest.json``): what produced its numbers, and which of that is its identity.
+
+:data:`IDENTITY_KEYS` are what determine a run's numbers: a resume (or a merge) whose manifest
+differs in any of them is refused, naming each difference.
+"""
+from __future__ import annotations
+
+import time
+
+from layergrad import __version__
+from layergrad.store.schema import SCHEMA_VERSION
+
+IDENTITY_KEYS = (
+    "schema_version",  # what the rows mean (store/schema.py)
+    "model_fingerprint",
+    "prompt_mode",
+    "max_length",
+    "modules",
+    "data_fingerprint",
+    "dtype",
+    "stats_dtype",
+    "spectrum_k",
+    "elementwise",
+    "cosine",  # a run with and without cosine rows would mix examples that have them and ones that don't
+    "ifd",
+    "loss_rule",
+)
+
+
+def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: str, loss_rule: str,
+                   ifd_rule: str | None) -> dict:
+    """The manifest of a run of ``cfg`` (:class:`~layergrad.config.RunConfig`) on ``loaded``
+    (:class:`~layergrad.inputs.models.LoadedModel`), prompt mode ``mode``, measuring ``targets``."""
+    import torch
+    import transformers
+
+    model_cfg = loaded.model.config
+    text_cfg = model_cfg.get_text_config() if hasattr(model_cfg, "get_text_config") else model_cfg
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "layergrad_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": cfg.model,
+        "model_path": loaded.path,
+        "model_fingerprint": loaded.fingerprint,
+        "model_type": getattr(model_cfg, "model_type", None),
+        "n_layers": int(getattr(text_cfg, "num_hidden_layers", 0) or (max(t.layer for t in targets) + 1)),
+        "dtype": loaded.dtype,
+        "stats_dtype": cfg.stats_dtype,
+        "prompt_mode": ("reference-" if cfg.reference else "") + mode,
+        "max_length": cfg.max_length,
+        "modules": cfg.modules,
+        "module_names": [t.name for t in targets],
+        "data": [str(p) for p in cfg.data],
+        "data_fingerprint": data_fingerprint,
+        "group": cfg.group,
+        # with data/group, what selects the examples (so `layergrad merge` can list missing ones)
+        "fields": cfg.fields,
+        "limit": cfg.limit,
+        "record_slice": cfg.record_slice,
+        "skip_invalid": cfg.skip_invalid,
+        "spectrum_k": cfg.spectrum_k,
+        "elementwise": cfg.elementwise,
+        "cosine": cfg.cosine,
+        "ifd": cfg.ifd or False,  # the IFD definition's name (false: off, as runs stored before names were)
+        "ifd_rule": ifd_rule,
+        "loss_rule": loss_rule,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
