@@ -68,7 +68,8 @@ def test_outputs_and_columns(report):
     want = {
         "curves": ["group", "role", "layer", "metric", "mean", "ci_low", "ci_high", "n"],
         "mad": ["group", "role", "segment", "metric", "mad", "ci_low", "ci_high"],
-        "compare": ["group_a", "group_b", "role", "layer", "metric", "rel_diff", "auroc", "p_value", "p_adjusted", "n_a", "n_b"],
+        "compare": ["group_a", "group_b", "design", "n_pairs", "role", "layer", "metric", "rel_diff", "ratio", "ratio_ci_low",
+                    "ratio_ci_high", "auroc", "p_value", "p_adjusted", "correction", "n_a", "n_b"],
         "length": ["group", "role", "metric", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p"],
         "cosine": ["group", "kind", "role", "layer", "mean", "ci_low", "ci_high", "n"],
     }
@@ -86,7 +87,8 @@ def test_outputs_and_columns(report):
     compare = pd.read_csv(out / "compare.csv")
     assert len(compare) == 5 * len(ROLES) * L and set(compare["group_a"]) == {"fast"}
     nuc = compare[compare["metric"] == "nuclear"]
-    assert (nuc["auroc"] == 1.0).all() and (nuc["p_adjusted"] < 0.01).all()
+    assert (nuc["auroc"] == 1.0).all() and (nuc["p_adjusted"] < 0.05).all() and (nuc["correction"] == "by").all()
+    assert (nuc["design"] == "paired").all() and (nuc["n_pairs"] == 14).all()  # ids e0..e13 shared: paired by id
     for stem in ("curves_nuclear", "curves_top1_share", "curves_effective_rank", "mad_nuclear", "auroc_1_vs_2",
                  "length_nuclear", "cosine_next_layer", "cosine_q_o", "cosine_k_v"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
@@ -135,7 +137,7 @@ def test_html_is_traceable_to_csv(report):
 def test_html_states_methods_and_notes(report):
     _, out = report
     text = htmllib.unescape(re.sub(r"<[^>]+>", " ", (out / "index.html").read_text()))
-    assert "Benjamini-Hochberg" in text and "across all tests of one pair of groups" in text
+    assert "Benjamini-Yekutieli" in text and "across all tests of one pair of groups" in text and "sign-flip" in text
     assert "np.array_split" in text and "early = layers 0-1, middle = layers 2-3, late = layers 4-5" in text
     assert "1 of 15 examples are not ok" in text and "no response tokens after truncation" in text
     assert "excluded from those cells only" in text and "nuclear q layer 3" not in text  # role k, not q
@@ -269,7 +271,7 @@ def test_report_in_headless_browser(report, tmp_path):
     _, out = report
     found = browser_check(out / "index.html", tmp_path / "profile")
     assert found["errors"] == [] and found["console"] == []
-    assert len(found["images"]) == 3 + 3 + 1 + 1 + 3 + 4  # curves, MAD, AUROC, length, cosine, scores (distribution, Spearman, 2 split)
+    assert len(found["images"]) == 3 + 3 + 3 + 1 + 1 + 3 + 4  # overlay, curves, MAD, AUROC, length, cosine, scores (distribution, Spearman, 2 split)
     bad = [i for i in found["images"] if not (i["complete"] and i["width"] > 0)]
     assert not bad, bad
     shot = tmp_path / "report.png"
