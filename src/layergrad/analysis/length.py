@@ -23,8 +23,9 @@ Per example and role, the summary value is the metric's mean over all layers of 
   kept stratum ``s`` each group's mean is taken; the matched mean of a group is the average of
   its stratum means weighted by ``w_s = n_a,s + n_b,s``, the same weights for both groups, so the
   two matched means describe the same length distribution. ``ratio = matched mean_b / matched
-  mean_a``; its 95% interval is a percentile bootstrap resampling within every (stratum, group)
-  cell; ``p_value`` is a two-sided stratified permutation test (labels permuted within strata,
+  mean_a``; its 95% interval is a percentile bootstrap: each group's matched examples are
+  resampled within the group, stratum means recomputed, and a stratum a resample leaves without
+  one group's examples is dropped from that resample (weights renormalised); ``p_value`` is a two-sided stratified permutation test (labels permuted within strata,
   ``n_perm`` draws, ``(1 + #extreme) / (1 + n_perm)``) of the matched difference. Matching ignores
   pairing: paired groups (same instructions) are matched as independent samples.
   ``matched_fraction`` = matched examples / all examples; ``overlap_low``..``overlap_high`` is the
@@ -193,16 +194,22 @@ def matched_compare(ya: np.ndarray, yb: np.ndarray, la: np.ndarray, lb: np.ndarr
         d, _, _ = diff_and_means(perm)
         exceed += int((np.abs(d) >= abs(d_obs[0]) - tol).sum())
     out["p_value"] = (exceed + 1.0) / (n_perm + 1.0)
-    # stratified bootstrap: resample within every (stratum, group) cell
-    counts = np.zeros((n_boot, len(y)))
-    for idx in members:
-        for g in (0, 1):
-            cell = idx[lab[idx] == g]
-            counts[:, cell] = bootstrap.resample_counts(len(cell), n_boot, rng)
-    wa = np.where(lab == 0, w[strata] / n_as[strata], 0.0)
-    wb = np.where(lab == 1, w[strata] / n_bs[strata], 0.0)
+    # bootstrap: each group's matched examples resampled (within the group); stratum means recomputed; a stratum that a
+    # resample leaves without one group's examples is dropped from that resample and the weights renormalised
+    onehot = np.eye(S)[strata]  # (N, S)
+    w_s = (n_as + n_bs)
+    sums, cnts = [], []
+    for g in (0, 1):
+        idx = np.flatnonzero(lab == g)
+        c = bootstrap.resample_counts(len(idx), n_boot, rng)  # (B, n_g)
+        sums.append((c * y[idx]) @ onehot[idx])  # (B, S)
+        cnts.append(c @ onehot[idx])
+    valid = (cnts[0] > 0) & (cnts[1] > 0)
+    wv = np.where(valid, w_s, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (counts * wb) @ y / ((counts * wa) @ y)
+        mean_a = (np.where(valid, sums[0] / cnts[0], 0.0) * wv).sum(axis=1) / wv.sum(axis=1)
+        mean_b = (np.where(valid, sums[1] / cnts[1], 0.0) * wv).sum(axis=1) / wv.sum(axis=1)
+        boot = mean_b / mean_a
     boot[~np.isfinite(boot)] = np.nan
     if min(out["n_matched_a"], out["n_matched_b"]) >= 2:
         low, high = bootstrap.percentile_interval(boot[:, None], np.array([2]))

@@ -193,7 +193,7 @@ CAPTIONS = {
     "compare_summary": "Per pair of groups and metric: tests, tests with adjusted p < 0.05 (column correction of compare.csv), and the AUROC range.",
     "compare_overall": "Per pair and metric, the headline test: per example the mean over all layers and roles; ratio of means with 95% bootstrap interval (over pairs when paired), AUROC / probability of superiority, permutation (sign-flip) p-value. One test per pair and metric, not adjusted.",
     "pairing": "Per pair of groups: paired (examples sharing a key: pair_key, instruction text, or synthetic id stem) or independent; keys repeated within a group are dropped from pairing (n_dup_keys).",
-    "length_matched": f"Per pair, role (all = mean over roles) and metric: coarsened exact matching on response length (strata spanning a factor {STRATUM_RATIO:g}); matched means, their ratio with a stratified bootstrap 95% interval and a stratified permutation p-value; matched_fraction of the examples in strata shared by both groups.",
+    "length_matched": f"Per pair, role (all = mean over roles) and metric: coarsened exact matching on response length (strata spanning a factor {STRATUM_RATIO:g}); matched means, their ratio with a bootstrap 95% interval and a stratified permutation p-value; matched_fraction of the examples in strata shared by both groups.",
     "findings": "The findings, one row per pair of groups and headline metric; every number of a sentence is a column of its row.",
     "length": "Per group and role: correlation of response length (tokens) with the per-example mean over layers of the nuclear norm.",
     "length_partial": "Per pair, role (all = mean over roles) and metric: correlation of the per-example layer mean with group membership (0 = group_a, 1 = group_b), raw and partial on response length (Pearson on values, Spearman on ranks).",
@@ -304,8 +304,8 @@ def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int, scheme: s
         "correlation of the residuals of least-squares fits on [1, length] (Pearson on values; Spearman: the same on ranks), "
         "p-values from a t statistic with n - 3 degrees of freedom. Length matching (length_matched.csv): coarsened exact matching, "
         f"strata of response length each spanning a factor {STRATUM_RATIO:g}; strata without examples of both groups are left out; "
-        "matched means weight every stratum by its matched examples (the same weights for both groups); interval by a bootstrap within "
-        "every (stratum, group) cell, p-value by permuting labels within strata. Matching treats paired groups as independent samples.",
+        "matched means weight every stratum by its matched examples (the same weights for both groups); interval by a bootstrap "
+        "of each group's matched examples (strata a resample empties for one group are dropped from it), p-value by permuting labels within strata. Matching treats paired groups as independent samples.",
         f"Findings: sentences built from the CSV rows (findings.csv); groups with fewer than {findings.SMALL_N} examples are flagged "
         "as indicative. A difference that is not significant after length matching is reported as such, first.",
     ]

@@ -164,8 +164,10 @@ def tokens(r: dict) -> list:
     if nm_a is None or not np.isfinite(nm_a):
         out += ["No length-matched comparison (response lengths unknown)."]
     elif min(nm_a, nm_b) < MIN_MATCHED:
-        out += ["Length: the groups' response lengths barely overlap (", _n(r, "n_matched_a"), " and ", _n(r, "n_matched_b"),
-                " examples in shared length strata), so no length-matched comparison is possible"]
+        how = "do not overlap" if max(nm_a, nm_b) == 0 else "barely overlap"
+        out += [f"Length: the groups' response lengths {how} (", _n(r, "n_matched_a"), " and ", _n(r, "n_matched_b"),
+                " examples in shared length strata), so no length-matched comparison is possible and the difference cannot be "
+                "told apart from length"]
         out += _partial(r) + ["."]
     else:
         warn = r["matched_fraction"] < LOW_OVERLAP
