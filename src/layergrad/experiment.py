@@ -35,6 +35,10 @@ with [[groups]] and [[comparisons]], which come first)::
     fix = { correctness = "" }      # ... of the groups with these axis labels; other axes vary
     order = ["style", "correctness"]   # optional: outermost axis first for this comparison's groups
 
+Options of every report of the study go in ``[report]``: ``segments`` ("thirds" | "paper"),
+``correction`` ("by" | "bh"), ``pairing`` ("auto" | "none"), ``n_perm``, ``n_boot``, ``seed``,
+``metrics``.
+
 Groups are every combination of the axes, the first axis outermost, in file order; a comparison
 takes its groups in that order unless it gives its own ``order``. Comparisons are listed by their
 ``each`` values (all comparisons of the first task, then of the second, ...).
