@@ -278,6 +278,10 @@ def test_cli(tmp_path, capsys):
     args = _parser().parse_args(["report", "--run", "None CoT=" + str(a), "--run", str(b), "--out", str(tmp_path / "o"),
                                  "--metric", "nuclear", "--n-boot", "50", "--n-perm", "99"])
     assert args.runs == [("None CoT", a), (None, b)]  # a bare DIR: labelled by its group, else its name
+    assert (args.segments, args.correction, args.pairing) == ("thirds", "by", "auto")
+    p2 = _parser().parse_args(["report", "--run", str(a), "--out", "x", "--segments", "paper", "--correction", "bh", "--pairing", "none",
+                               "--metric", "s_ratio", "--metric", "s_sum_per_loss"])
+    assert (p2.segments, p2.correction, p2.pairing, p2.metrics) == ("paper", "bh", "none", ["s_ratio", "s_sum_per_loss"])
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "o" / "index.html")
     assert set(pd.read_csv(tmp_path / "o" / "curves.csv")["metric"]) == {"nuclear"}
@@ -387,3 +391,10 @@ def test_cli_module_imports_nothing_heavy():
     code = "import sys, layergrad.report.cli; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-500:]
+
+
+def test_cli_metric_choices_include_the_derived_metrics():
+    from layergrad.analysis.groups import ANALYSIS_METRICS
+    from layergrad.report.cli import _METRICS
+
+    assert tuple(_METRICS) == tuple(ANALYSIS_METRICS)
