@@ -14,6 +14,8 @@ import pytest
 from scipy import stats
 
 from layergrad.analysis import bootstrap
+from layergrad.analysis.compare import by_adjust, overall_table, pair_examples, signflip_pvalues
+from layergrad.analysis.length import matched_compare, matched_table
 from layergrad.analysis import (
     AnalysisError,
     IncompatibleGroups,
@@ -43,12 +45,14 @@ ROLE_PATHS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
 
 
 def make_run(path, values, roles=("q", "o"), *, n_layers=None, lengths=None, not_ok=(), model="tiny-llama",
-             prompt_mode="base", data=("fast.json",), cosine=None, manifest_extra=None, fill=True, seed=0, groups=None) -> Path:
+             prompt_mode="base", data=("fast.json",), cosine=None, manifest_extra=None, fill=True, seed=0, groups=None,
+             instructions=None, ids=None, loss=None) -> Path:
     """Write a run directory. ``values``: metric -> (n, R, L) array (NaN = stored NaN, None = no row).
 
     Metrics not given are filled with positive random numbers when ``fill`` (else stored as null).
     ``not_ok``: (status, reason) per extra example that is not ok. ``cosine``: list of COSINE rows.
-    ``groups``: per-example value of the examples' ``group`` column (default null).
+    ``groups``: per-example value of the examples' ``group`` column (default null). ``instructions``,
+    ``ids``, ``loss``: per-example values (default "q" for all, ``e{i}``, 1.0).
     """
     path = Path(path)
     first = next(iter(values.values()))
@@ -68,13 +72,15 @@ def make_run(path, values, roles=("q", "o"), *, n_layers=None, lengths=None, not
     store.open(manifest)
     ex_rows, mod_rows = [], []
     for i in range(n):
-        ex_rows.append({"id": f"e{i}", "group": None if groups is None else groups[i], "source": data[0], "index": i, "order": i, "status": "ok",
-                        "reason": None, "instruction": "q", "output": "a", "loss": 1.0, "n_tokens": int(lengths[i]) + 10,
+        eid = f"e{i}" if ids is None else ids[i]
+        ex_rows.append({"id": eid, "group": None if groups is None else groups[i], "source": data[0], "index": i, "order": i, "status": "ok",
+                        "reason": None, "instruction": "q" if instructions is None else instructions[i], "output": "a",
+                        "loss": 1.0 if loss is None else float(loss[i]), "n_tokens": int(lengths[i]) + 10,
                         "n_prompt_tokens": 10, "n_response_tokens": int(lengths[i]), "response_chars": 4 * int(lengths[i]),
                         "truncated": False})
         for l in range(L):
             for r, role in enumerate(roles):
-                row = {"id": f"e{i}", "module": f"model.layers.{l}.{ROLE_PATHS.get(role, role)}", "layer": l, "role": role,
+                row = {"id": eid, "module": f"model.layers.{l}.{ROLE_PATHS.get(role, role)}", "layer": l, "role": role,
                        "out_features": 8, "in_features": 8, "rank": 8, "method": "factored"}
                 skip = False
                 for m in METRICS:
@@ -247,8 +253,13 @@ def test_separated_groups(tmp_path):
     rng = np.random.default_rng(7)
     ga = grp(tmp_path, "low", {"nuclear": noise(rng, 20, 2, 5, loc=10.0, scale=1.0)})
     gb = grp(tmp_path, "high", {"nuclear": noise(rng, 25, 2, 5, loc=20.0, scale=1.0)})
-    t = compare_groups(ga, gb, ["nuclear"], n_perm=999)
-    assert list(t.columns) == ["group_a", "group_b", "role", "layer", "metric", "rel_diff", "auroc", "p_value", "p_adjusted", "n_a", "n_b"]
+    t = compare_groups(ga, gb, ["nuclear"], n_perm=999, pairing="none")
+    assert list(t.columns) == ["group_a", "group_b", "design", "n_pairs", "role", "layer", "metric", "rel_diff", "ratio", "ratio_ci_low",
+                               "ratio_ci_high", "auroc", "p_value", "p_adjusted", "correction", "n_a", "n_b"]
+    assert (t["design"] == "independent").all() and (t["n_pairs"] == 0).all()
+    np.testing.assert_allclose(t["ratio"], t["rel_diff"] + 1)
+    assert ((t["ratio_ci_low"] < t["ratio"]) & (t["ratio"] < t["ratio_ci_high"])).all()
+    assert ((t["ratio_ci_low"] > 1.7) & (t["ratio_ci_high"] < 2.3)).all()
     assert (t["auroc"] == 1.0).all()
     assert (t["p_value"] == 1 / 1000).all() and (t["p_adjusted"] < 0.01).all()
     np.testing.assert_allclose(t["rel_diff"], 1.0, atol=0.2)
@@ -336,7 +347,7 @@ def test_nan_values_excluded_per_layer_and_reported(tmp_path):
     ex = exclusions(g, ["nuclear"]).set_index(["role", "layer"])
     assert ex.loc[("q", 2), "n_excluded"] == 2 and ex.loc[("o", 1), "n_excluded"] == 1 and len(ex) == 2
     other = grp(tmp_path, "full", {"nuclear": noise(rng, 8, 2, 4)})
-    c = compare_groups(other, g, ["nuclear"], n_perm=99).set_index(["role", "layer"])
+    c = compare_groups(other, g, ["nuclear"], n_perm=99, pairing="none").set_index(["role", "layer"])
     assert c.loc[("q", 2), "n_b"] == 6 and c.loc[("q", 2), "n_a"] == 8 and np.isfinite(c.loc[("q", 2), "p_value"])
 
 
@@ -392,3 +403,123 @@ def test_run_split_by_group_column(tmp_path):
     assert one.n == 6 and any("2 groups (fast, slow)" in n for n in one.notes)
     (plain,) = load_groups(make_run(tmp_path / "plain", {"nuclear": x}))
     assert plain.label == "plain"
+
+
+# ---- paired designs --------------------------------------------------------------------------
+
+
+def _paired_groups(tmp_path, n=12, shift=0.5, seed=30, **kw):
+    """Pairs share an instruction; a large per-pair level (sd 5) buries a constant shift of b."""
+    rng = np.random.default_rng(seed)
+    level = 10 + 5 * rng.standard_normal((n, 1, 1))
+    xa = level + 0.2 * rng.standard_normal((n, 2, 3))
+    xb = level + shift + 0.2 * rng.standard_normal((n, 2, 3))
+    ins = [f"question {i}" for i in range(n)]
+    ga = grp(tmp_path, "a", {"nuclear": xa}, instructions=ins, ids=[f"a{i}" for i in range(n)], **kw)
+    perm = rng.permutation(n)  # b stored in another order: pairing must go by key, not position
+    gb = grp(tmp_path, "b", {"nuclear": xb[perm]}, instructions=[ins[i] for i in perm], ids=[f"b{i}" for i in perm], **kw)
+    return ga, gb
+
+
+def test_paired_shift_detected_only_when_paired(tmp_path):
+    ga, gb = _paired_groups(tmp_path)
+    pr = pair_examples(ga, gb)
+    assert pr.design == "paired" and pr.by == "instruction" and pr.n_pairs == 12
+    assert [ga.keys["instruction"][i] for i in pr.ia] == [gb.keys["instruction"][i] for i in pr.ib]
+    paired = compare_groups(ga, gb, ["nuclear"], n_perm=1999)
+    unpaired = compare_groups(ga, gb, ["nuclear"], n_perm=1999, pairing="none")
+    assert (paired["design"] == "paired").all() and (paired["n_pairs"] == 12).all()
+    assert (paired["p_value"] < 0.005).all() and (paired["p_adjusted"] < 0.05).all()
+    assert (paired["auroc"] >= 0.9).all()  # (almost) every pair has b above its a
+    assert (unpaired["p_value"] > 0.3).all() and (unpaired["auroc"] < 0.75).all()  # same n, missed
+    assert ((paired["ratio_ci_low"] > 1.0) & (paired["ratio_ci_low"] < paired["ratio"])).all()  # pair bootstrap excludes 1
+    assert (unpaired["ratio_ci_low"] < 1.0).all()  # the independent bootstrap does not
+    o = overall_table([ga, gb], ["nuclear"], n_perm=1999).iloc[0]
+    assert o["design"] == "paired" and o["p_value"] < 0.005 and o["ratio_ci_low"] > 1.0
+
+
+def test_signflip_nominal_rate_and_exact():
+    rng = np.random.default_rng(31)
+    p = signflip_pvalues(rng.standard_normal((12, 3000)), n_perm=999, rng=np.random.default_rng(32))
+    assert 0.035 <= (p < 0.05).mean() <= 0.065 and 0.17 <= (p < 0.2).mean() <= 0.23
+    d = np.array([[1.0], [2.0], [3.0]])  # 8 sign patterns, exact: only +-(1,2,3) reach |6|
+    assert signflip_pvalues(d, n_perm=999)[0] == pytest.approx(2 / 8)
+
+
+def test_same_distribution_paired_groups_nominal(tmp_path):
+    rates, any_sig = [], 0
+    for k in range(4):
+        ga, gb = _paired_groups(tmp_path / str(k), n=14, shift=0.0, seed=40 + k)
+        t = compare_groups(ga, gb, ["nuclear"], n_perm=499, seed=k)
+        rates.append((t["p_value"] < 0.05).mean())
+        any_sig += bool((t["p_adjusted"] < 0.05).any())
+    rng = np.random.default_rng(45)
+    p = np.concatenate([signflip_pvalues(rng.standard_normal((14, 500)), n_perm=499, rng=rng) for _ in range(4)])
+    assert 0.03 <= (p < 0.05).mean() <= 0.07
+    assert np.mean(rates) <= 0.2 and any_sig <= 1
+
+
+def test_duplicate_instructions_dropped_from_pairing(tmp_path):
+    rng = np.random.default_rng(33)
+    ins = [f"q{i}" for i in range(9)] + ["q0"]  # q0 twice in a
+    ga = grp(tmp_path, "a", {"nuclear": noise(rng, 10, 2, 3)}, instructions=ins, ids=[f"a{i}" for i in range(10)])
+    gb = grp(tmp_path, "b", {"nuclear": noise(rng, 10, 2, 3)}, instructions=[f"q{i}" for i in range(10)], ids=[f"b{i}" for i in range(10)])
+    pr = pair_examples(ga, gb)
+    assert pr.design == "paired" and pr.n_pairs == 8 and pr.n_dup_keys == 1  # q1..q8; q0 ambiguous, q9 only in b
+    unrelated = grp(tmp_path, "c", {"nuclear": noise(rng, 10, 2, 3)}, instructions=[f"z{i}" for i in range(10)], ids=[f"c{i}" for i in range(10)])
+    assert pair_examples(ga, unrelated).design == "independent"
+
+
+def test_by_matches_scipy():
+    rng = np.random.default_rng(34)
+    p = rng.uniform(size=200) ** 3
+    np.testing.assert_allclose(by_adjust(p), stats.false_discovery_control(p, method="by"))
+    assert (by_adjust(p) >= bh_adjust(p)).all()
+
+
+# ---- length matching -------------------------------------------------------------------------
+
+
+def test_length_matching_removes_a_length_only_difference(tmp_path):
+    rng = np.random.default_rng(9)
+    la, lb = rng.uniform(20, 200, 80), rng.uniform(100, 400, 80)
+
+    def size(lengths, shift=0.0):
+        return 0.01 * lengths[:, None, None] + shift + 0.05 * rng.standard_normal((len(lengths), 1, 3))
+
+    ga = grp(tmp_path, "short", {"nuclear": size(la)}, roles=("q",), lengths=la)
+    gb = grp(tmp_path, "long", {"nuclear": size(lb)}, roles=("q",), lengths=lb)
+    raw = overall_table([ga, gb], ["nuclear"], n_perm=999, pairing="none").iloc[0]
+    assert raw["p_value"] < 0.01 and raw["ratio"] > 1.5  # unmatched: a large difference ...
+    m = matched_table([ga, gb], ["nuclear"], n_perm=999, n_boot=300).set_index("role").loc["all"]
+    assert m["p_value"] > 0.05 and m["ratio_ci_low"] < 1 < m["ratio_ci_high"]  # ... gone at equal length
+    assert 0 < m["n_matched_a"] < 80 and 0 < m["n_matched_b"] < 80 and m["matched_fraction"] < 1
+    assert 90 <= m["overlap_low"] <= 110 and 190 <= m["overlap_high"] <= 200
+    gc = grp(tmp_path, "long+1", {"nuclear": size(lb, shift=0.5)}, roles=("q",), lengths=lb)
+    m = matched_table([ga, gc], ["nuclear"], n_perm=999, n_boot=300).set_index("role").loc["all"]
+    assert m["p_value"] < 0.01 and m["ratio_ci_low"] > 1.2  # a true difference survives matching
+
+
+def test_matching_without_overlap():
+    r = matched_compare(np.ones(5), np.ones(5) * 2, np.arange(1, 6.0), np.arange(100, 105.0), n_perm=99, n_boot=50)
+    assert r["n_matched_a"] == 0 and r["n_matched_b"] == 0 and np.isnan(r["ratio"]) and np.isnan(r["overlap_low"])
+
+
+# ---- the paper's layer splits ----------------------------------------------------------------
+
+
+def test_paper_segments():
+    s = segments(28, "paper")
+    assert [list(s[k][[0, -1]]) for k in ("early", "middle", "late")] == [[0, 6], [7, 20], [21, 27]]
+    for L, (e, m) in {26: (7, 20), 32: (10, 20), 42: (12, 30)}.items():
+        s = segments(L, "paper")
+        assert s["early"][-1] == e - 1 and s["middle"][0] == e and s["middle"][-1] == m - 1 and s["late"][0] == m
+    np.testing.assert_array_equal(segments(30, "paper")["middle"], segments(30)["middle"])  # unknown depth: thirds
+
+
+def test_derived_metrics(tmp_path):
+    rng = np.random.default_rng(35)
+    nuc, spec = noise(rng, 4, 2, 3, loc=5.0), noise(rng, 4, 2, 3, loc=2.0)
+    g = grp(tmp_path, "d", {"nuclear": nuc, "spectral": spec}, loss=[0.5, 1.0, 2.0, 4.0])
+    np.testing.assert_allclose(g.values["s_ratio"], spec / nuc)
+    np.testing.assert_allclose(g.values["s_sum_per_loss"], nuc / np.array([0.5, 1.0, 2.0, 4.0])[:, None, None])

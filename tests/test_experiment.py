@@ -5,7 +5,7 @@ import pytest
 
 from conftest import save_model, write_json
 from layergrad.cli import main
-from layergrad.experiment import ExperimentError, load_config, plan
+from layergrad.experiment import ExperimentError, expand_matrix, load_config, plan
 
 
 def write_conf(tmp_path, folder, extra=""):
@@ -51,6 +51,9 @@ def test_experiment_runs_groups_reports_and_resumes(tmp_path, study, capsys):
     out = tmp_path / "out"
     overview = (out / "index.html").read_text()
     assert "short vs long" in overview and "nope.json" in overview  # the absent group is noted, not fatal
+    # the overview states every comparison's findings, numbers linked to the report's findings.csv
+    assert '<section id="findings">' in overview and "long vs short" in overview and "Indicative only" in overview
+    assert 'href="reports/tiny/short-vs-long/findings.csv"' in overview and "paired on instruction" in overview
     assert (out / "reports" / "tiny" / "short-vs-long" / "index.html").exists()
     assert (out / "reports" / "tiny" / "short-vs-long" / "curves.csv").exists()
     capsys.readouterr()
@@ -75,3 +78,33 @@ def test_shipped_experiments_parse_and_name_existing_files(tmp_path):
     if DATA.exists():
         jobs, notes = plan(fs, out=tmp_path)
         assert len(jobs) == 36 and not notes
+
+
+def test_matrix_expands_to_groups_and_comparisons(tmp_path):
+    groups, comps = expand_matrix({
+        "data": "{correctness}/{task}_{style}.json", "label": "{task} / {style} / {correctness}",
+        "task": ["t1", "t2"], "correctness": {"": "ok", "irrelevant": "bad"}, "style": {"None": "no", "Detailed": "long"},
+        "comparisons": [{"title": "{task}: fast vs slow", "each": ["task"], "fix": {"correctness": ""}},
+                        {"title": "{task}: correct vs irrelevant", "each": ["task"], "order": ["style", "correctness"]}],
+    })
+    assert groups[:4] == [{"label": "t1 / None", "data": "ok/t1_no.json"}, {"label": "t1 / Detailed", "data": "ok/t1_long.json"},
+                          {"label": "t1 / None / irrelevant", "data": "bad/t1_no.json"},
+                          {"label": "t1 / Detailed / irrelevant", "data": "bad/t1_long.json"}]
+    assert len(groups) == 8
+    assert comps == [
+        {"title": "t1: fast vs slow", "groups": ["t1 / None", "t1 / Detailed"]},
+        {"title": "t1: correct vs irrelevant", "groups": ["t1 / None", "t1 / None / irrelevant", "t1 / Detailed", "t1 / Detailed / irrelevant"]},
+        {"title": "t2: fast vs slow", "groups": ["t2 / None", "t2 / Detailed"]},
+        {"title": "t2: correct vs irrelevant", "groups": ["t2 / None", "t2 / None / irrelevant", "t2 / Detailed", "t2 / Detailed / irrelevant"]},
+    ]
+    with pytest.raises(ExperimentError, match="unknown axes"):
+        expand_matrix({"data": "{task}.json", "task": ["a"], "comparisons": [{"title": "x", "each": ["tsak"]}]})
+    with pytest.raises(ExperimentError, match="placeholder"):
+        expand_matrix({"data": "{tsak}.json", "task": ["a"]})
+
+
+def test_fast_slow_is_a_short_matrix():
+    from conftest import REPO
+
+    text = (REPO / "experiments" / "fast_slow.toml").read_text()
+    assert "[matrix]" in text and len(text.splitlines()) <= 40

@@ -68,7 +68,8 @@ def test_outputs_and_columns(report):
     want = {
         "curves": ["group", "role", "layer", "metric", "mean", "ci_low", "ci_high", "n"],
         "mad": ["group", "role", "segment", "metric", "mad", "ci_low", "ci_high"],
-        "compare": ["group_a", "group_b", "role", "layer", "metric", "rel_diff", "auroc", "p_value", "p_adjusted", "n_a", "n_b"],
+        "compare": ["group_a", "group_b", "design", "n_pairs", "role", "layer", "metric", "rel_diff", "ratio", "ratio_ci_low",
+                    "ratio_ci_high", "auroc", "p_value", "p_adjusted", "correction", "n_a", "n_b"],
         "length": ["group", "role", "metric", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p"],
         "cosine": ["group", "kind", "role", "layer", "mean", "ci_low", "ci_high", "n"],
     }
@@ -86,7 +87,8 @@ def test_outputs_and_columns(report):
     compare = pd.read_csv(out / "compare.csv")
     assert len(compare) == 5 * len(ROLES) * L and set(compare["group_a"]) == {"fast"}
     nuc = compare[compare["metric"] == "nuclear"]
-    assert (nuc["auroc"] == 1.0).all() and (nuc["p_adjusted"] < 0.01).all()
+    assert (nuc["auroc"] == 1.0).all() and (nuc["p_adjusted"] < 0.05).all() and (nuc["correction"] == "by").all()
+    assert (nuc["design"] == "paired").all() and (nuc["n_pairs"] == 14).all()  # ids e0..e13 shared: paired by id
     for stem in ("curves_nuclear", "curves_top1_share", "curves_effective_rank", "mad_nuclear", "auroc_1_vs_2",
                  "length_nuclear", "cosine_next_layer", "cosine_q_o", "cosine_k_v"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
@@ -135,7 +137,7 @@ def test_html_is_traceable_to_csv(report):
 def test_html_states_methods_and_notes(report):
     _, out = report
     text = htmllib.unescape(re.sub(r"<[^>]+>", " ", (out / "index.html").read_text()))
-    assert "Benjamini-Hochberg" in text and "across all tests of one pair of groups" in text
+    assert "Benjamini-Yekutieli" in text and "across all tests of one pair of groups" in text and "sign-flip" in text
     assert "np.array_split" in text and "early = layers 0-1, middle = layers 2-3, late = layers 4-5" in text
     assert "1 of 15 examples are not ok" in text and "no response tokens after truncation" in text
     assert "excluded from those cells only" in text and "nuclear q layer 3" not in text  # role k, not q
@@ -144,6 +146,97 @@ def test_html_states_methods_and_notes(report):
     assert ex.to_dict("records") == [{"group": "slow", "metric": "nuclear", "role": "k", "layer": 3, "n_excluded": 1, "n_total": 16}]
     cur = pd.read_csv(out / "curves.csv").query("group == 'slow' and metric == 'nuclear' and role == 'k' and layer == 3")
     assert int(cur["n"].iloc[0]) == 15
+
+
+def _findings_numbers(page: str) -> list[tuple[str, int, str]]:
+    sec = page[page.index('<section id="findings">'):page.index("</section>")]
+    return [(htmllib.unescape(v), int(r), c) for r, c, v in
+            re.findall(r'<a class="fnum" href="findings.csv" title="findings.csv row (\d+), column ([a-z_]+)">([^<]*)</a>', sec)]
+
+
+def test_findings_at_the_top_built_from_csv_values(report):
+    """Every number of a findings sentence links to its findings.csv cell and equals it; those cells
+    are values of the other CSVs (compare_overall, compare, length_matched, mad)."""
+    _, out = report
+    page = (out / "index.html").read_text()
+    assert page.index('id="findings"') < page.index('id="runs"') < page.index('id="methods"')
+    f = pd.read_csv(out / "findings.csv")
+    assert set(f["metric"]) == {"nuclear", "effective_rank"} and set(f["kind"]) == {"level", "mad"}
+    nums = _findings_numbers(page)
+    assert len(nums) >= 30
+    from layergrad.report.tables import fmt
+    for text, row, col in nums:
+        assert text == fmt(f.iloc[row - 1][col], col), (text, row, col)
+    ov = pd.read_csv(out / "compare_overall.csv").set_index(["group_a", "group_b", "metric"])
+    lm = pd.read_csv(out / "length_matched.csv").query("role == 'all'").set_index(["group_a", "group_b", "metric"])
+    cmp_ = pd.read_csv(out / "compare.csv")
+    for r in f[f["kind"] == "level"].itertuples():
+        key = (r.group_a, r.group_b, r.metric)
+        assert r.ratio == ov.loc[key, "ratio"] and r.ratio_ci_low == ov.loc[key, "ratio_ci_low"] and r.p_value == ov.loc[key, "p_value"]
+        np.testing.assert_equal([r.matched_ratio, r.matched_p], [lm.loc[key, "ratio"], lm.loc[key, "p_value"]])
+        c = cmp_[(cmp_["metric"] == r.metric)]
+        assert r.cells == len(c) and r.cells_significant == int((c["p_adjusted"] < 0.05).sum())
+        assert r.sentence.startswith(r.verdict[0].upper() + r.verdict[1:])
+    nuc = f[(f["metric"] == "nuclear") & (f["kind"] == "level")].iloc[0]
+    # slow's nuclear norms are 2x fast's and its responses 4x longer: lengths barely overlap
+    assert nuc["design"] == "paired" and nuc["ratio"] > 1.8 and nuc["cells_higher"] == nuc["cells"]
+    assert nuc["verdict"] in ("not separable from length", "not significant at equal length", "holds at equal length")
+    assert "significant after Benjamini-Yekutieli" in nuc["sentence"]
+
+
+def test_small_groups_warned_and_findings_for_independent_groups(tmp_path):
+    rng = np.random.default_rng(21)
+    a = make_run(tmp_path / "a", {"nuclear": noise(rng, 4, 2, 6, loc=1.0)}, lengths=rng.integers(20, 40, 4),
+                 instructions=[f"x{i}" for i in range(4)], ids=[f"a{i}" for i in range(4)])
+    b = make_run(tmp_path / "b", {"nuclear": noise(rng, 12, 2, 6, loc=1.5)}, lengths=rng.integers(20, 40, 12),
+                 instructions=[f"y{i}" for i in range(12)], ids=[f"b{i}" for i in range(12)])
+    rep = make_report([("A", a), ("B", b)], tmp_path / "out", **FAST)
+    page = rep.index.read_text()
+    sec = htmllib.unescape(re.sub(r"<[^>]+>", " ", page[page.index('<section id="findings">'):page.index("</section>")]))
+    assert "Small sample." in sec and "'A' has only 4 examples" in sec and "indicative only" in sec
+    f = pd.read_csv(tmp_path / "out" / "findings.csv")
+    assert f["small_sample"].all() and f["sentence"].str.startswith("Indicative only: 'A' has n = 4").all()
+    assert (f["design"] == "independent").all() and "independent samples, n = 4 and 12" in f["sentence"].iloc[0]
+    assert (pd.read_csv(tmp_path / "out" / "pairing.csv")["design"] == "independent").all()
+
+
+def test_paper_segments_reproduce_the_papers_mad(tmp_path):
+    """--segments paper on an imported 28-layer file gives the paper code's MAD of the same curves."""
+    from layergrad.reference import import_reference
+
+    rng = np.random.default_rng(22)
+    n, L = 5, 28
+    lines = []
+    s_sum = np.exp(rng.normal(size=(n, 4, L)))
+    share = rng.uniform(0.1, 0.6, size=(n, 4, L))
+    for i in range(n):
+        rec = {"instruction": f"q{i}", "output": "a" * (i + 1), "loss": float(1 + i)}
+        for l in range(L):
+            for r, role in enumerate("qkvo"):
+                v = float(s_sum[i, r, l])
+                rec[f"model.layers.{l}.self_attn.{role}_proj.weight"] = {"S_sum": v, "S_max": v * float(share[i, r, l]), "S_min": v / 100,
+                                                                         "frobenius_norm": v / 2, "M_mean": 0.0, "M_max": 1.0, "M_min": -1.0}
+        lines.append(json.dumps(rec))
+    src = tmp_path / "paper.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    import_reference(src, tmp_path / "imported")
+    rep = make_report([("paper", tmp_path / "imported")], tmp_path / "out", metrics=("nuclear", "s_ratio", "s_sum_per_loss"),
+                      segments="paper", **FAST)
+    mad = pd.read_csv(tmp_path / "out" / "mad.csv").set_index(["role", "segment", "metric"])
+
+    def paper_mad(values):  # the paper's code: mean |diff| of the per-layer mean curve within a segment
+        curve = values.mean(axis=0)
+        return {"early": np.mean(np.abs(np.diff(curve[:7]))), "middle": np.mean(np.abs(np.diff(curve[7:21]))),
+                "late": np.mean(np.abs(np.diff(curve[21:])))}
+
+    loss = np.arange(1, n + 1, dtype=float)[:, None, None]
+    for metric, values in {"nuclear": s_sum, "s_ratio": share, "s_sum_per_loss": s_sum / loss}.items():
+        for r, role in enumerate("qkvo"):
+            for seg, want in paper_mad(values[:, r]).items():
+                assert f"{mad.loc[(role, seg, metric), 'mad']:.6g}" == f"{want:.6g}", (metric, role, seg)
+    text = rep.index.read_text()
+    assert "the paper&#39;s layer splits" in text or "the paper's layer splits" in text
+    assert "early = layers 0-6, middle = layers 7-20, late = layers 21-27" in text
 
 
 def test_incompatible_runs_refused_before_writing(tmp_path):
@@ -185,6 +278,10 @@ def test_cli(tmp_path, capsys):
     args = _parser().parse_args(["report", "--run", "None CoT=" + str(a), "--run", str(b), "--out", str(tmp_path / "o"),
                                  "--metric", "nuclear", "--n-boot", "50", "--n-perm", "99"])
     assert args.runs == [("None CoT", a), (None, b)]  # a bare DIR: labelled by its group, else its name
+    assert (args.segments, args.correction, args.pairing) == ("thirds", "by", "auto")
+    p2 = _parser().parse_args(["report", "--run", str(a), "--out", "x", "--segments", "paper", "--correction", "bh", "--pairing", "none",
+                               "--metric", "s_ratio", "--metric", "s_sum_per_loss"])
+    assert (p2.segments, p2.correction, p2.pairing, p2.metrics) == ("paper", "bh", "none", ["s_ratio", "s_sum_per_loss"])
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "o" / "index.html")
     assert set(pd.read_csv(tmp_path / "o" / "curves.csv")["metric"]) == {"nuclear"}
@@ -269,16 +366,35 @@ def test_report_in_headless_browser(report, tmp_path):
     _, out = report
     found = browser_check(out / "index.html", tmp_path / "profile")
     assert found["errors"] == [] and found["console"] == []
-    assert len(found["images"]) == 3 + 3 + 1 + 1 + 3 + 4  # curves, MAD, AUROC, length, cosine, scores (distribution, Spearman, 2 split)
+    assert len(found["images"]) == 3 + 3 + 3 + 1 + 1 + 3 + 4  # overlay, curves, MAD, AUROC, length, cosine, scores (distribution, Spearman, 2 split)
     bad = [i for i in found["images"] if not (i["complete"] and i["width"] > 0)]
     assert not bad, bad
     shot = tmp_path / "report.png"
     res = _chromium([f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", (out / "index.html").as_uri()], tmp_path / "profile2")
     assert shot.exists() and shot.stat().st_size > 50_000, res.stderr[-800:]
     assert not [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    # the first screen is the findings section; and an overlay figure (all groups on the same axes)
+    first = tmp_path / "findings.png"
+    res = _chromium([f"--screenshot={first}", "--window-size=1280,900", "--hide-scrollbars", (out / "index.html").as_uri()], tmp_path / "profile3")
+    assert first.exists() and first.stat().st_size > 20_000, res.stderr[-800:]
+    overlay = tmp_path / "overlay.png"
+    res = _chromium([f"--screenshot={overlay}", "--window-size=1400,900", "--hide-scrollbars", (out / "figures" / "overlay_nuclear.png").as_uri()],
+                    tmp_path / "profile4")
+    assert overlay.exists() and overlay.stat().st_size > 20_000, res.stderr[-800:]
+    keep = out.parent / "screenshots"  # kept beside the report for a person to look at
+    keep.mkdir(exist_ok=True)
+    for p in (first, overlay):
+        shutil.copy(p, keep / p.name)
 
 
 def test_cli_module_imports_nothing_heavy():
     code = "import sys, layergrad.report.cli; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-500:]
+
+
+def test_cli_metric_choices_include_the_derived_metrics():
+    from layergrad.analysis.groups import ANALYSIS_METRICS
+    from layergrad.report.cli import _METRICS
+
+    assert tuple(_METRICS) == tuple(ANALYSIS_METRICS)

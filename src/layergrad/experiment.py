@@ -19,6 +19,29 @@ Config (TOML)::
     [[comparisons]]
     title = "gsm8k: fast vs slow thinking"
     groups = ["gsm8k / None CoT", "gsm8k / Detailed CoT"]
+
+A study's design as a matrix instead of listing groups one by one (``[matrix]``; may be combined
+with [[groups]] and [[comparisons]], which come first)::
+
+    [matrix]
+    data = "{correctness}/{task}_train_{style}.json"      # file name pattern, relative to data_root
+    label = "{task} / {style} / {correctness}"            # group label; empty ' / ' parts are dropped
+    task = ["gsm8k", "aqua"]                              # an axis as a list: label = value
+    style = { "None CoT" = "no_cot", "Detailed CoT" = "with_cot_gpt4o" }   # or a table: label = value
+    correctness = { "" = "cot_500", "irrelevant" = "cot_500_wrong_answer_shuffle" }
+    [[matrix.comparisons]]
+    title = "{task}: fast vs slow thinking"
+    each = ["task"]                 # one comparison per task ...
+    fix = { correctness = "" }      # ... of the groups with these axis labels; other axes vary
+    order = ["style", "correctness"]   # optional: outermost axis first for this comparison's groups
+
+Options of every report of the study go in ``[report]``: ``segments`` ("thirds" | "paper"),
+``correction`` ("by" | "bh"), ``pairing`` ("auto" | "none"), ``n_perm``, ``n_boot``, ``seed``,
+``metrics``.
+
+Groups are every combination of the axes, the first axis outermost, in file order; a comparison
+takes its groups in that order unless it gives its own ``order``. Comparisons are listed by their
+``each`` values (all comparisons of the first task, then of the second, ...).
 """
 from __future__ import annotations
 
@@ -39,7 +62,9 @@ class ExperimentError(LayergradError, ValueError):
 
 
 #: The keys of an experiment file, and of one of its [[groups]].
-TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons", "builtin")
+TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons", "builtin", "matrix", "report")
+MATRIX_KEYS = ("data", "label", "comparisons")
+MATRIX_COMPARISON_KEYS = ("title", "each", "fix", "order")
 GROUP_KEYS = ("label", "data", "run")
 
 
@@ -65,6 +90,10 @@ def load_config(path: str | Path) -> dict:
         raise ExperimentError(f"{path}: not valid TOML: {e}") from None
     conf["_base"] = path.resolve().parent
     conf["_path"] = str(path)
+    if "matrix" in conf:
+        groups, comparisons = expand_matrix(conf["matrix"], path)
+        conf["groups"] = list(conf.get("groups", [])) + groups
+        conf["comparisons"] = list(conf.get("comparisons", [])) + comparisons
     problems = [f"unknown key {k!r}{did_you_mean(k, TOP_KEYS, template=' (did you mean {!r}?)')}" for k in conf
                 if k not in TOP_KEYS and not k.startswith("_")]
     problems += [f"missing '{key}'" for key in ("name", "models", "groups") if key not in conf]
@@ -89,6 +118,75 @@ def load_config(path: str | Path) -> dict:
         if unknown or len(c.get("groups", [])) < 1:
             raise ExperimentError(f"{path}: comparisons[{i}] ({c.get('title')!r}) names unknown group(s) {unknown}; groups are: {', '.join(labels)}")
     return conf
+
+
+def _axes(matrix: dict, path) -> dict[str, list[tuple[str, str]]]:
+    axes = {}
+    for name, v in matrix.items():
+        if name in MATRIX_KEYS:
+            continue
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            axes[name] = [(x, x) for x in v]
+        elif isinstance(v, dict) and all(isinstance(x, str) for x in v.values()):
+            axes[name] = list(v.items())
+        else:
+            raise ExperimentError(f"{path}: [matrix] {name!r} must be an axis: a list of strings or a table of label = value strings")
+        if not axes[name]:
+            raise ExperimentError(f"{path}: [matrix] axis {name!r} is empty")
+    if not axes:
+        raise ExperimentError(f"{path}: [matrix] has no axes (e.g. task = [\"gsm8k\"])")
+    return axes
+
+
+def _fill(pattern: str, values: dict, path, what: str) -> str:
+    try:
+        return pattern.format(**values)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ExperimentError(f"{path}: [matrix] {what} {pattern!r}: unknown or bad placeholder {e}; axes are: {', '.join(values)}") from None
+
+
+def expand_matrix(matrix: dict, path="experiment") -> tuple[list[dict], list[dict]]:
+    """[matrix] -> ([[groups]], [[comparisons]]) as if written out (module docstring)."""
+    import itertools
+
+    if not isinstance(matrix.get("data"), str):
+        raise ExperimentError(f"{path}: [matrix] needs a string 'data' (a file name pattern such as \"{{task}}_{{style}}.json\")")
+    axes = _axes(matrix, path)
+    names = list(axes)
+    label_pattern = matrix.get("label", " / ".join("{" + n + "}" for n in names))
+    groups, cells = [], []
+    for combo in itertools.product(*(axes[n] for n in names)):
+        labels = {n: lab for n, (lab, _) in zip(names, combo)}
+        values = {n: val for n, (_, val) in zip(names, combo)}
+        label = " / ".join(part for part in _fill(label_pattern, labels, path, "label").split(" / ") if part.strip())
+        groups.append({"label": label, "data": _fill(matrix["data"], values, path, "data")})
+        cells.append(labels)
+    comparisons = []
+    for i, c in enumerate(matrix.get("comparisons", [])):
+        bad = [k for k in c if k not in MATRIX_COMPARISON_KEYS]
+        if bad or not isinstance(c.get("title"), str):
+            raise ExperimentError(f"{path}: matrix.comparisons[{i}] takes a string 'title', 'each' (axes) and 'fix' (axis = label); "
+                                  f"unknown: {', '.join(bad) or '-'}")
+        each, fix = list(c.get("each", [])), dict(c.get("fix", {}))
+        unknown = [n for n in each + list(fix) if n not in axes]
+        if unknown:
+            raise ExperimentError(f"{path}: matrix.comparisons[{i}] ({c['title']!r}) names unknown axes {unknown}; axes are: {', '.join(names)}")
+        for n, lab in fix.items():
+            if lab not in [x for x, _ in axes[n]]:
+                raise ExperimentError(f"{path}: matrix.comparisons[{i}]: {lab!r} is not a label of axis {n!r} ({', '.join(repr(x) for x, _ in axes[n])})")
+        order = list(c.get("order", []))
+        if any(n not in axes for n in order):
+            raise ExperimentError(f"{path}: matrix.comparisons[{i}] ({c['title']!r}): 'order' names unknown axes; axes are: {', '.join(names)}")
+        order += [n for n in names if n not in order]
+        rank = {n: {lab: j for j, (lab, _) in enumerate(axes[n])} for n in names}
+        for combo in itertools.product(*([lab for lab, _ in axes[n]] for n in each)):
+            want = {**fix, **dict(zip(each, combo))}
+            chosen = [(g["label"], cell) for g, cell in zip(groups, cells) if all(cell[n] == v for n, v in want.items())]
+            chosen.sort(key=lambda gc: tuple(rank[n][gc[1][n]] for n in order))
+            key = tuple(rank[n][want[n]] if n in each else -1 for n in names)
+            comparisons.append((key, i, {"title": _fill(c["title"], dict(zip(each, combo)), path, "title"), "groups": [g for g, _ in chosen]}))
+    comparisons.sort(key=lambda x: x[:2])
+    return groups, [c for _, _, c in comparisons]
 
 
 def data_root(conf: dict) -> Path:
@@ -191,24 +289,63 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
             if not chosen:
                 continue
             rdir = out / "reports" / slug(mname) / slug(c["title"])
-            index = build_report(chosen, rdir)
+            index = build_report(chosen, rdir, **report_options(conf))
             log(f"report: {index}")
             links.append((mname, c["title"], index.relative_to(out), len(chosen)))
     overview = out / "index.html"
-    overview.write_text(_overview_html(conf["name"], links, notes), encoding="utf-8")
+    overview.write_text(_overview_html(conf["name"], links, notes, out), encoding="utf-8")
     log(f"overview: {overview}")
     return overview
 
 
-def _overview_html(name: str, links, notes) -> str:
+def report_options(conf: dict) -> dict:
+    """``[report]`` options of the experiment file passed to every report (segments, correction, pairing, n_perm, n_boot, seed)."""
+    opts = dict(conf.get("report", {}))
+    allowed = ("segments", "correction", "pairing", "n_perm", "n_boot", "seed", "metrics")
+    bad = [k for k in opts if k not in allowed]
+    if bad:
+        raise ExperimentError(f"{conf.get('_path', 'experiment')}: [report] takes {', '.join(allowed)}; unknown: {', '.join(bad)}")
+    if "metrics" in opts:
+        opts["metrics"] = tuple(opts["metrics"])
+    return opts
+
+
+def _overview_html(name: str, links, notes, out: Path | None = None) -> str:
+    """The overview: every comparison's findings in one table (read from each report's findings.csv), then the links."""
+    import pandas as pd
+
+    from .report.findings import sentence_html
+
     rows = "\n".join(
         f'<tr><td>{html.escape(m)}</td><td><a href="{html.escape(str(p))}">{html.escape(t)}</a></td><td>{n}</td></tr>'
         for m, t, p, n in links
     )
+    found = []
+    for m, t, p, n in links:
+        f = Path(out or ".") / Path(p).parent / "findings.csv"
+        if not f.exists():
+            continue
+        df = pd.read_csv(f, keep_default_na=True)
+        href = str(Path(p).parent / "findings.csv")
+        for i, r in enumerate(df.to_dict("records")):
+            r = {k: (None if isinstance(v, float) and k in ("pair_by",) and v != v else v) for k, v in r.items()}
+            r["pair_by"] = r.get("pair_by") or ""
+            found.append(
+                f'<tr class="verdict-{html.escape(str(r["verdict"]).replace(" ", "-"))}"><td>{html.escape(m)}</td>'
+                f'<td><a href="{html.escape(str(p))}#findings">{html.escape(t)}</a></td>'
+                f'<td>{html.escape(str(r["group_b"]))} vs {html.escape(str(r["group_a"]))}</td><td>{html.escape(str(r["metric"]))}'
+                f'{" (MAD)" if r["kind"] == "mad" else ""}</td><td><strong>{html.escape(str(r["verdict"]))}</strong></td>'
+                f'<td>{sentence_html(r, i + 1, href)}</td></tr>')
     note = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    table = ("<h2>Findings</h2><p>Every comparison's findings; each number links to its report's findings.csv "
+             "(the tooltip names row and column).</p><table class=\"findings\"><tr><th>model</th><th>comparison</th><th>pair</th>"
+             "<th>metric</th><th>verdict</th><th>finding</th></tr>" + "".join(found) + "</table>") if found else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)} · layergrad</title>
-<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:900px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left}}</style></head>
-<body><h1>{html.escape(name)}</h1><p>One report per comparison; every number in a report is in the CSV files beside it.</p>
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left;vertical-align:top}}
+table.findings td{{font-size:13px}} a.fnum{{color:inherit;text-decoration:underline dotted #0b57d0}}
+tr.verdict-holds-at-equal-length td:nth-child(5){{color:#1b7a5e}} tr.verdict-not-significant-at-equal-length td:nth-child(5), tr.verdict-not-separable-from-length td:nth-child(5){{color:#b34700}}</style></head>
+<body><h1>{html.escape(name)}</h1><section id="findings">{table}</section>
+<h2>Reports</h2><p>One report per comparison; every number in a report is in the CSV files beside it.</p>
 <table><tr><th>model</th><th>comparison</th><th>groups</th></tr>{rows}</table>{f'<h2>Notes</h2><ul>{note}</ul>' if note else ''}</body></html>
 """
 

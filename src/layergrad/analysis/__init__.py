@@ -3,9 +3,29 @@
 Pure functions on arrays and DataFrames: no plotting, no file I/O except reading a run
 directory through :func:`layergrad.store.load_results` (:func:`load_group`).
 """
-from .compare import COMPARE_COLUMNS, N_PERM, auroc, bh_adjust, compare_groups, compare_table, permutation_pvalues
+from .compare import (
+    COMPARE_COLUMNS,
+    CORRECTIONS,
+    N_PERM,
+    Pairing,
+    adjust,
+    auroc,
+    bh_adjust,
+    by_adjust,
+    compare_arrays,
+    compare_groups,
+    compare_table,
+    overall_table,
+    pair_examples,
+    pairing_table,
+    permutation_pvalues,
+    signflip_pvalues,
+    superiority,
+)
 from .curves import CURVE_COLUMNS, DEFAULT_METRICS, N_BOOT, Curves, cosine_table, curve_table, group_curves
 from .groups import (
+    ANALYSIS_METRICS,
+    DERIVED_METRICS,
     AnalysisError,
     Group,
     IncompatibleGroups,
@@ -17,8 +37,8 @@ from .groups import (
     require_comparable,
     status_table,
 )
-from .length import layer_mean, length_points, length_table, partial_corr, partial_table
-from .mad import MAD_COLUMNS, SEGMENTS, mad_of_curve, mad_table, segments
+from .length import layer_mean, length_points, length_strata, length_table, matched_compare, matched_table, partial_corr, partial_table, summaries
+from .mad import MAD_COLUMNS, PAPER_SPLITS, SEGMENTS, mad_of_curve, mad_table, segment_note, segments
 
 __all__ = [
     "AnalysisError", "COMPARE_COLUMNS", "CURVE_COLUMNS", "Curves", "DEFAULT_METRICS", "Group", "IncompatibleGroups",
@@ -26,4 +46,7 @@ __all__ = [
     "compare_table", "cosine_table", "curve_table", "exclusions", "group_curves", "group_from_results",
     "layer_mean", "length_points", "length_table", "load_group", "load_groups", "mad_of_curve", "mad_table", "partial_corr", "partial_table",
     "permutation_pvalues", "require_comparable", "segments", "status_table",
+    "ANALYSIS_METRICS", "CORRECTIONS", "DERIVED_METRICS", "PAPER_SPLITS", "Pairing", "adjust", "by_adjust", "compare_arrays",
+    "length_strata", "matched_compare", "matched_table", "overall_table", "pair_examples", "pairing_table", "segment_note",
+    "signflip_pvalues", "summaries", "superiority",
 ]

@@ -31,6 +31,12 @@ from layergrad.store.schema import METRICS
 
 COSINE_KINDS = ("next_layer", "q_o", "k_v")  # display order of cosine kinds (schema.COSINE)
 
+#: Metrics derived from the stored ones, as the paper's code defines its attributes:
+#: ``s_ratio = S_max / S_sum = spectral / nuclear`` (the top-1 share, recomputed from the stored norms, so it
+#: exists for imported runs too) and ``s_sum_per_loss = S_sum / loss = nuclear / loss`` (the example's loss).
+DERIVED_METRICS = ("s_ratio", "s_sum_per_loss")
+ANALYSIS_METRICS = tuple(METRICS) + DERIVED_METRICS
+
 
 class AnalysisError(LayergradError, ValueError):
     """Input the analysis cannot use, with a message saying what and why."""
@@ -52,6 +58,7 @@ class Group:
     lengths: np.ndarray  # (n,) n_response_tokens (float, NaN if unknown)
     status: pd.DataFrame  # not-ok examples: status, reason, count
     cosine: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)  # kind -> (series, (n, R_k, L))
+    keys: dict[str, np.ndarray] = field(default_factory=dict)  # pairing keys per example (compare.pair_examples)
     notes: list[str] = field(default_factory=list)  # data issues a reader must know about
 
     @property
@@ -153,14 +160,30 @@ def group_from_results(label: str, results: Results, only: str | None = None) ->
         values[metric] = arr
 
     lengths = pd.to_numeric(ok.get("n_response_tokens", pd.Series(np.nan, index=ok.index)), errors="coerce").to_numpy(float)
+    loss = pd.to_numeric(ok.get("loss", pd.Series(np.nan, index=ok.index)), errors="coerce").to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values["s_ratio"] = np.where(values["nuclear"] > 0, values["spectral"] / values["nuclear"], np.nan)
+        values["s_sum_per_loss"] = np.where(loss[:, None, None] > 0, values["nuclear"] / loss[:, None, None], np.nan)
     if len(ids) == 1:
         notes.append(f"group {label!r} has a single ok example: its confidence intervals are undefined (reported as NaN)")
     g = Group(label, results.manifest, n_layers, series, frozenset(mods["module"].unique()), ids, values, lengths, status, notes=notes)
     g.cosine = _cosine_arrays(g, results.cosine, row)
-    unavailable = [m for m in METRICS if not g.available(m)]
+    g.keys = _pair_keys(ok)
+    unavailable = [m for m in METRICS if not g.available(m)]  # derived metrics follow their sources: not listed
     if unavailable and len(mods):
         notes.append(f"group {label!r} stores no values of {', '.join(unavailable)} (prompt mode {g.describe()['prompt_mode']}); those metrics are left out for it")
     return g
+
+
+def _pair_keys(ok: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Candidate keys to pair examples across groups (see ``compare.pair_examples``)."""
+    from ..synthetic import pair_key
+
+    keys = {"id": np.array([pair_key(str(i)) for i in ok["id"]], dtype=object)}
+    for col in ("pair_key", "instruction"):
+        if col in ok:
+            keys[col] = ok[col].to_numpy(dtype=object)
+    return keys
 
 
 def _status_counts(ex: pd.DataFrame) -> pd.DataFrame:

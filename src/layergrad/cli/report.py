@@ -7,7 +7,10 @@ from pathlib import Path
 
 # From the torch-free vocabulary (not the analysis), so that building the parser imports nothing heavy.
 from layergrad.vocab import DEFAULT_REPORT_METRICS as _DEFAULT_METRICS
-from layergrad.vocab import METRICS as _METRICS
+from layergrad.vocab import METRICS as _VOCAB_METRICS
+
+#: The stored metrics and the derived ones of layergrad.analysis.groups.DERIVED_METRICS (the paper's attributes).
+_METRICS = tuple(_VOCAB_METRICS) + ("s_ratio", "s_sum_per_loss")
 
 EPILOG = """\
 examples:
@@ -20,6 +23,11 @@ examples:
 
   # the Scores panel split by effective rank of the attention modules, top and bottom 20%
   layergrad report --run runs/ifd --out report --split-by effective_rank:attn:mean --split-fraction 0.2
+
+  # the paper's early/middle/late layer splits, Benjamini-Hochberg instead of Benjamini-Yekutieli,
+  # and the paper's attributes S_ratio = S_max / S_sum and S_sum / loss
+  layergrad report --run paper=runs/imported --out report --segments paper --correction bh \
+      --metric nuclear --metric s_ratio --metric s_sum_per_loss
 
   # one run over several data files: without "LABEL=" it is split by the examples' group
   # (--group of `layergrad run`, else the data file's stem), one group per value
@@ -66,6 +74,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "default: ifd when the runs have IFD, else loss)")
     p.add_argument("--split-fraction", type=float, default=0.5, metavar="F",
                    help="fraction of the examples in each of the high and low parts, in (0, 0.5] (default 0.5: halves)")
+    p.add_argument("--segments", choices=("thirds", "paper"), default="thirds",
+                   help="MAD segments: thirds of the depth (default) or the paper's splits (26: [:7] [7:20] [20:]; "
+                   "28: [:7] [7:21] [21:]; 32: [:10] [10:20] [20:]; 42: [:12] [12:30] [30:]; other depths: thirds, with a note)")
+    p.add_argument("--correction", choices=("by", "bh"), default="by",
+                   help="FDR correction within each pair of groups: by = Benjamini-Yekutieli (default; any dependence), "
+                   "bh = Benjamini-Hochberg (positive dependence)")
+    p.add_argument("--pairing", choices=("auto", "none"), default="auto",
+                   help="auto (default): groups whose examples share instructions are compared as paired samples; none: always independent")
     p.set_defaults(func=handler)
     return p
 
@@ -79,7 +95,8 @@ def handler(args: argparse.Namespace) -> int:
         return 2
     try:
         rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
-                          n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction)
+                          n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction,
+                          segments=args.segments, correction=args.correction, pairing=args.pairing)
     except (LayergradError, FileNotFoundError) as e:  # AnalysisError, a store's ConfigMismatch, ...
         print(f"layergrad report: error: {e}", file=sys.stderr)
         return 2

@@ -2,11 +2,16 @@
 
 Layout of ``OUT``::
 
-    index.html                     the report (static, no scripts, opens from disk)
+    index.html                     the report (static, no scripts, opens from disk); opens with the findings
+    findings.csv|md|tex            the findings in words, one row per pair and headline metric, every number a column
     curves.csv|md|tex              group, role, layer, metric, mean, ci_low, ci_high, n
     mad.csv|md|tex                 group, role, segment, metric, mad, ci_low, ci_high
-    compare.csv|md|tex             group_a, group_b, role, layer, metric, rel_diff, auroc, p_value, p_adjusted, n_a, n_b
-    compare_summary.csv|md|tex     per pair and metric: tests, significant after BH, AUROC range
+    compare.csv|md|tex             group_a, group_b, design, n_pairs, role, layer, metric, rel_diff, ratio (+ CI), auroc,
+                                   p_value, p_adjusted, correction, n_a, n_b
+    compare_overall.csv|md|tex     per pair and metric: the headline test on the mean over layers and roles
+    compare_summary.csv|md|tex     per pair and metric: tests, significant after the correction, AUROC range
+    pairing.csv|md|tex             per pair: paired or independent design, the key, pairs, dropped duplicates
+    length_matched.csv|md|tex      per pair, role and metric: the length-matched (coarsened exact matching) comparison
     length.csv|md|tex              per group and role: length vs nuclear norm correlations
     length_partial.csv|md|tex      per pair and role: group effect controlling for length
     length_points.csv              the scatter's points (per example)
@@ -25,15 +30,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from layergrad.analysis.compare import N_PERM, compare_table
+from layergrad.analysis.compare import CORRECTIONS, DEFAULT_CORRECTION, N_PERM, compare_table, overall_table, pairing_table
 from layergrad.analysis.curves import DEFAULT_METRICS, N_BOOT, cosine_table, curve_table
-from layergrad.analysis.length import length_points, length_table, partial_table
-from layergrad.analysis.mad import mad_table, segments
+from layergrad.analysis.length import STRATUM_RATIO, length_points, length_table, matched_table, partial_table
+from layergrad.analysis.mad import SCHEMES, describe_segments, mad_table, segment_note
+from layergrad.analysis.groups import ANALYSIS_METRICS as METRICS
 from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_groups, require_comparable, status_table
-from layergrad.store.schema import METRICS
 from layergrad.vocab import did_you_mean
 
-from . import figures, html, scores, tables
+from . import figures, findings, html, scores, tables
 
 FIGURE_METRICS = ("nuclear", "top1_share", "effective_rank")
 ALPHA = 0.05
@@ -47,7 +52,8 @@ class Report:
 
 
 def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
-                 split_by: str | None = None, split_fraction: float = 0.5) -> Path:
+                 split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
+                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto") -> Path:
     """Write the report for ``runs`` (``[(label, run_dir), ...]``) under ``out``; return ``out/index.html``.
 
     Each run is one group under its label; a label of ``None`` splits the run by its examples'
@@ -61,7 +67,7 @@ def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: i
     with a message naming the problem when the runs cannot be reported or compared.
     """
     return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm, split_by=split_by,
-                       split_fraction=split_fraction).index
+                       split_fraction=split_fraction, segments=segments, correction=correction, pairing=pairing).index
 
 
 def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]]:
@@ -85,9 +91,19 @@ def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]
 
 
 def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
-                split_by: str | None = None, split_fraction: float = 0.5) -> Report:
-    """Like :func:`build_report`, also returning the notes and the tables as DataFrames."""
+                split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
+                correction: str = DEFAULT_CORRECTION, pairing: str = "auto") -> Report:
+    """Like :func:`build_report`, also returning the notes and the tables as DataFrames.
+
+    ``segments``: ``thirds`` or ``paper`` (the paper's layer splits, analysis.mad); ``correction``:
+    ``by`` (Benjamini-Yekutieli) or ``bh`` (Benjamini-Hochberg); ``pairing``: ``auto`` (paired
+    design where the groups share instructions, analysis.compare) or ``none``.
+    """
     runs, metrics = _check_args(runs, metrics)
+    if segments not in SCHEMES:
+        raise AnalysisError(f"unknown segments {segments!r}; choose one of {', '.join(SCHEMES)}")
+    if correction not in CORRECTIONS:
+        raise AnalysisError(f"unknown correction {correction!r}; choose one of {', '.join(CORRECTIONS)}")
     scores.check_split(split_by, split_fraction)
     per_run = [(path, load_groups(path, label)) for label, path in runs]
     groups = [g for _, gs in per_run for g in gs]
@@ -104,28 +120,40 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
 
     t: dict[str, pd.DataFrame] = {}
     t["curves"] = curve_table(groups, metrics, n_boot=n_boot, seed=seed)
-    t["mad"] = mad_table(groups, metrics, n_boot=n_boot, seed=seed)
-    t["compare"] = compare_table(groups, metrics, n_perm=n_perm, seed=seed)
+    t["mad"] = mad_table(groups, metrics, n_boot=n_boot, seed=seed, scheme=segments)
+    t["pairing"] = pairing_table(groups, pairing)
+    t["compare"] = compare_table(groups, metrics, n_perm=n_perm, n_boot=n_boot, seed=seed, pairing=pairing, correction=correction)
+    headline = [m for m in findings.HEADLINE if m in metrics]
+    t["compare_overall"] = overall_table(groups, headline, n_perm=n_perm, n_boot=n_boot, seed=seed, pairing=pairing)
     t["compare_summary"] = _compare_summary(t["compare"])
     t["length"] = length_table(groups)
-    t["length_partial"] = partial_table(groups)
+    t["length_partial"] = pd.concat([partial_table(groups, m) for m in dict.fromkeys(["nuclear", *headline])], ignore_index=True)
+    t["length_matched"] = matched_table(groups, headline, n_perm=n_perm, n_boot=n_boot, seed=seed)
+    t["findings"] = findings.findings_table(t, groups)
     points = length_points(groups)
     t["cosine"] = cosine_table(groups, n_boot=n_boot, seed=seed)
     t["runs"] = _runs_frame(groups)
     t["status"] = status_table(groups)
     t["exclusions"] = pd.concat([exclusions(g, metrics) for g in groups], ignore_index=True)
-    notes = [n for g in groups for n in g.notes] + _exclusion_notes(groups, t["exclusions"]) + panel_notes
+    notes = ([n for g in groups for n in g.notes] + _exclusion_notes(groups, t["exclusions"]) + panel_notes
+             + _design_notes(t["pairing"]) + [n for n in {segment_note(g.n_layers, segments) for g in groups} if n])
+    warnings = findings.small_sample_warnings(groups)
     per_example = {}  # written as CSV only (one row per example)
     if panel is not None:
         per_example = {k: panel.tables[k] for k in ("scores", "split_ids") if k in panel.tables}
         t.update({k: v for k, v in panel.tables.items() if k not in per_example})
 
     files = {name: tables.write_table(df, out, name, CAPTIONS.get(name, "")) for name, df in t.items() if name != "cosine" or len(df)}
+    if len(groups) == 1:  # nothing compared: no comparison tables beside the report
+        for name in ("findings", "pairing", "compare_overall", "length_matched"):
+            files.pop(name)
+            for ext in ("csv", "md", "tex"):
+                (out / f"{name}.{ext}").unlink(missing_ok=True)
     points.to_csv(out / "length_points.csv", index=False)
     for name, df in per_example.items():
         df.to_csv(out / f"{name}.csv", index=False)
 
-    sections = _sections(groups, t, files, points, fig_metrics, out)
+    sections = _sections(groups, t, files, points, fig_metrics, out, segments)
     if panel is not None:
         sections.insert(len(sections) - 1, _scores_section(groups, panel, t, files, out))
     page = html.render(
@@ -133,8 +161,11 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
         subtitle=_subtitle(seed, n_boot, n_perm),
         runs_table=tables.to_html(t["runs"]) + '<p class="files">' + " ".join(f'<a href="{p.name}">{p.name}</a>' for p in files["runs"].values()) + "</p>",
         notes=notes,
-        methods=_methods(groups, n_boot, n_perm, seed) + ([_scores_method(panel)] if panel is not None else []),
+        methods=_methods(groups, n_boot, n_perm, seed, segments, correction) + ([_scores_method(panel)] if panel is not None else []),
         sections=sections,
+        findings=html.jinja2.utils.markupsafe.Markup(findings.findings_html(t["findings"]) if len(groups) > 1 else findings.findings_html(t["findings"].iloc[:0])),
+        findings_files=[p.name for p in files["findings"].values()] if "findings" in files else [],
+        warnings=warnings,
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
@@ -147,7 +178,7 @@ def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
     group's heat maps, cosine tables), so the folder holds exactly what index.html shows."""
     keep = {Path(f.png).name for s in sections for f in s.figures} | {Path(f.svg).name for s in sections for f in s.figures}
     for p in (out / "figures").glob("*"):
-        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "mad", "auroc", "length", "cosine", "scores") and p.name not in keep:
+        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "overlay", "mad", "auroc", "length", "cosine", "scores") and p.name not in keep:
             p.unlink()
     for name in ("cosine", "scores", "scores_summary", "scores_spearman", "split_summary", "split_ids", "split_curves"):
         if name not in files:
@@ -158,10 +189,14 @@ def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
 CAPTIONS = {
     "curves": "Per-layer mean over examples with 95% percentile bootstrap interval; n = examples with a finite value.",
     "mad": "Mean absolute difference between consecutive layers of the mean curve; segments are thirds of the depth (np.array_split); 95% bias-corrected bootstrap interval.",
-    "compare": "Group b against group a per role and layer: relative difference of means, AUROC P(b > a), two-sided permutation p-value, Benjamini-Hochberg adjusted within each pair of groups.",
-    "compare_summary": "Per pair of groups and metric: tests, tests with BH-adjusted p < 0.05, and the AUROC range.",
+    "compare": "Group b against group a per role and layer: design (paired or independent), ratio of means with 95% bootstrap interval, AUROC P(b > a) (paired: within-pair probability of superiority), two-sided permutation (paired: sign-flip) p-value, FDR-adjusted within each pair of groups by the correction named.",
+    "compare_summary": "Per pair of groups and metric: tests, tests with adjusted p < 0.05 (column correction of compare.csv), and the AUROC range.",
+    "compare_overall": "Per pair and metric, the headline test: per example the mean over all layers and roles; ratio of means with 95% bootstrap interval (over pairs when paired), AUROC / probability of superiority, permutation (sign-flip) p-value. One test per pair and metric, not adjusted.",
+    "pairing": "Per pair of groups: paired (examples sharing a key: pair_key, instruction text, or synthetic id stem) or independent; keys repeated within a group are dropped from pairing (n_dup_keys).",
+    "length_matched": f"Per pair, role (all = mean over roles) and metric: coarsened exact matching on response length (strata spanning a factor {STRATUM_RATIO:g}); matched means, their ratio with a bootstrap 95% interval and a stratified permutation p-value; matched_fraction of the examples in strata shared by both groups.",
+    "findings": "The findings, one row per pair of groups and headline metric; every number of a sentence is a column of its row.",
     "length": "Per group and role: correlation of response length (tokens) with the per-example mean over layers of the nuclear norm.",
-    "length_partial": "Per pair and role: correlation of the layer-mean nuclear norm with group membership (0 = group_a, 1 = group_b), raw and partial on response length (Pearson on values, Spearman on ranks).",
+    "length_partial": "Per pair, role (all = mean over roles) and metric: correlation of the per-example layer mean with group membership (0 = group_a, 1 = group_b), raw and partial on response length (Pearson on values, Spearman on ranks).",
     "cosine": "Per-layer mean gradient cosine similarity with 95% bootstrap interval.",
     "runs": "The runs compared: one group per run directory, with the provenance of its numbers.",
     "status": "Examples that were not ok, by status and reason; they take no part in any statistic.",
@@ -182,6 +217,18 @@ def _compare_summary(c: pd.DataFrame) -> pd.DataFrame:
               auroc_min=("auroc", "min"), auroc_median=("auroc", "median"), auroc_max=("auroc", "max"),
               min_p_adjusted=("p_adjusted", "min"))
     return s.reset_index()[cols]
+
+
+def _design_notes(p: pd.DataFrame) -> list[str]:
+    notes = []
+    for r in p.itertuples():
+        if r.design == "paired" and (r.n_unpaired_a or r.n_unpaired_b):
+            notes.append(f"{r.group_b!r} vs {r.group_a!r}: paired on {r.pair_by}; {r.n_pairs} pairs, {r.n_unpaired_a} examples of "
+                         f"{r.group_a!r} and {r.n_unpaired_b} of {r.group_b!r} have no partner and take no part in that comparison's tests")
+        if r.n_dup_keys:
+            notes.append(f"{r.group_b!r} vs {r.group_a!r}: {r.n_dup_keys} pairing key(s) occur more than once in a group and were "
+                         "dropped from pairing (pairing.csv)")
+    return notes
 
 
 def _exclusion_notes(groups: list[Group], ex: pd.DataFrame) -> list[str]:
@@ -219,27 +266,48 @@ def _subtitle(seed: int, n_boot: int, n_perm: int) -> str:
     return f"layergrad {v} · {now} · seed {seed} · {n_boot} bootstrap resamples · {n_perm} permutations"
 
 
-def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int) -> list[str]:
-    segs = segments(groups[0].n_layers)
-    seg_text = ", ".join(f"{k} = layers {v[0]}-{v[-1]}" if len(v) else f"{k} = (none)" for k, v in segs.items() if k != "all")
+def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int, scheme: str = "thirds", correction: str = DEFAULT_CORRECTION) -> list[str]:
+    L = groups[0].n_layers
+    seg_text = describe_segments(L, scheme)
+    if scheme == "paper":
+        seg_how = ("Segments are the paper's own splits (--segments paper: 26 layers [:7] [7:20] [20:]; 28 [:7] [7:21] [21:]; "
+                   "32 [:10] [10:20] [20:]; 42 [:12] [12:30] [30:]; other depths: thirds by np.array_split)")
+    else:
+        seg_how = "Segments are thirds of the depth by np.array_split"
+    corr = CORRECTIONS[correction]
     return [
         "Only examples with status ok enter any statistic; per group, the not-ok ones are counted by status and reason (status.csv).",
         "Curves: per group, role and layer, the mean of the metric over examples. Interval: 95% percentile bootstrap over "
         f"examples, {n_boot} resamples (seed {seed}); the same resamples for every role, layer and metric of a group. An example "
         "with no finite value in one cell is excluded from that cell only (n in curves.csv). With fewer than 2 examples an interval is undefined (NaN).",
         "MAD: mean absolute difference |c(l+1) - c(l)| of the mean curve c over consecutive layer pairs with both layers in the segment. "
-        f"Segments are thirds of the depth by np.array_split (for {groups[0].n_layers} layers: {seg_text}); the pairs straddling a "
+        f"{seg_how} (for {L} layers: {seg_text}); the pairs straddling a "
         "boundary count only in 'all' (all L-1 pairs). Interval: bias-corrected (BC) percentile bootstrap of the MAD of the "
         "resampled mean curves; noise inflates a MAD (a flat curve's sample MAD is positive), by about 1/sqrt(n), so compare groups of similar size.",
-        "Comparisons (every pair of groups, b against a; independent samples, not paired): rel_diff = (mean_b - mean_a)/|mean_a|; "
-        "AUROC = P(b > a) + 0.5 P(b = a) from the Mann-Whitney U (midranks, ties half); p_value from a two-sided permutation test "
-        f"of the difference of means with {n_perm} relabellings (p = (1 + #extreme)/(1 + {n_perm}); exact enumeration when there "
-        "are fewer distinct splits). Multiple testing: Benjamini-Hochberg FDR across all tests of one pair of groups (every metric, "
-        f"role and layer together), reported as p_adjusted; dots in the heat maps mark p_adjusted < {ALPHA}.",
-        "Length: per example, the nuclear norm averaged over the layers of a role, against the number of response tokens "
-        "(Pearson and Spearman). The partial correlation of that value with group membership controlling for length is the "
+        "Design: two groups are PAIRED when their examples share a key (a pair_key column, else the instruction text as scored, "
+        "else the example id without a built-in style suffix) for at least max(3, 80% of the smaller group) examples; keys repeated "
+        "within a group are dropped from pairing; unpaired examples of paired groups take no part in the tests (pairing.csv). "
+        "Other pairs of groups are independent samples.",
+        "Effect size: the ratio of means mean_b / mean_a (rel_diff = ratio - 1). Its 95% interval is a percentile bootstrap: "
+        f"independent groups resample their examples separately ({n_boot} resamples, the curves' resamples); paired groups resample "
+        "the pairs, both members together. AUROC: independent, P(b > a) + 0.5 P(b = a) for a random example of each group (Mann-Whitney U, "
+        "midranks); paired, the probability of superiority within a pair, P(d > 0) + 0.5 P(d = 0) for d = b - a.",
+        "Tests: two-sided permutation tests of the difference of means: independent, the group labels of the pooled examples are "
+        f"permuted; paired, the signs of the pair differences are flipped (sign-flip test); {n_perm} draws, p = (1 + #extreme)/(1 + {n_perm}), "
+        "exact enumeration when there are fewer distinct relabellings or sign patterns. "
+        f"Multiple testing: {corr} FDR ({'valid under any dependence; the tests share examples and neighbouring layers and are two-sided' if correction == 'by' else 'valid under positive regression dependence; use --correction by for arbitrary dependence'}) "
+        f"across all tests of one pair of groups (every metric, role and layer together), reported as p_adjusted with the column correction; "
+        f"dots in the heat maps mark p_adjusted < {ALPHA}. The headline test of the findings (compare_overall.csv) is one test per pair "
+        "and metric on the per-example mean over all layers and roles, not adjusted.",
+        "Length: per example, the metric averaged over the layers of a role (and 'all': averaged over roles too), against the number "
+        "of response tokens (Pearson and Spearman). The partial correlation of that value with group membership controlling for length is the "
         "correlation of the residuals of least-squares fits on [1, length] (Pearson on values; Spearman: the same on ranks), "
-        "p-values from a t statistic with n - 3 degrees of freedom.",
+        "p-values from a t statistic with n - 3 degrees of freedom. Length matching (length_matched.csv): coarsened exact matching, "
+        f"strata of response length each spanning a factor {STRATUM_RATIO:g}; strata without examples of both groups are left out; "
+        "matched means weight every stratum by its matched examples (the same weights for both groups); interval by a bootstrap "
+        "of each group's matched examples (strata a resample empties for one group are dropped from it), p-value by permuting labels within strata. Matching treats paired groups as independent samples.",
+        f"Findings: sentences built from the CSV rows (findings.csv); groups with fewer than {findings.SMALL_N} examples are flagged "
+        "as indicative. A difference that is not significant after length matching is reported as such, first.",
     ]
 
 
@@ -257,10 +325,14 @@ def _table(title: str, df: pd.DataFrame, files: dict, max_rows: int | None = 400
     )
 
 
-def _sections(groups, t, files, points, fig_metrics, out) -> list[html.Section]:
+def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> list[html.Section]:
     s = []
-    curves = html.Section("curves", "Per-layer curves", "One panel per group, one line per role; the band is the 95% bootstrap interval of the mean.")
+    curves = html.Section("curves", "Per-layer curves", "First all groups on the same axes, one panel per role (the paper's style); then one "
+                          "panel per group, one line per role. Bands are 95% bootstrap intervals of the mean.")
     for m in fig_metrics:
+        if len(groups) > 1:
+            curves.figures.append(_fig(figures.overlay_figure(groups, t["curves"], m), out, f"overlay_{m}",
+                                       f"{figures.metric_label(m).capitalize()} per layer, all groups on the same axes, one panel per role."))
         curves.figures.append(_fig(figures.curves_figure(groups, t["curves"], m), out, f"curves_{m}", f"{figures.metric_label(m).capitalize()} per layer."))
     curves.tables.append(_table("curves.csv", t["curves"], files["curves"], 2000, True, "curves"))
     s.append(curves)
@@ -269,6 +341,7 @@ def _sections(groups, t, files, points, fig_metrics, out) -> list[html.Section]:
     for m in fig_metrics:
         mad.figures.append(_fig(figures.mad_figure(groups, t["mad"], m), out, f"mad_{m}", f"MAD of the mean {figures.metric_label(m)} curve per segment."))
     mad.tables.append(_table("mad.csv", t["mad"], files["mad"], 1000, len(t["mad"]) > 60, "mad"))
+    mad.intro = "Segments: " + ("the paper's layer splits (--segments paper)" if scheme == "paper" else "thirds of the depth") + f": {describe_segments(groups[0].n_layers, scheme)}."
     s.append(mad)
 
     if len(groups) > 1:
@@ -278,6 +351,8 @@ def _sections(groups, t, files, points, fig_metrics, out) -> list[html.Section]:
                 a, b = groups[j], groups[k]
                 comp.figures.append(_fig(figures.auroc_figure(a, b, t["compare"], fig_metrics, ALPHA), out, f"auroc_{j + 1}_vs_{k + 1}",
                                          f"AUROC of {b.label} against {a.label} per role and layer."))
+        comp.tables.append(_table("Design per pair (pairing.csv)", t["pairing"], files["pairing"], None, False, "pairing"))
+        comp.tables.append(_table("Headline test per pair and metric (compare_overall.csv)", t["compare_overall"], files["compare_overall"], None, False, "compare_overall"))
         comp.tables.append(_table("Summary per pair and metric (compare_summary.csv)", t["compare_summary"], files["compare_summary"], None, False, "compare_summary"))
         c = t["compare"]
         top = c.assign(_e=-(c["auroc"] - 0.5).abs()).sort_values(["p_adjusted", "_e"], kind="stable").drop(columns="_e").head(40)
@@ -291,7 +366,8 @@ def _sections(groups, t, files, points, fig_metrics, out) -> list[html.Section]:
         length.figures.append(_fig(figures.length_figure(groups, points, t["length"]), out, "length_nuclear", "Response length against the nuclear norm averaged over layers."))
     length.tables.append(_table("length.csv", t["length"], files["length"], None, False, "length"))
     if len(groups) > 1:
-        length.tables.append(_table("length_partial.csv", t["length_partial"], files["length_partial"], None, False, "length_partial"))
+        length.tables.append(_table("length_matched.csv", t["length_matched"], files["length_matched"], None, len(t["length_matched"]) > 40, "length_matched"))
+        length.tables.append(_table("length_partial.csv", t["length_partial"], files["length_partial"], None, len(t["length_partial"]) > 40, "length_partial"))
     s.append(length)
 
     if len(t["cosine"]):

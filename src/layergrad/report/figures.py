@@ -23,7 +23,7 @@ DPI = 300
 METRIC_LABELS = {
     "nuclear": "nuclear norm", "spectral": "spectral norm", "frobenius": "Frobenius norm",
     "min_sigma": "smallest singular value", "top1_share": "top-1 share", "effective_rank": "effective rank",
-    "stable_rank": "stable rank",
+    "stable_rank": "stable rank", "s_ratio": "S_ratio (S_max / S_sum)", "s_sum_per_loss": "S_sum / loss",
 }
 _ROLE_ORDER = ("q", "k", "v", "o", "qkv", "gate", "up", "gate_up", "down", "lm_head", "unknown")
 _ROLE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -308,4 +308,33 @@ def split_curves_figure(groups: list[Group], halves: list[Group], split: pd.Data
     high, low = halves
     _title(fig, f"{metric_label(metric).capitalize()} per layer, {high.label} (n={high.n}) vs {low.label} (n={low.n}): "
            f"top / bottom {100 * fraction:g}% by {by}; mean over examples, 95% bootstrap CI", groups)
+    return fig
+
+
+def overlay_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Figure:
+    """Per role a panel with every group's per-layer mean curve on the same axes (the paper's style), CI bands."""
+    d = curves[curves["metric"] == metric]
+    series = list(dict.fromkeys(s for g in groups for s in g.series))
+    gcol = group_colors(groups)
+    fig = Figure(figsize=(3.2 * min(len(series), 4) + 1.8, 2.9 * _grid(len(series), 4)[0] + 0.9), layout="constrained")
+    axes, cols = _axes(fig, len(series), 4, sharex=True)
+    log = _use_log(pd.concat([d["ci_low"], d["mean"]]), metric)
+    for i, (ax, s) in enumerate(zip(axes, series)):
+        for g in groups:
+            ds = d[(d["group"] == g.label) & (d["role"] == s)]
+            if len(ds) == 0:
+                continue
+            ax.plot(ds["layer"], ds["mean"], color=gcol[g.label], lw=1.4, marker="o", ms=2.0)
+            ax.fill_between(ds["layer"], ds["ci_low"], ds["ci_high"], color=gcol[g.label], alpha=0.18, lw=0)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("layer")
+        if i % cols == 0:
+            ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
+        if log:
+            ax.set_yscale("log")
+            _log_axis(ax.yaxis)
+        ax.grid(alpha=0.3, lw=0.5)
+    handles = [Line2D([], [], color=gcol[g.label], lw=2, label=f"{g.label} (n={g.n})") for g in groups]
+    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
+    _title(fig, f"{metric_label(metric).capitalize()} per layer, all groups on the same axes: mean over examples, 95% bootstrap CI", groups)
     return fig

@@ -39,6 +39,14 @@ TEMPLATE = r"""<!DOCTYPE html>
  .files a, .dl a { margin-right: 10px; font-size: 13px; }
  .scroll { max-height: 520px; overflow: auto; }
  code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
+ #findings { background: #f4f8ff; border: 1px solid #c9dafc; border-radius: 6px; padding: 4px 18px 10px; margin-top: 16px; }
+ #findings h2 { margin-top: 12px; }
+ #findings h3 { margin: 14px 0 4px; }
+ ul.findings li { margin: 6px 0; }
+ a.fnum { color: inherit; text-decoration: underline dotted #0b57d0; font-variant-numeric: tabular-nums; }
+ .verdict-holds-at-equal-length { border-left: 4px solid #1b9e77; padding-left: 8px; list-style: none; }
+ .verdict-not-significant-at-equal-length, .verdict-not-separable-from-length { border-left: 4px solid #d95f02; padding-left: 8px; list-style: none; }
+ .warn { background: #fdecea; border-left: 4px solid #c62828; padding: 6px 14px; }
 </style>
 </head>
 <body>
@@ -46,6 +54,13 @@ TEMPLATE = r"""<!DOCTYPE html>
 <h1>{{ title }}</h1>
 <p class="sub">{{ subtitle }}</p>
 <nav>{% for s in sections %}<a href="#{{ s.anchor }}">{{ s.title }}</a>{% endfor %}</nav>
+
+<section id="findings">
+<h2>Findings</h2>
+{% for w in warnings %}<p class="warn"><strong>Small sample.</strong> {{ w }}</p>{% endfor %}
+{{ findings }}
+{% if findings_files %}<p class="files">Every number links to its row of {% for f in findings_files %}<a href="{{ f }}">{{ f }}</a>{% endfor %}; definitions under Methods.</p>{% endif %}
+</section>
 
 <h2 id="runs">Runs</h2>
 {{ runs_table }}
@@ -56,7 +71,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <h2 id="methods">Methods</h2>
 <ul class="methods">{% for m in methods %}<li>{{ m }}</li>{% endfor %}</ul>
 
-{% for s in sections if s.anchor not in ("runs", "methods") %}
+{% for s in sections if s.anchor not in ("findings", "runs", "methods") %}
 <h2 id="{{ s.anchor }}">{{ s.title }}</h2>
 {% if s.intro %}<p>{{ s.intro }}</p>{% endif %}
 {% for f in s.figures %}
@@ -106,10 +121,12 @@ class Section:
     tables: list[TableRef] = field(default_factory=list)
 
 
-def render(*, title: str, subtitle: str, runs_table: str, notes: list[str], methods: list[str], sections: list[Section]) -> str:
+def render(*, title: str, subtitle: str, runs_table: str, notes: list[str], methods: list[str], sections: list[Section],
+           findings: str = "", findings_files: list[str] = (), warnings: list[str] = ()) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    nav = [Section("runs", "Runs"), Section("methods", "Methods"), *sections]
+    nav = [Section("findings", "Findings"), Section("runs", "Runs"), Section("methods", "Methods"), *sections]
     return env.from_string(TEMPLATE).render(
         title=title, subtitle=subtitle, runs_table=jinja2.utils.markupsafe.Markup(runs_table), notes=notes,
-        methods=methods, sections=nav,
+        methods=methods, sections=nav, findings=jinja2.utils.markupsafe.Markup(findings), findings_files=list(findings_files),
+        warnings=list(warnings),
     )
