@@ -177,7 +177,7 @@ def group_from_results(label: str, results: Results, only: str | None = None) ->
 
 def _pair_keys(ok: pd.DataFrame) -> dict[str, np.ndarray]:
     """Candidate keys to pair examples across groups (see ``compare.pair_examples``)."""
-    from ..synthetic import pair_key
+    from layergrad.inputs.synthetic import pair_key
 
     keys = {"id": np.array([pair_key(str(i)) for i in ok["id"]], dtype=object)}
     for col in ("pair_key", "instruction"):
