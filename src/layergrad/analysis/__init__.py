@@ -1,7 +1,11 @@
 """Statistics on stored results: curves, MAD, group comparisons, length effects.
 
 Pure functions on arrays and DataFrames: no plotting, no file I/O except reading a run
-directory through :func:`layergrad.store.load_results` (:func:`load_group`).
+directory through :func:`layergrad.store.load_results` (:func:`load_group`), and data selection by
+scores (:mod:`.selection`, which writes the selected records back in their own format).
+
+May import: numpy, scipy, pandas, :mod:`layergrad.store`, :mod:`layergrad.vocab`; never torch or
+the run loop.
 """
 from .compare import (
     COMPARE_COLUMNS,

@@ -1,5 +1,11 @@
-"""The ``layergrad`` command. Heavy imports (torch, transformers) happen inside commands,
-so ``layergrad --help`` is instant."""
+"""The ``layergrad`` command: :func:`main`, the ``run``, ``modules``, ``export``, ``import`` and
+``validate`` subcommands here, the others registered from :mod:`.report`, :mod:`.merge`,
+:mod:`.select` and :mod:`layergrad.experiment`.
+
+Flags are parsed into one :class:`~layergrad.config.RunConfig`, validated before any model loads;
+the layers below take typed values. Heavy imports (torch, transformers) happen inside commands,
+so ``layergrad --help`` is instant. May import anything in the package.
+"""
 from __future__ import annotations
 
 import argparse

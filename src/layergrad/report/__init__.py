@@ -1,7 +1,10 @@
 """The report: tables (CSV, Markdown, LaTeX), figures (PNG, SVG) and a static HTML page.
 
-Names are resolved lazily (PEP 562) so that ``layergrad.report.cli`` can register the
+Names are resolved lazily (PEP 562) so that ``layergrad.cli.report`` can register the
 ``report`` command without importing matplotlib or pandas.
+
+May import: :mod:`layergrad.analysis`, :mod:`layergrad.store`, matplotlib, jinja2; the words of the
+findings are built from the CSVs the report writes (:mod:`.findings`).
 """
 from __future__ import annotations
 
