@@ -202,3 +202,13 @@ def test_eig_batch_auto_is_off_on_cpu_and_bad_values_are_errors():
     assert not Measurer(eig_batch="off").batches_eigenproblems(torch.device("cuda"))
     with pytest.raises(ValueError, match="unknown eig_batch"):
         Measurer(eig_batch="yes").batches_eigenproblems(torch.device("cpu"))
+
+
+def test_run_config_validates_eig_batch():
+    from layergrad.config import RunConfig
+    from layergrad.errors import ConfigError
+
+    assert RunConfig(data=["x.json"], out="o").eig_batch == "auto"
+    RunConfig(data=["x.json"], out="o", eig_batch="on").validate()
+    with pytest.raises(ConfigError, match="eig_batch"):
+        RunConfig(data=["x.json"], out="o", eig_batch="always").validate()

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from layergrad import vocab
 from layergrad.spectra import batched, methods, metrics, products, svd
 from layergrad.inputs.targets import Target
 from layergrad.measure.sink import Measured
 
 COSINE_PAIRS = ("next_layer", "q_o", "k_v")
-EIG_BATCH = ("auto", "on", "off")  # vocab.EIG_BATCH: the Gram path's eigenproblems batched (auto: on CUDA)
+EIG_BATCH = vocab.EIG_BATCH  # the Gram path's eigenproblems batched: auto (on CUDA) | on | off
 
 
 @dataclass
