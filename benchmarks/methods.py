@@ -41,6 +41,7 @@ LABELS = {
     "d": "(d) layergrad",
     "q": "(q) layergrad, QR path forced",
     "r": "(r) float64 reference",
+    "u": "(u) layergrad, eigenproblems per example (eig_batch off)",
 }
 
 
@@ -57,14 +58,14 @@ class NullSink:
         return Measured()
 
 
-def _statistics_sink(reference: bool = False, method: str = "auto") -> object:
+def _statistics_sink(reference: bool = False, method: str = "auto", eig_batch: str = "auto") -> object:
     """The sink the engine builds for float32 statistics (wrapped in its fault guard when present).
 
     ``reference``: instead, float64 statistics by the QR path (error ``u * s_1`` in float64) from the
     same captured inputs and output gradients: the exact values of what (d) computes, for a model too
     large for the paper's method (a) to be run on every module.
     """
-    sink = Measurer(stats_dtype=torch.float64, method="factored") if reference else Measurer(stats_dtype=torch.float32, spectrum_k=64, method=method)
+    sink = Measurer(stats_dtype=torch.float64, method="factored") if reference else Measurer(stats_dtype=torch.float32, spectrum_k=64, method=method, eig_batch=eig_batch)
     return FiniteGuard(sink)
 
 
@@ -83,11 +84,12 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def runner_method(model, targets, pad_id: int, measure: bool, reference: bool = False, method: str = "auto"):
-    """``c`` (``measure=False``), ``d``, or ``r`` (``reference``): the engine's batch runner."""
+def runner_method(model, targets, pad_id: int, measure: bool, reference: bool = False, method: str = "auto",
+                  eig_batch: str = "auto"):
+    """``c`` (``measure=False``), ``d``, ``u`` (``eig_batch="off"``), or ``r`` (``reference``): the engine's batch runner."""
 
     def run(encs, positions):
-        sink = _statistics_sink(reference, method) if measure else NullSink()
+        sink = _statistics_sink(reference, method, eig_batch) if measure else NullSink()
         runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id)
         with runner.hooks():
             seconds, (loss, measured) = _timed(lambda: runner.run(encs))

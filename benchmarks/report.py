@@ -201,6 +201,7 @@ def gpu_rows(gpu: dict) -> list[dict]:
                 "config": config, "modules": m, "t": t, "a": pa, "b": per_example(t, "b"), "c": per_example(t, "c"), "d": pd,
                 "a/d": pa / pd if pa and pd else None, "d/b": ratio(t, d, "b"), "d/c": ratio(t, d, "c"),
                 "q": per_example(t, f"q:{m}"), "q/b": ratio(t, f"q:{m}", "b"),
+                "u": per_example(t, f"u:{m}"), "u/d": ratio(t, f"u:{m}", d), "ref_u": t.get("reference", {}).get(f"u:{m}", {}),
                 "ref_q": t.get("reference", {}).get(f"q:{m}", {}),
                 "peak_b": peak.get("b"), "peak_d": peak.get(d),
                 "mem": peak[d] / peak["b"] if peak.get(d) and peak.get("b") else None,

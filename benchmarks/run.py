@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=None, help="seconds per worker process (default: none)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: on a GPU, every method runs in one process per "
                    "configuration (peak memory from the CUDA allocator) and the results go to --json, for --add-gpu")
-    p.add_argument("--gpu-methods", default="b,c,d,r", help="GPU: methods besides (a); add q for the QR path forced "
+    p.add_argument("--gpu-methods", default="b,c,d,r", help="GPU: methods besides (a); add q for the QR path forced, u for the eigenproblems per example "
                    "(r, the float64 reference, runs once, untimed; it is the slowest)")
     p.add_argument("--paper-modules", default=None, help="GPU: the selections (a) runs on (default: all of --modules)")
     p.add_argument("--dtype", default=None, help="model dtype (default: each configuration's own: float32, llama8b bfloat16)")

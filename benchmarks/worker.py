@@ -97,6 +97,8 @@ def build_methods(wl, modules: list[str], keys: list[str], paper_modules: list[s
             runs[f"d:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True)
         if "q" in keys:
             runs[f"q:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, method="factored")
+        if "u" in keys:  # the eigenproblems one example at a time, as before issue 16 (on CUDA, "d" batches them)
+            runs[f"u:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, eig_batch="off")
         if "r" in keys:
             runs[f"r:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, reference=True)
         if "a" in keys and (paper_modules is None or m in paper_modules):
@@ -143,7 +145,7 @@ def timing(a) -> dict:
 
     times = {k: [0.0] * a.rounds for k in batched}
     by_batch = {k: [[0.0] * a.rounds for _ in batches] for k in batched}
-    d_values: dict[str, dict] = {k: {} for k in batched if k.startswith(("d:", "q:", "r:"))}
+    d_values: dict[str, dict] = {k: {} for k in batched if k.startswith(("d:", "q:", "r:", "u:"))}
     paper_times: dict[str, list] = {k: [] for k in paper}
     paper_values: dict[str, dict] = {k: {} for k in paper}
     done = [0]  # rounds complete
@@ -158,10 +160,10 @@ def timing(a) -> dict:
         reference = {}
         for k in [k for k in d_values if k.startswith("r:")]:
             m = k.split(":", 1)[1]
-            for which in ("d", "q"):
+            for which in ("d", "q", "u"):
                 ref, got = d_values[k], d_values.get(f"{which}:{m}", {})
                 diffs = [abs(got[key] - v) / abs(v) for key, v in ref.items() if key in got and v != 0]
-                reference[m if which == "d" else f"q:{m}"] = {"max_rel_diff": max(diffs) if diffs else None, "n_values": len(diffs)}
+                reference[m if which == "d" else f"{which}:{m}"] = {"max_rel_diff": max(diffs) if diffs else None, "n_values": len(diffs)}
         return {
             "kind": "timing",
             "config": a.config,

@@ -61,6 +61,7 @@ class RunConfig:
     trust_remote_code: bool = False
     reference: bool = False  # the paper's tokenisation rule (drop-in compatibility)
     method: str = "auto"  # vocab.METHODS: auto | gram | factored | dense (auto: see the module docstring)
+    eig_batch: str = "auto"  # vocab.EIG_BATCH: the Gram path's eigenproblems batched (auto: on CUDA; exact either way)
     shard: str | None = None  # "i/N": this process takes shard i of N
     progress: bool = True
     fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages
@@ -302,6 +303,7 @@ _CHECKS = {
     "trust_remote_code": _bool,
     "reference": _bool,
     "method": _one_of(vocab.METHODS, what="method"),
+    "eig_batch": _one_of(vocab.EIG_BATCH, what="eig_batch value"),
     "shard": _shard,
     "progress": _bool,
     "fields": _fields,

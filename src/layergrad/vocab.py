@@ -21,6 +21,10 @@ STATUSES: tuple[str, ...] = ("ok", "skipped", "failed", "invalid")
 #: How the singular values are computed (``RunConfig.method``); ``auto`` picks per module.
 METHODS: tuple[str, ...] = ("auto", "gram", "factored", "dense")
 
+#: Whether the Gram path's eigenproblems are batched over examples and modules (``RunConfig.eig_batch``):
+#: ``auto`` on CUDA, per example on a CPU. Exact either way, so not part of a run's identity.
+EIG_BATCH: tuple[str, ...] = ("auto", "on", "off")
+
 #: Model dtype names -> canonical torch name (``"auto"``: fp32 on CPU, the checkpoint's dtype elsewhere).
 DTYPES: dict[str, str] = {
     "auto": "auto",

@@ -97,6 +97,8 @@ def _add_run(sub) -> None:
     p.add_argument("--skip-invalid", action="store_true", default=None, help="run the valid records, store invalid ones with their reason")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a model folder's own Python code (transformers' trust_remote_code)")
     p.add_argument("--method", choices=list(vocab.METHODS), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--eig-batch", choices=list(vocab.EIG_BATCH), default=None,
+                   help=f"solve the eigenproblems of a batch's examples and modules together (auto: on CUDA; default {D('eig_batch')})")
     p.add_argument("--shard", default=None, help="i/N: take shard i of N (job arrays); merge with 'layergrad merge'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (neither the run's nor the model loading's)")
     # the paper's flags (drop-in mode)
@@ -115,7 +117,7 @@ def _add_run(sub) -> None:
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "ifd", "skip_invalid",
-                "trust_remote_code", "method", "shard")
+                "trust_remote_code", "method", "eig_batch", "shard")
 
 
 def read_config_file(path: str) -> dict:

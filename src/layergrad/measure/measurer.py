@@ -12,6 +12,15 @@ Two computations (``method``):
 * ``factored`` / ``dense`` (``auto`` with float64 statistics): batched over the padded batch with
   padding rows zeroed, in ``stats_dtype``, by QR factors or the dense gradient
   (:func:`~layergrad.spectra.methods.choose_method`); their error is ``u * s_1``, which float64 statistics keep.
+
+The Gram path's eigenproblems are solved either per example (the CPU default: examples in parallel on
+CPU threads, each over its real tokens) or batched (``eig_batch``: ``auto`` turns it on for CUDA tensors,
+where one float64 ``eigvalsh`` call costs milliseconds of latency whatever its size): each module's
+side matrices are built for the whole padded batch (:func:`~layergrad.spectra.batched.gram_matrices`,
+exact: padding adds only zero eigenvalues), queued, and solved together, one solver call per size class
+and :data:`~layergrad.spectra.batched.STACK_BYTES`, when the queue holds ``eig_queue_bytes`` of matrices
+and at :meth:`Measurer.finish`. The queue bounds the extra memory: at most ``eig_queue_bytes`` plus one
+module's matrices.
 """
 from __future__ import annotations
 
@@ -20,11 +29,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from layergrad.spectra import methods, metrics, products, svd
+from layergrad import vocab
+from layergrad.spectra import batched, methods, metrics, products, svd
 from layergrad.inputs.targets import Target
 from layergrad.measure.sink import Measured
 
 COSINE_PAIRS = ("next_layer", "q_o", "k_v")
+EIG_BATCH = vocab.EIG_BATCH  # the Gram path's eigenproblems batched: auto (on CUDA) | on | off
 
 
 @dataclass
@@ -44,6 +55,8 @@ class Measurer:
     elementwise: bool = False
     cosine: bool = False
     method: str = "auto"  # auto | gram | factored | dense
+    eig_batch: str = "auto"  # auto | on | off: the Gram path batched over examples and modules (auto: on CUDA)
+    eig_queue_bytes: int = 1 << 30  # batched: side matrices queued before a solve (memory bound)
     results: dict[str, ModuleResult] = field(default_factory=dict)
     cosines: list[tuple[str, str, str, Tensor]] = field(default_factory=list)  # (kind, a, b, (n,))
 
@@ -57,15 +70,20 @@ class Measurer:
         self._rows: dict[int, list] = {}
         self._by_layer_role = by_layer_role
         self._pending: dict[str, tuple[Tensor, Tensor]] = {}
+        self._bgrams: dict[tuple, dict[str, Tensor]] = {}  # batched: per shared input, K_X and F_X (n, t, t)
+        self._queue: list[tuple[ModuleResult, Tensor, int, Tensor]] = []  # batched: (result, S, r, k) to solve
+        self._queue_bytes = 0
         self.results = {}
         self.cosines = []
 
-    def _masked(self, A: Tensor) -> Tensor:
+    def _masked(self, A: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """``A`` in ``dtype`` (default: the statistics') with its padding rows zeroed."""
+        dtype = dtype or self.stats_dtype
         m = self._mask.to(device=A.device)
         t = A.shape[-2]
         if t != m.shape[-1]:  # a module called several times: its calls are concatenated on t
             m = m.repeat(1, t // m.shape[-1])
-        return A.to(self.stats_dtype) * m.unsqueeze(-1).to(self.stats_dtype)
+        return A.to(dtype) * m.unsqueeze(-1).to(dtype)
 
     def resolve_method(self, t: int, i: int, o: int, shared: int) -> str:
         family = methods.method_for(self.method, self.stats_dtype.itemsize)  # the user's precision -> a family
@@ -93,6 +111,7 @@ class Measurer:
 
     def finish(self) -> Measured:
         """This batch's results (the :class:`~layergrad.measure.sink.Sink` protocol)."""
+        self._solve_queue()
         return Measured(modules=dict(self.results), cosines=list(self.cosines))
 
     def accept(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
@@ -101,13 +120,17 @@ class Measurer:
         o, i = target.out_features, target.in_features
         shared = max(self._consumers.get(x_key, 1), 1)  # 0 or absent: captured after begin (reentrant recomputation)
         method = self.resolve_method(t, i, o, shared)
+        batch_eig = method == "gram" and self.batches_eigenproblems(X.device)
         Xm = Dm = None
         if method != "gram" or self.elementwise or self.cosine:
             if x_key not in self._xm:
                 self._xm[x_key] = self._masked(X)
             Xm = self._xm[x_key]
             Dm = self._masked(D)
-        if method == "gram":
+        s = None
+        if batch_eig:
+            S, r, k = self._gram_batched(X, D, x_key, i, o, shared)
+        elif method == "gram":
             s = self._gram(X, D, x_key, i, o, shared)
         elif method == "factored":
             if x_key not in self._rx:
@@ -118,28 +141,70 @@ class Measurer:
         else:
             raise ValueError(f"unknown method {method!r}; choose auto, gram, factored or dense")
         rank = self.example_ranks(t, i, o)
-        bound = rank if method == "gram" else torch.minimum(rank, svd.nonzero_terms(Xm, Dm).to("cpu"))  # gram: per example
-        st = metrics.spectrum_stats(s, min(o, i), bound)
-        spectrum = st.spectrum if self.spectrum_k is None else st.spectrum[..., : self.spectrum_k]
-        result = ModuleResult(
-            target=target,
-            method=method,
-            stats={k: getattr(st, k).to("cpu", torch.float64) for k in metrics.METRIC_NAMES},
-            spectrum=spectrum.to("cpu", torch.float32),
-            rank=rank,
-        )
+        result = ModuleResult(target=target, method=method, stats={}, spectrum=torch.zeros(n, 0), rank=rank)
+        if s is None:  # batched: solved with others, at the latest in finish()
+            self._queue.append((result, S, r, k))
+            self._queue_bytes += S.numel() * S.element_size()
+        else:
+            bound = rank if method == "gram" else torch.minimum(rank, svd.nonzero_terms(Xm, Dm).to("cpu"))  # gram: per example
+            self._fill(result, s, bound)
         if self.elementwise:
             result.elementwise = tuple(v.to("cpu", torch.float64) for v in products.elementwise_stats(Xm, Dm))
         self.results[target.name] = result
         if self.cosine:
             self._cosine(target, Xm, Dm)
-        del Xm, Dm, s, st
+        del Xm, Dm, s
         # free shared factors once every consumer is done
         self._consumers[x_key] = shared - 1
         if self._consumers[x_key] <= 0:
             self._rx.pop(x_key, None)
             self._xm.pop(x_key, None)
             self._grams.pop(x_key, None)
+            self._bgrams.pop(x_key, None)
+        if self._queue_bytes >= self.eig_queue_bytes:
+            self._solve_queue()
+
+    def _fill(self, result: ModuleResult, s: Tensor, bound: Tensor) -> None:
+        """A result's statistics and stored spectrum from its singular values ``s`` ``(n, r)``."""
+        o, i = result.target.out_features, result.target.in_features
+        st = metrics.spectrum_stats(s, min(o, i), bound)
+        spectrum = st.spectrum if self.spectrum_k is None else st.spectrum[..., : self.spectrum_k]
+        result.stats = {k: getattr(st, k).to("cpu", torch.float64) for k in metrics.METRIC_NAMES}
+        result.spectrum = spectrum.to("cpu", torch.float32)
+
+    # -- the Gram path batched (eig_batch) -------------------------------------------------
+    def batches_eigenproblems(self, device: torch.device) -> bool:
+        """Whether the Gram path's eigenproblems are batched for tensors on ``device``."""
+        if self.eig_batch not in EIG_BATCH:
+            raise ValueError(f"unknown eig_batch {self.eig_batch!r}; choose one of {', '.join(EIG_BATCH)}")
+        return self.eig_batch == "on" or (self.eig_batch == "auto" and device.type == "cuda")
+
+    def _gram_batched(self, X: Tensor, D: Tensor, x_key: tuple, i: int, o: int, shared: int) -> tuple[Tensor, int, Tensor]:
+        """The side matrices ``S`` ``(n, m, m)`` of the padded batch, ``r = min(t, i, o)`` and each example's
+        ``k`` ``(n,)`` (values past it are exact zeros), to be solved later. As the per-example path, from
+        the captured values in their own dtype (padding rows zeroed), squared in float64."""
+        t = X.shape[-2]
+        c = self._bgrams.setdefault(x_key, {})
+        if "X" not in c:
+            c["X"] = self._masked(X, X.dtype)
+        Xm, Dm = c["X"], self._masked(D, D.dtype)
+        side = methods.gram_side(t, i, o, x_shared_by=shared, have_k_x="K" in c, have_f_x="F" in c)
+        if side in ("token", "out") and "K" not in c:
+            c["K"] = batched.gram_batched(Xm)  # (n, t, t)
+        if side == "token" and "F" not in c:
+            c["F"] = batched.psd_factor_batched(c["K"], (Xm == 0).all(-1))
+        r = min(t, i, o)
+        S = batched.gram_matrices(Xm, Dm, side, K_X=c.get("K"), F_X=c.get("F"))
+        return S, r, svd.nonzero_terms(Xm, Dm).clamp(max=r)
+
+    def _solve_queue(self) -> None:
+        """Solve every queued module's eigenproblems together and fill their results."""
+        queue, self._queue, self._queue_bytes = self._queue, [], 0
+        if not queue:
+            return
+        spectra = batched.solve_stacks([(S, r, k) for _, S, r, k in queue])
+        for (result, _, _, _), s in zip(queue, spectra):
+            self._fill(result, s, result.rank)
 
     def _real_rows(self, t: int) -> list[slice | Tensor]:
         """Per example, its real tokens on a module's token axis of length ``t``: a slice when they

@@ -100,7 +100,8 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
 
     # step and write: one committed part per batch; out of memory splits a batch (down to one example)
     sink = FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
-                                elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method))
+                                elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method,
+                                eig_batch=cfg.eig_batch))
     runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id_of(tok), ifd=ifd_rule)
     backoff = faults.Backoff(log=note)
     compute = lambda part: compute_batch(runner, [examples[k] for k in part], [encoded[k] for k in part], part)  # noqa: E731

@@ -1,0 +1,98 @@
+"""The batched float64 eigensolvers on CUDA: time per matrix by backend, size and stack size (issue 16).
+
+For each size ``M`` (the size classes of ``spectra.batched``) and stack size ``B``: ``loop`` (torch's
+``eigvalsh`` one matrix a call: the per-example path), ``torch`` (one batched call; torch loops inside for
+M > 32) and ``cupy`` (CuPy's cuSOLVER batched solver), milliseconds per matrix (median of 3 after a
+warm-up, CUDA-synchronised wall clock), and each backend's largest error against float64 LAPACK on the
+CPU (relative to the largest eigenvalue). Also: a stack of ``m``-sized matrices padded to its class
+against the same stack unpadded, to set SIZE_CLASS growth. Results go to ``--json`` after every row.
+
+    PYTHONPATH=src python3 benchmarks/gpu_eig.py --json $OUT/gpu_eig.json --budget-s 150
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from layergrad.spectra import batched as B  # noqa: E402
+
+
+def _time(fn, reps=3):
+    fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", required=True)
+    p.add_argument("--sizes", default="64,128,256,384,512,768,1024")
+    p.add_argument("--stacks", default="1,8,64,256")
+    p.add_argument("--budget-s", type=float, default=150.0, help="stop starting new rows after this many seconds")
+    a = p.parse_args(argv)
+    start = time.perf_counter()
+    have_cupy = B._cupy() is not None
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cupy": None, "rows": [], "padding": []}
+    if have_cupy:
+        res["cupy"] = B._cupy().__version__
+    save = lambda: Path(a.json).write_text(json.dumps(res, indent=1))  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    for M in map(int, a.sizes.split(",")):
+        for n in map(int, a.stacks.split(",")):
+            if n * M * M * 8 > 2 * B.STACK_BYTES or time.perf_counter() - start > a.budget_s:
+                continue
+            A = torch.randn(n, M, M // 2, dtype=torch.float64, generator=g)  # rank M/2: half the eigenvalues are 0
+            S = (A @ A.mT).cuda()
+            want = torch.linalg.eigvalsh(S[: min(n, 8)].cpu())
+            row = {"M": M, "B": n}
+            backends = {"loop": lambda: [torch.linalg.eigvalsh(S[b]) for b in range(n)],
+                        "torch": lambda: B.eigvalsh_stack(S, "torch")}
+            if have_cupy:
+                backends["cupy"] = lambda: B.eigvalsh_stack(S, "cupy")
+            for name, fn in backends.items():
+                if name == "loop" and n * M > 64 * 1024:  # the loop is the slow one: keep it short
+                    continue
+                sec = _time(fn)
+                w = fn()
+                w = torch.stack(w) if isinstance(w, list) else w
+                err = ((w[: want.shape[0]].cpu() - want).abs().amax(-1) / want[..., -1]).max().item()
+                row[f"{name}_ms_per_matrix"] = 1e3 * sec / n
+                row[f"{name}_max_rel_err"] = err
+            res["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            save()
+    # padding to a size class: m-sized problems solved at M = size_class(m), against unpadded
+    for m in (200, 300, 535):
+        if time.perf_counter() - start > a.budget_s:
+            break
+        n = 64
+        A = torch.randn(n, m, m, dtype=torch.float64, generator=g)
+        S = (A @ A.mT).cuda()
+        M = B.size_class(m)
+        P = torch.zeros(n, M, M, dtype=torch.float64, device="cuda")
+        P[:, :m, :m] = S
+        row = {"m": m, "M": M, "B": n}
+        for name in (["cupy"] if have_cupy else []) + ["torch"]:
+            row[f"{name}_unpadded_ms"] = 1e3 * _time(lambda: B.eigvalsh_stack(S, name)) / n
+            row[f"{name}_padded_ms"] = 1e3 * _time(lambda: B.eigvalsh_stack(P, name)) / n
+        res["padding"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
