@@ -279,3 +279,53 @@ def test_token_shares_flag_reaches_the_config(tmp_path):
     assert _run_config(build_parser().parse_args(["run", "--data", "d.json", "--out", "o"]))[0].token_shares is False
     with pytest.raises(Exception, match="token_shares"):
         RunConfig(data=["d.json"], out="o", token_shares="yes").validate()
+
+
+# ---------------------------------------------------------------------------------------
+# Analysis and report
+# ---------------------------------------------------------------------------------------
+
+
+def test_share_curve_is_the_mean_over_examples_of_each_bins_summed_share():
+    import pandas as pd
+
+    from layergrad.analysis.shares import share_tables
+
+    # example a: 1 prompt token + 4 response tokens (rel 0, 1/3, 2/3, 1); b: 2 + 2 (rel 0, 1); c: NaN shares (left out)
+    rows = []
+    for eid, shares, n_prompt in (("a", [0.1, 0.2, 0.3, 0.0, 0.4], 1), ("b", [0.5, -0.1, 0.2, 0.4], 2), ("c", [math.nan] * 3, 1)):
+        R = len(shares) - n_prompt
+        for t, s in enumerate(shares):
+            resp = t >= n_prompt
+            rows.append({"id": eid, "segment": "late", "module_group": "mlp", "position": t, "share": s, "response": resp,
+                         "rel_position": ((t - n_prompt) / (R - 1)) if resp else None, "token": "x"})
+    curve, summary = share_tables(pd.DataFrame(rows), {"a": "g", "b": "g", "c": "g"}, bins=2)
+    # bins [0, .5) and [.5, 1]: a -> 0.2 + 0.3, 0.0 + 0.4; b -> 0.2, 0.4
+    assert curve["share"].tolist() == pytest.approx([(0.5 + 0.2) / 2, (0.4 + 0.4) / 2], abs=1e-15)
+    assert curve["n"].tolist() == [2, 2]
+    s = summary.iloc[0]
+    assert s["prompt_share"] == pytest.approx((0.1 + 0.4) / 2) and s["response_share"] == pytest.approx((0.9 + 0.6) / 2)
+    assert s["prompt_share"] + s["response_share"] == pytest.approx(1.0)
+
+
+def test_report_shows_the_shares_only_for_runs_that_have_them(tmp_path, tokenizer):
+    from layergrad.report.build import make_report
+
+    model = make_model("llama", len(tokenizer))
+    out, data = run_shares(tmp_path, model, tokenizer, batch_size=3)
+    rep = make_report([("with", out)], tmp_path / "rep", n_boot=20, n_perm=20)
+    page = rep.index.read_text()
+    assert 'id="token_shares"' in page and (tmp_path / "rep" / "figures" / "token_shares.png").exists()
+    curve = rep.tables["token_shares"]
+    assert set(curve["segment"]) == {"early", "middle", "late"} and set(curve["module_group"]) == {"attn", "mlp"}
+    summary = rep.tables["token_shares_summary"]
+    assert np.allclose(summary["prompt_share"] + summary["response_share"], 1.0, atol=1e-12)
+    assert "background: rgba(" in page
+    shaded = page.split('id="token_shares"')[1]
+    assert shaded.count("<span style=\"background") > 10 and "title=\"position 0: share" in shaded
+
+    cfg = RunConfig(data=[str(data)], out=str(tmp_path / "plain"), progress=False)
+    engine.run(cfg, loaded=loaded(model, tokenizer))
+    rep = make_report([("without", cfg.out)], tmp_path / "rep", n_boot=20, n_perm=20)  # same folder: the old section's files go
+    assert 'id="token_shares"' not in rep.index.read_text() and "token_shares" not in rep.tables
+    assert not (tmp_path / "rep" / "figures" / "token_shares.png").exists() and not (tmp_path / "rep" / "token_shares.csv").exists()
