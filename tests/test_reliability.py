@@ -157,6 +157,7 @@ CHANGES = {
     "elementwise": ({"elementwise": True}, {}),
     "cosine": ({"cosine": True}, {}),
     "ifd": ({"ifd": True}, {}),
+    "token_shares": ({"token_shares": True}, {}),
     "loss_rule": ({}, {}),  # a new loss definition (engine.LOSS_RULE)
     "schema_version": ({}, {}),  # rows that mean something else (store/schema.py)
 }

@@ -56,6 +56,7 @@ class RunConfig:
     spectrum_k: int | None = 64  # singular values stored per module; None = the full spectrum
     elementwise: bool = False  # also M_mean/M_max/M_min of the dense gradient (costly)
     cosine: bool = False  # cosine similarity between gradients of paired modules
+    token_shares: bool = False  # each token's share of ||G||^2 per depth third and module group (shares parts)
     ifd: str | None = None  # IFD definition: a vocab.IFD_METHODS name (cherry | superfiltering) or None (off); True = the default
     skip_invalid: bool = False  # run the valid records, store the invalid ones with their reason
     trust_remote_code: bool = False
@@ -298,6 +299,7 @@ _CHECKS = {
     "spectrum_k": _int_at_least(0, optional=True, none_means="'all': the full spectrum"),
     "elementwise": _bool,
     "cosine": _bool,
+    "token_shares": _bool,
     "ifd": _ifd,
     "skip_invalid": _bool,
     "trust_remote_code": _bool,

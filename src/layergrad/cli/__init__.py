@@ -88,6 +88,9 @@ def _add_run(sub) -> None:
     p.add_argument("--spectrum-k", default=None, help=f"singular values stored per module: a number or 'all' (default {D('spectrum_k')})")
     p.add_argument("--elementwise", action="store_true", default=None, help="also M_mean/M_max/M_min of the dense gradient (slower)")
     p.add_argument("--cosine", action="store_true", default=None, help="cosine similarity of gradients: next layer, q~o, k~v")
+    p.add_argument("--token-shares", action="store_true", default=None,
+                   help="also each token's share <d_t x_t^T, G> / |G|^2 of the gradient, per depth third and module group "
+                   "(attn, mlp): one (T x T) product per example and module; the report shows where in the response it lies")
     p.add_argument("--ifd", nargs="?", const=True, default=None, metavar="{cherry,superfiltering}",
                    help="also IFD scores (one extra forward pass per batch, no backward) by the named published definition: "
                    "cherry (Cherry_LLM: every response token scored with and without the prompt, the response alone "
@@ -116,7 +119,7 @@ def _add_run(sub) -> None:
 
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
-                "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "ifd", "skip_invalid",
+                "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
                 "trust_remote_code", "method", "eig_batch", "shard")
 
 

@@ -21,6 +21,11 @@ exact: padding adds only zero eigenvalues), queued, and solved together, one sol
 and :data:`~layergrad.spectra.batched.STACK_BYTES`, when the queue holds ``eig_queue_bytes`` of matrices
 and at :meth:`Measurer.finish`. The queue bounds the extra memory: at most ``eig_queue_bytes`` plus one
 module's matrices.
+
+With ``token_shares``, also each token's part ``<d_t x_t^T, G>`` of ``||G||_F^2``
+(:func:`~layergrad.spectra.products.token_contributions`), per example over its real tokens, in
+float64, from the ``(T, T)`` Gram matrices (``K_X`` shared with the Gram path and across q/k/v),
+summed over the calls of a module and over the modules of a layer's role group (attn, mlp).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from torch import Tensor
 
 from layergrad import vocab
 from layergrad.spectra import batched, methods, metrics, products, svd
-from layergrad.inputs.targets import Target
+from layergrad.inputs.targets import ROLE_GROUPS, Target
 from layergrad.measure.sink import Measured
 
 COSINE_PAIRS = ("next_layer", "q_o", "k_v")
@@ -57,6 +62,7 @@ class Measurer:
     method: str = "auto"  # auto | gram | factored | dense
     eig_batch: str = "auto"  # auto | on | off: the Gram path batched over examples and modules (auto: on CUDA)
     eig_queue_bytes: int = 1 << 30  # batched: side matrices queued before a solve (memory bound)
+    token_shares: bool = False  # per-token parts of ||G||^2 per (layer, role group): Measured.shares
     results: dict[str, ModuleResult] = field(default_factory=dict)
     cosines: list[tuple[str, str, str, Tensor]] = field(default_factory=list)  # (kind, a, b, (n,))
 
@@ -75,6 +81,7 @@ class Measurer:
         self._queue_bytes = 0
         self.results = {}
         self.cosines = []
+        self.shares: dict[tuple[int, str], list[Tensor | None]] = {}  # (layer, group) -> per example (T_b,)
 
     def _masked(self, A: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``A`` in ``dtype`` (default: the statistics') with its padding rows zeroed."""
@@ -112,7 +119,7 @@ class Measurer:
     def finish(self) -> Measured:
         """This batch's results (the :class:`~layergrad.measure.sink.Sink` protocol)."""
         self._solve_queue()
-        return Measured(modules=dict(self.results), cosines=list(self.cosines))
+        return Measured(modules=dict(self.results), cosines=list(self.cosines), shares=dict(self.shares))
 
     def accept(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
         self._check_shapes(target, X, D)
@@ -153,6 +160,8 @@ class Measurer:
         self.results[target.name] = result
         if self.cosine:
             self._cosine(target, Xm, Dm)
+        if self.token_shares:
+            self._token_shares(target, X, D, x_key)
         del Xm, Dm, s
         # free shared factors once every consumer is done
         self._consumers[x_key] = shared - 1
@@ -250,6 +259,29 @@ class Measurer:
             if s is not None:
                 out[b, : s.shape[-1]] = s
         return out
+
+    # -- token shares: each token's part of ||G||^2, per example, from (T, T) matrices ----
+    def _token_shares(self, target: Target, X: Tensor, D: Tensor, x_key: tuple) -> None:
+        """Add ``<d_t x_t^T, G>`` ``(T_b,)`` of every example to its (layer, role group) sum."""
+        group = next((g for g, roles in ROLE_GROUPS.items() if target.role in roles), None)
+        if target.layer < 0 or group is None:  # outside the layer stack (lm_head, embeddings) or role unknown
+            return
+        n, t, _ = X.shape
+        calls = t // self._mask.shape[-1]
+        rows = self._real_rows(t)
+        cache = self._grams.setdefault(x_key, [{} for _ in range(n)])  # K_X shared with the Gram path and q/k/v
+        acc = self.shares.setdefault((target.layer, group), [None] * n)
+        for b in range(n):
+            idx = rows[b]
+            Xb = X[b, idx] if isinstance(idx, slice) else X[b].index_select(0, idx.to(X.device))  # (T_b * calls, i)
+            Db = D[b, idx] if isinstance(idx, slice) else D[b].index_select(0, idx.to(D.device))  # (T_b * calls, o)
+            if Xb.shape[0] == 0:
+                continue
+            if "K" not in cache[b]:
+                cache[b]["K"] = svd.gram(Xb)
+            c = products.token_contributions(Xb, Db, K_X=cache[b]["K"])  # (T_b * calls,)
+            c = c.reshape(calls, -1).sum(0).to("cpu")  # the calls' rows are the same tokens, call by call
+            acc[b] = c if acc[b] is None else acc[b] + c
 
     # -- cosine similarities of pairs of gradients, from the factors ---------------------
     def _partners(self, t: Target) -> list[tuple[str, Target]]:

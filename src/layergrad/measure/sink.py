@@ -21,6 +21,7 @@ class Measured:
     modules: dict = field(default_factory=dict)  # target name -> ModuleResult
     cosines: list = field(default_factory=list)  # (kind, name_a, name_b, (n,) cosines)
     faults: dict[int, list[str]] = field(default_factory=dict)  # example row b -> modules whose X or D was not finite
+    shares: dict = field(default_factory=dict)  # (layer, role group) -> per example b: (T_b,) float64 <d_t x_t^T, G> summed over the group's modules, or None
 
 
 class Sink(Protocol):

@@ -16,6 +16,7 @@ Layout of ``OUT``::
     length_partial.csv|md|tex      per pair and role: group effect controlling for length
     length_points.csv              the scatter's points (per example)
     cosine.csv|md|tex              only when the runs hold cosine rows
+    token_shares*.csv|md|tex       only when the runs hold token shares (run --token-shares; report/shares.py)
     runs.csv|md|tex                the runs: model, prompt mode, data, depth, examples ok / not ok
     status.csv|md|tex              examples that were not ok, by status and reason
     exclusions.csv|md|tex          cells where examples had no finite value
@@ -39,6 +40,7 @@ from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_gro
 from layergrad.vocab import did_you_mean
 
 from . import figures, findings, html, scores, tables
+from . import shares as shares_report
 
 FIGURE_METRICS = ("nuclear", "top1_share", "effective_rank")
 ALPHA = 0.05
@@ -156,6 +158,11 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     sections = _sections(groups, t, files, points, fig_metrics, out, segments)
     if panel is not None:
         sections.insert(len(sections) - 1, _scores_section(groups, panel, t, files, out))
+    share_sec, share_tabs, share_files = shares_report.section(per_run, groups, out, _fig, _table, html, tables.write_table)
+    if share_sec is not None:  # only runs made with --token-shares
+        sections.insert(len(sections) - 1, share_sec)
+        t.update(share_tabs)
+        files.update(share_files)
     page = html.render(
         title="layergrad report: " + " vs ".join(g.label for g in groups),
         subtitle=_subtitle(seed, n_boot, n_perm),
@@ -178,9 +185,10 @@ def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
     group's heat maps, cosine tables), so the folder holds exactly what index.html shows."""
     keep = {Path(f.png).name for s in sections for f in s.figures} | {Path(f.svg).name for s in sections for f in s.figures}
     for p in (out / "figures").glob("*"):
-        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "overlay", "mad", "auroc", "length", "cosine", "scores") and p.name not in keep:
+        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "overlay", "mad", "auroc", "length", "cosine", "scores", "token") and p.name not in keep:
             p.unlink()
-    for name in ("cosine", "scores", "scores_summary", "scores_spearman", "split_summary", "split_ids", "split_curves"):
+    for name in ("cosine", "scores", "scores_summary", "scores_spearman", "split_summary", "split_ids", "split_curves",
+                 "token_shares", "token_shares_summary"):
         if name not in files:
             for ext in ("csv", "md", "tex"):
                 (out / f"{name}.{ext}").unlink(missing_ok=True)
@@ -206,6 +214,9 @@ CAPTIONS = {
     "split_summary": "The high and low parts of the split: per part and group, the examples in it and the range of the split score.",
     "split_curves": "Per-layer mean over the examples of each part (95% percentile bootstrap interval), as curves.csv.",
 }
+
+
+CAPTIONS.update(shares_report.CAPTIONS)
 
 
 def _compare_summary(c: pd.DataFrame) -> pd.DataFrame:

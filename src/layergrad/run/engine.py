@@ -28,10 +28,10 @@ from layergrad.run import distributed, faults
 from layergrad.run.ifd import NoPromptRule, undefined
 from layergrad.run.loss import LOSS_RULE
 from layergrad.run.plan import Batch, pad_id_of, plan_batches, shard_batches
-from layergrad.run.step import BatchRunner, compute_batch, failed_row
+from layergrad.run.step import BatchRunner, ShareLayout, compute_batch, failed_row
 from layergrad.store import RunStore
 from layergrad.store.manifest import build_manifest
-from layergrad.store.rows import example_of, invalid_rows
+from layergrad.store.rows import depth_thirds, example_of, invalid_rows
 
 
 @dataclass
@@ -101,11 +101,13 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     # step and write: one committed part per batch; out of memory splits a batch (down to one example)
     sink = FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
                                 elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method,
-                                eig_batch=cfg.eig_batch))
+                                eig_batch=cfg.eig_batch, token_shares=cfg.token_shares))
     runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id_of(tok), ifd=ifd_rule)
+    if cfg.token_shares:
+        runner.shares = ShareLayout(depth_thirds(manifest["n_layers"]), tok)
     backoff = faults.Backoff(log=note)
     compute = lambda part: compute_batch(runner, [examples[k] for k in part], [encoded[k] for k in part], part)  # noqa: E731
-    fail = lambda k, reason: ([failed_row(examples[k], k, encoded[k], reason, bool(cfg.ifd))], [], [])  # noqa: E731
+    fail = lambda k, reason: ([failed_row(examples[k], k, encoded[k], reason, bool(cfg.ifd))], [], [], [])  # noqa: E731
     cost = lambda part: len(part) * max(encoded[k].n_tokens for k in part)  # noqa: E731
     todo = [[k for k in b.items if examples[k].id not in done] for b in batches]
     todo = [items for items in todo if items]
@@ -115,7 +117,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
               dynamic_ncols=True) as bar, runner.hooks():
         for items in todo:
             pieces = backoff.run(items, compute, fail, cost)
-            store.write_part(*([r for p in pieces for r in p[i]] for i in range(3)))
+            store.write_part(*([r for p in pieces for r in p[i]] for i in range(4)))
             computed += len(items)
             bar.update(len(items))
     if world is not None:

@@ -17,7 +17,15 @@ from layergrad.run.gather import GatherIndex, logits_at
 from layergrad.run.ifd import score_batch, undefined
 from layergrad.run.loss import loss_positions, per_example_loss
 from layergrad.run.plan import pad
-from layergrad.store.rows import cosine_row, example_of, module_rows_of
+from layergrad.store.rows import cosine_row, example_of, module_rows_of, share_rows_of, token_texts
+
+
+class ShareLayout:
+    """What the token-share rows need beyond the sink's sums: layer -> depth third, and the tokenizer (token text)."""
+
+    def __init__(self, thirds: dict[int, str], tokenizer):
+        self.thirds = thirds
+        self.tokenizer = tokenizer
 
 
 class BatchRunner:
@@ -38,6 +46,7 @@ class BatchRunner:
         paths = dict(model.named_modules())
         self.embeddings = {t.tied: paths[t.tied] for t in targets if t.tied is not None}
         self.index = GatherIndex()
+        self.shares: ShareLayout | None = None  # set under --token-shares (the sink then sums them)
 
     @contextlib.contextmanager
     def hooks(self):
@@ -75,10 +84,10 @@ class BatchRunner:
 
 
 def compute_batch(runner: BatchRunner, exs: list, encs: list[Encoded], orders: list[int]):
-    """``(example rows, module rows, cosine rows)`` of one batch; a faulty example is stored as failed."""
+    """``(example rows, module rows, cosine rows, share rows)`` of one batch; a faulty example is stored as failed."""
     loss, measured = runner.run(encs)
     by_name = {t.name: t for t in runner.targets}
-    ex_rows, mod_rows, cos_rows = [], [], []
+    ex_rows, mod_rows, cos_rows, share_rows = [], [], [], []
     for b, (ex, enc, order) in enumerate(zip(exs, encs, orders)):
         L = float(loss[b])
         if not math.isfinite(L):
@@ -94,10 +103,13 @@ def compute_batch(runner: BatchRunner, exs: list, encs: list[Encoded], orders: l
         for kind, a, bname, cos in measured.cosines:
             ta = by_name[a]
             cos_rows.append(cosine_row(id=ex.id, kind=kind, role=ta.role, layer=ta.layer, module_a=a, module_b=bname, cosine=float(cos[b])))
+        if runner.shares is not None:
+            share_rows.extend(share_rows_of(ex.id, b, measured.shares, runner.shares.thirds, enc,
+                                            token_texts(runner.shares.tokenizer, enc.input_ids)))
     if runner.ifd is not None:  # one example row per batch item, in batch order
         for row, fields in zip(ex_rows, runner.ifd_rows):
             row.update(fields)
-    return ex_rows, mod_rows, cos_rows
+    return ex_rows, mod_rows, cos_rows, share_rows
 
 
 def failed_row(ex, order: int, enc: Encoded, reason: str, ifd: bool) -> dict:

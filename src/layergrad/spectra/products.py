@@ -3,9 +3,10 @@ where possible. Tensors only; batched ``(n, t, ·)`` inputs with zero padding ro
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from layergrad.spectra.svd import dense_gradient
+from layergrad.spectra.svd import GRAM_DTYPE, dense_gradient, gram
 
 def elementwise_stats(X: Tensor, D: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, max and min over the entries of ``G = D^T X``, each ``(n,)``.
@@ -25,6 +26,24 @@ def gradient_inner(Xa: Tensor, Da: Tensor, Xb: Tensor, Db: Tensor) -> Tensor:
     Needs both gradients to have the same shape; only ``(t, t)`` matrices are formed.
     """
     return ((Da @ Db.transpose(-1, -2)) * (Xa @ Xb.transpose(-1, -2))).sum(dim=(-2, -1))
+
+
+def token_contributions(X: Tensor, D: Tensor, K_X: Tensor | None = None) -> Tensor:
+    """Token ``t``'s part of ``||G||_F^2``: ``<d_t x_t^T, G>_F = sum_u (D D^T)_{tu} (X X^T)_{tu}``, ``(t,)`` float64.
+
+    ``X`` ``(t, i)``, ``D`` ``(t, o)``: one example's rows (``G = D^T X = sum_t d_t x_t^T``).
+    The row sums of the Hadamard product of the two ``(t, t)`` Gram matrices; ``K_X = X X^T``
+    may be passed when already formed (float64). They sum to ``||G||_F^2`` (a term may be negative).
+    """
+    K_X = gram(X) if K_X is None else K_X.to(GRAM_DTYPE)  # (t, t)
+    return (gram(D) * K_X).sum(-1)  # (t,)
+
+
+def token_shares(X: Tensor, D: Tensor, K_X: Tensor | None = None) -> Tensor:
+    """``<d_t x_t^T, G>_F / ||G||_F^2``: ``(t,)`` float64, summing to 1 (NaN where ``G = 0``)."""
+    c = token_contributions(X, D, K_X)
+    total = c.sum()
+    return c / total if bool(total != 0) else torch.full_like(c, float("nan"))
 
 
 def gradient_cosine(Xa: Tensor, Da: Tensor, Xb: Tensor, Db: Tensor) -> Tensor:

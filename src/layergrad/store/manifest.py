@@ -24,7 +24,16 @@ IDENTITY_KEYS = (
     "cosine",  # a run with and without cosine rows would mix examples that have them and ones that don't
     "ifd",
     "loss_rule",
+    "token_shares",  # a run with and without shares parts would mix examples that have them and ones that don't
 )
+
+#: What an identity key means in a manifest written before the key existed.
+IDENTITY_DEFAULTS = {"token_shares": False}
+
+
+def identity_value(manifest: dict, key: str):
+    """``manifest[key]``, or what its absence means (:data:`IDENTITY_DEFAULTS`) for a manifest older than the key."""
+    return manifest.get(key, IDENTITY_DEFAULTS.get(key))
 
 
 def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: str, loss_rule: str,
@@ -65,5 +74,6 @@ def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: s
         "ifd": cfg.ifd or False,  # the IFD definition's name (false: off, as runs stored before names were)
         "ifd_rule": ifd_rule,
         "loss_rule": loss_rule,
+        "token_shares": cfg.token_shares,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }

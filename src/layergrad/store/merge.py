@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layergrad.store import ConfigMismatch, RunStore
+from layergrad.store.manifest import identity_value
 from layergrad.store.run import IDENTITY_KEYS
 from layergrad.store.schema import MODULES
 
@@ -88,7 +89,7 @@ def check_compatible(sources: list[Source]) -> list[str]:
     first = sources[0]
     for s in sources[1:]:
         for k in MERGE_KEYS:
-            a, b = first.manifest.get(k), s.manifest.get(k)
+            a, b = identity_value(first.manifest, k), identity_value(s.manifest, k)
             if a != b:
                 raise MergeError(
                     f"cannot merge {s.path} with {first.path}: they hold different runs.\n"
@@ -218,7 +219,9 @@ def merge(dirs, to) -> MergeReport:
                 ex = ex.filter(pc.is_in(ex.column("id"), value_set=ids))
                 mod = mod.filter(pc.is_in(mod.column("id"), value_set=ids)) if mod is not None else None
                 cos = cos.filter(pc.is_in(cos.column("id"), value_set=ids)) if cos is not None else None
-                out.write_tables(ex, mod if mod is not None else MODULES.empty_table(), cos)
+                sh = s.store.read_shares(tag)
+                sh = sh.filter(pc.is_in(sh.column("id"), value_set=ids)) if sh.num_rows else None
+                out.write_tables(ex, mod if mod is not None else MODULES.empty_table(), cos, shares=sh)
         os.replace(tmp, to)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ _EXAMPLE_COLUMNS = tuple(schema.EXAMPLES.names)
 _MODULE_COLUMNS = tuple(schema.MODULES.names)
 _COSINE_COLUMNS = tuple(schema.COSINE.names)
 _IFD_COLUMNS = tuple(f.name for f in schema.IFD_FIELDS)
+_SHARE_COLUMNS = tuple(schema.SHARES.names)
 
 
 def _row(columns: tuple[str, ...], values: dict, table: str, extra: tuple[str, ...] = ()) -> dict:
@@ -40,6 +41,10 @@ def module_row(**values) -> dict:
 
 def cosine_row(**values) -> dict:
     return _row(_COSINE_COLUMNS, values, "cosine")
+
+
+def share_row(**values) -> dict:
+    return _row(_SHARE_COLUMNS, values, "shares")
 
 
 # ---------------------------------------------------------------------------------------
@@ -90,3 +95,61 @@ def module_rows_of(ex_id: str, b: int, results: dict, targets: list) -> tuple[li
             method=r.method, tied_with=t.tied, reason=undefined_reason(st["nuclear"]),
         ))
     return rows, bad
+
+
+SEGMENT_NAMES = ("early", "middle", "late")
+
+
+def depth_thirds(n_layers: int) -> dict[int, str]:
+    """Layer -> ``early | middle | late``: thirds of the depth by ``np.array_split`` (the first
+    ``n_layers % 3`` thirds one layer longer), as :func:`layergrad.analysis.mad.segments`."""
+    import numpy as np
+
+    return {int(layer): name for name, part in zip(SEGMENT_NAMES, np.array_split(np.arange(n_layers), 3)) for layer in part}
+
+
+def share_rows_of(ex_id: str, b: int, shares: dict, thirds: dict[int, str], enc, tokens: list[str]) -> list[dict]:
+    """The token-share rows (:data:`~layergrad.store.schema.SHARES`) of example ``b`` of a measured batch.
+
+    ``shares``: :attr:`~layergrad.measure.sink.Measured.shares` ((layer, group) -> per example
+    ``(T,)`` contributions ``<d_t x_t^T, G>`` summed over the group's modules of the layer);
+    ``thirds``: :func:`depth_thirds`; ``enc``: the example's ``Encoded``; ``tokens``: its tokens' text.
+    """
+    sums: dict[tuple[str, str], object] = {}
+    for (layer, group), per_example in shares.items():
+        c = per_example[b]
+        if c is None:
+            continue
+        key = (thirds.get(layer, "late" if layer >= len(thirds) else "early"), group)
+        sums[key] = c.double() if key not in sums else sums[key] + c.double()
+    T, R = enc.n_tokens, enc.n_response
+    first = T - R
+    rows = []
+    for seg in SEGMENT_NAMES:
+        for group in ("attn", "mlp"):
+            c = sums.get((seg, group))
+            if c is None:
+                continue
+            total = float(c.sum())
+            share = (c / total).tolist() if total != 0 else [math.nan] * len(c)
+            for t, v in enumerate(share):
+                resp = t >= first
+                rows.append(share_row(id=ex_id, segment=seg, module_group=group, position=t, share=v, response=resp,
+                                      rel_position=((t - first) / (R - 1) if R > 1 else 0.0) if resp else None,
+                                      token=tokens[t] if t < len(tokens) else None))
+    return rows
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's text for display: ``decode(prev, id)`` minus ``decode(prev)`` (so a word's leading
+    space shows, as it does not when a sentencepiece token is decoded alone), else ``decode(id)``."""
+    out = []
+    for t, tid in enumerate(ids):
+        one = tokenizer.decode([tid], clean_up_tokenization_spaces=False)
+        if t > 0:
+            prev = tokenizer.decode([ids[t - 1]], clean_up_tokenization_spaces=False)
+            both = tokenizer.decode([ids[t - 1], tid], clean_up_tokenization_spaces=False)
+            if both.startswith(prev) and len(both) > len(prev):
+                one = both[len(prev):]
+        out.append(one)
+    return out

@@ -5,6 +5,7 @@ Layout::
     DIR/manifest.json                 # configuration of the run (see RunStore.open)
     DIR/parts/modules-<tag>.parquet   # written first
     DIR/parts/cosine-<tag>.parquet    # optional, written second
+    DIR/parts/shares-<tag>.parquet    # optional (--token-shares), written third
     DIR/parts/examples-<tag>.parquet  # written last: the commit marker of the part
 
 ``<tag>`` is ``<writer>-<seq>`` where ``writer`` names the process (``r0`` for a single
@@ -24,14 +25,15 @@ import pyarrow as pa
 
 from ..errors import LayergradError
 from . import schema
-from layergrad.store.manifest import IDENTITY_KEYS  # manifest keys that must match to resume
+from layergrad.store.manifest import IDENTITY_KEYS, identity_value  # manifest keys that must match to resume
 from .parts import TMP_SUFFIX, StoreWriteError, part_problem, read_part, write_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
 UNREADABLE = "unreadable"  # parts/unreadable/: committed parts that could not be read, moved aside on resume
 
-_TAG = re.compile(r"^(examples|modules|cosine)-(.+)\.parquet$")
+_TAG = re.compile(r"^(examples|modules|cosine|shares)-(.+)\.parquet$")
+_OPTIONAL = ("cosine", "shares")  # part kinds a part may lack; one it has must be readable for the part to be used
 
 
 class ConfigMismatch(LayergradError, ValueError):
@@ -87,7 +89,7 @@ class RunStore:
         diffs = [
             f"  {k}: stored {old.get(k)!r}, now {manifest.get(k)!r}"
             for k in IDENTITY_KEYS
-            if old.get(k) != manifest.get(k)
+            if identity_value(old, k) != identity_value(manifest, k)
         ]
         if diffs:
             raise ConfigMismatch(
@@ -160,8 +162,7 @@ class RunStore:
         if tag in self._whole:
             return None
         files = [f"examples-{tag}.parquet", f"modules-{tag}.parquet"]
-        if (self.parts / f"cosine-{tag}.parquet").exists():
-            files.append(f"cosine-{tag}.parquet")
+        files += [f"{kind}-{tag}.parquet" for kind in _OPTIONAL if (self.parts / f"{kind}-{tag}.parquet").exists()]
         for name in files:
             problem = part_problem(self.parts / name)
             if problem is not None:
@@ -185,7 +186,7 @@ class RunStore:
             try:
                 dest.mkdir(exist_ok=True)
                 stamp = time.strftime("%Y%m%d-%H%M%S")
-                for kind in ("examples", "modules", "cosine"):  # the commit marker first
+                for kind in ("examples", "modules", *_OPTIONAL):  # the commit marker first
                     f = self.parts / f"{kind}-{tag}.parquet"
                     if f.exists():
                         f.replace(dest / f"{f.name}.{stamp}")
@@ -204,22 +205,27 @@ class RunStore:
         self._seq += 1
         return seq
 
-    def write_part(self, examples: list[dict], modules: list[dict], cosine: list[dict] | None = None) -> str:
-        """Commit one part: modules (and cosine) first, the examples part last."""
+    def write_part(self, examples: list[dict], modules: list[dict], cosine: list[dict] | None = None,
+                   shares: list[dict] | None = None) -> str:
+        """Commit one part: modules (cosine, shares) first, the examples part last."""
         if not examples:
             return ""
         return self.write_tables(
             pa.Table.from_pylist(examples, schema=_examples_schema(examples)),
             pa.Table.from_pylist(modules, schema=schema.MODULES),
             pa.Table.from_pylist(cosine, schema=schema.COSINE) if cosine else None,
+            shares=pa.Table.from_pylist(shares, schema=schema.SHARES) if shares else None,
         )
 
-    def write_tables(self, examples: pa.Table, modules: pa.Table, cosine: pa.Table | None = None) -> str:
+    def write_tables(self, examples: pa.Table, modules: pa.Table, cosine: pa.Table | None = None,
+                     shares: pa.Table | None = None) -> str:
         """Commit one part from Arrow tables (same order as :meth:`write_part`)."""
         tag = f"{self.writer}-{self._next_seq():06d}"
         write_atomic(modules, self.parts / f"modules-{tag}.parquet")
         if cosine is not None and cosine.num_rows:
             write_atomic(cosine, self.parts / f"cosine-{tag}.parquet")
+        if shares is not None and shares.num_rows:
+            write_atomic(shares, self.parts / f"shares-{tag}.parquet")
         write_atomic(examples, self.parts / f"examples-{tag}.parquet")
         return tag
 
@@ -249,7 +255,8 @@ class RunStore:
             m = read_part(self.parts / f"modules-{tag}.parquet") if e is not None else None
             has_c = (self.parts / f"cosine-{tag}.parquet").exists()
             c = read_part(self.parts / f"cosine-{tag}.parquet") if has_c and m is not None else None
-            if e is None or m is None or (has_c and c is None):  # a part is used whole or not at all
+            sh = self.parts / f"shares-{tag}.parquet"  # read by read_shares(); here its footer is checked
+            if e is None or m is None or (has_c and c is None) or (sh.exists() and part_problem(sh)):  # whole or not at all
                 warnings.warn(f"{self.parts}: part {tag} cannot be read and is left out; to compute its examples "
                               "again, move its files out of that folder and rerun `layergrad run` with the same settings",
                               stacklevel=2)
@@ -263,6 +270,34 @@ class RunStore:
             _concat(mod, schema.MODULES),
             _concat(cos, schema.COSINE),
         )
+
+
+    def read_shares(self, tag: str | None = None) -> pa.Table:
+        """The token-share rows (:data:`~layergrad.store.schema.SHARES`) of one committed part, or of every
+        part :meth:`read_tables` uses (in part order); an empty table where there are none."""
+        tables = []
+        for t in ([tag] if tag is not None else self._committed_tags()):
+            p = self.parts / f"shares-{t}.parquet"
+            if not p.exists() or (tag is None and self.part_problem(t) is not None):
+                continue
+            table = read_part(p)
+            if table is None:  # its footer was whole but its contents are not: the part is left out
+                warnings.warn(f"{p} cannot be read; its token shares are left out", stacklevel=2)
+                continue
+            tables.append(table)
+        return _concat(tables, schema.SHARES)
+
+
+def load_shares(path: str | Path, ids=None) -> "pd.DataFrame":  # noqa: F821
+    """The token shares of a run directory (``run --token-shares``) as a DataFrame, ``ids`` only if given;
+    empty when the run has none. Duplicated examples (a part written twice) keep their last part's rows."""
+    table = RunStore(path).read_shares()
+    df = table.to_pandas()
+    if ids is not None:
+        df = df[df["id"].isin(set(ids))]
+    if len(df):
+        df = df.drop_duplicates(["id", "segment", "module_group", "position"], keep="last").reset_index(drop=True)
+    return df
 
 
 def _free_sibling(path: Path) -> Path:

@@ -5,7 +5,9 @@ Each committed part is a pair written atomically: ``modules-<tag>.parquet``
 (one row per example x module) and then ``examples-<tag>.parquet`` (one row per
 example). The examples part is the commit marker: a modules part without its
 examples twin is a leftover of a crash and is ignored (and removed on resume).
-Optional ``cosine-<tag>.parquet`` parts hold gradient cosine similarities.
+Optional ``cosine-<tag>.parquet`` parts hold gradient cosine similarities, optional
+``shares-<tag>.parquet`` parts (``run --token-shares``) the token shares; both are written
+before the examples part, with its tag, and a part is read whole or not at all.
 """
 from __future__ import annotations
 
@@ -94,6 +96,32 @@ COSINE = pa.schema(
         pa.field("module_a", pa.string()),
         pa.field("module_b", pa.string()),
         pa.field("cosine", pa.float64()),  # <G_a, G_b> / (|G_a|_F |G_b|_F); needs equal shapes
+    ]
+)
+
+#: Token shares (``run --token-shares``): where in the sequence an example's gradient comes from.
+#: For a module, token t's part of ``||G||_F^2`` is ``c_t = <d_t x_t^T, G>_F`` (``sum_t c_t = ||G||_F^2``).
+#: One row per (example, segment, module_group, position) over ALL the example's tokens (prompt
+#: tokens too: attention gives them nonzero output gradients), with
+#:
+#:     share_t = sum_{m in S} c_{m,t} / sum_{m in S} ||G_m||_F^2
+#:
+#: for S the modules of ``module_group`` in the layers of ``segment``: token t's share of the
+#: squared norm of the gradient of those weights together (= the ||G_m||^2-weighted mean of the
+#: modules' own shares). The shares of one (example, segment, module_group) sum to 1; one may be
+#: negative (a token pulling against the rest). Position t's ``d_t`` carries the loss of
+#: predicting token t + 1 (and, through attention, of later tokens): the last token's share is 0.
+SHARES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # example id
+        pa.field("segment", pa.string()),  # early | middle | late: thirds of the depth n_layers (np.array_split, as analysis.mad)
+        pa.field("module_group", pa.string()),  # attn (q, k, v, o, qkv) | mlp (gate, up, down, gate_up)
+        pa.field("position", pa.int32()),  # token index in the example's sequence, 0 .. n_tokens - 1
+        pa.field("share", pa.float64()),  # share_t above (NaN when the group's gradient is 0 in that segment)
+        pa.field("response", pa.bool_()),  # a response token: position >= n_tokens - n_response_tokens (a loss target)
+        pa.field("rel_position", pa.float64()),  # response tokens: (position - first) / (n_response_tokens - 1), 0 = the
+        # first, 1 = the last (0 when there is one); null for prompt tokens
+        pa.field("token", pa.string()),  # the token's text, for display only (decoded with its predecessor, so leading spaces show)
     ]
 )
 
