@@ -68,7 +68,11 @@ def _add_run(sub) -> None:
     p.add_argument("--revision", default=None, help="hub models: branch, tag or commit (if not given: main)")
     p.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
                    help="hub models: the Hugging Face cache folder, as transformers' cache_dir (if not given: HF_HOME's)")
-    p.add_argument("--data", nargs="+", help="data files: Alpaca .json/.jsonl/.parquet or chat 'messages' records")
+    p.add_argument("--data", nargs="+", help="data: .json/.jsonl/.parquet/.csv files, datasets folders (save_to_disk), "
+                   "or hub dataset ids org/name[@REV]; Alpaca or chat 'messages' records")
+    p.add_argument("--split", default=None, help="datasets folders and hub datasets: the split (if not given: the only one, else train)")
+    p.add_argument("--subset", default=None, help="datasets folders and hub datasets: the subset (config name)")
+    p.add_argument("--data-revision", default=None, help="hub datasets: branch, tag or commit (or --data org/name@REV)")
     p.add_argument("--out", help="run directory (created; rerun to resume)")
     p.add_argument("--config", help="a TOML file with these options, by their RunConfig names (batch_size = 4), at the top "
                    "or in a [run] table; command-line flags override it. Relative data paths in the file are relative "
@@ -114,7 +118,8 @@ def _add_run(sub) -> None:
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "ifd", "skip_invalid",
-                "trust_remote_code", "method", "shard", "revision", "cache_dir")
+                "trust_remote_code", "method", "shard", "revision", "cache_dir",
+                "split", "subset", "data_revision")
 
 
 def read_config_file(path: str) -> dict:
