@@ -43,6 +43,8 @@ class RunConfig:
     model: str = "default"  # hub id org/name[@REV], HF folder, .gguf file, or "default" (embedded SmolLM2-135M-Instruct)
     revision: str | None = None  # hub models: branch, tag or commit (as in from_pretrained); default main
     cache_dir: str | None = None  # hub models: the Hugging Face cache to use (as in from_pretrained); default HF_HOME's
+    adapter: str | None = None  # a PEFT (LoRA) adapter folder or hub id; default: merged into the base (merge_and_unload)
+    adapter_params: bool = False  # measure the adapter's own lora_A/lora_B matrices instead of the merged weights
     group: str | None = None  # group label; default: each data file's stem
     prompt_mode: str = "auto"  # base | chat | auto (chat when the tokenizer has a chat template)
     modules: str = "all"  # attn | mlp | all | reference | comma list of roles (q,k,v,o,gate,up,down,...)
@@ -289,6 +291,8 @@ _CHECKS = {
     "model": _str(optional=False),
     "revision": _str(optional=True),
     "cache_dir": _str(optional=True),
+    "adapter": _str(optional=True),
+    "adapter_params": _bool,
     "group": _str(optional=True),
     "prompt_mode": _one_of(vocab.PROMPT_MODES, what="prompt mode"),
     "modules": _modules,

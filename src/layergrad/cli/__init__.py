@@ -68,6 +68,11 @@ def _add_run(sub) -> None:
     p.add_argument("--revision", default=None, help="hub models: branch, tag or commit (if not given: main)")
     p.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
                    help="hub models: the Hugging Face cache folder, as transformers' cache_dir (if not given: HF_HOME's)")
+    p.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder or hub id; measured merged into the base "
+                   "(as peft's merge_and_unload writes it). --model ADAPTER_DIR also works: its config names the base")
+    p.add_argument("--adapter-params", action="store_true", default=None,
+                   help="measure the adapter's own matrices (lora_A, lora_B of each adapted module; roles q.lora_A, ...) "
+                   "instead of the merged weights")
     p.add_argument("--data", nargs="+", help="data: .json/.jsonl/.parquet/.csv files, datasets folders (save_to_disk), "
                    "or hub dataset ids org/name[@REV]; Alpaca or chat 'messages' records")
     p.add_argument("--split", default=None, help="datasets folders and hub datasets: the split (if not given: the only one, else train)")
@@ -119,7 +124,7 @@ def _add_run(sub) -> None:
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "ifd", "skip_invalid",
                 "trust_remote_code", "method", "shard", "revision", "cache_dir",
-                "split", "subset", "data_revision")
+                "split", "subset", "data_revision", "adapter", "adapter_params")
 
 
 def read_config_file(path: str) -> dict:

@@ -91,6 +91,9 @@ class LoadedModel:
     dtype: str  # parameter dtype, e.g. "float32"
     repo_id: str | None = None  # a hub model: its repo id ("org/name"); None for local files
     revision: str | None = None  # a hub model: the commit hash its revision resolved to
+    adapter: str | None = None  # a PEFT adapter: its folder or hub id as given
+    adapter_fingerprint: str | None = None  # sha256 of adapter_config.json + its weight files (as for folders)
+    adapter_params: bool = False  # True: the adapter's own matrices are measured (the model is a PeftModel)
 
 
 # ---------------------------------------------------------------------------------- dtype
@@ -383,7 +386,8 @@ def _hub_cache(cache: str | os.PathLike | None) -> str:
     return str(Path(cache).expanduser()) if cache else constants.HF_HUB_CACHE
 
 
-def resolve_hub_model(repo: str, revision: str | None, cache: str | os.PathLike | None) -> tuple[Path, str]:
+def resolve_hub_model(repo: str, revision: str | None, cache: str | os.PathLike | None,
+                      filename: str = "config.json") -> tuple[Path, str]:
     """``(snapshot folder, commit hash)`` of ``repo`` at ``revision`` (default ``main``) in the HF cache.
 
     Fetches ``config.json`` through ``huggingface_hub`` (from the cache when offline or when it is
@@ -397,7 +401,7 @@ def resolve_hub_model(repo: str, revision: str | None, cache: str | os.PathLike 
     where = f"{repo!r}" + (f" at revision {revision!r}" if revision else "")
     get = f"`hf download {repo}{f' --revision {revision}' if revision else ''}{f' --cache-dir {cache}' if cache else ''}`"
     try:
-        config = Path(hf_hub_download(repo, "config.json", revision=revision, cache_dir=cache, local_files_only=offline))
+        config = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache, local_files_only=offline))
     except hub_errors.LocalEntryNotFoundError as e:
         if offline:
             raise ModelError(
@@ -415,13 +419,86 @@ def resolve_hub_model(repo: str, revision: str | None, cache: str | os.PathLike 
     except hub_errors.RepositoryNotFoundError as e:
         raise ModelError(f"hub model {repo!r} does not exist, or is private: check the id, or set HF_TOKEN") from e
     except hub_errors.EntryNotFoundError as e:
-        raise ModelError(f"hub repo {where} has no config.json: not a transformers model (a GGUF repo? download "
+        raise ModelError(f"hub repo {where} has no {filename}: not a transformers model (a GGUF repo? download "
                          f"the .gguf file and pass its path)") from e
     except hub_errors.HFValidationError as e:
         raise ModelError(f"{repo!r} is no valid hub id ({e}); {_EXPECTED}") from e
     except (OSError, hub_errors.HfHubHTTPError) as e:
         raise ModelError(f"could not fetch hub model {where}: {type(e).__name__}: {e}") from e
     return config.parent, config.parent.name
+
+
+# ------------------------------------------------------------------------------- adapters
+
+ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes into an adapter folder
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The base model an adapter folder's config names (``base_model_name_or_path``), or None."""
+    try:
+        base = json.loads((Path(folder) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"adapter folder {str(folder)!r}: cannot read {ADAPTER_CONFIG}: {e}") from e
+    return base or None
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file()
+
+
+def _adapter_folder(adapter: str, cache: str | os.PathLike | None) -> Path:
+    """The local folder of an adapter given as a folder or a hub id (``org/name[@REV]``)."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        if not (path / ADAPTER_CONFIG).is_file():
+            raise ModelError(f"adapter folder {adapter!r} has no {ADAPTER_CONFIG} (as peft's save_pretrained writes)")
+        return path
+    if is_hub_id(adapter):
+        repo, rev = parse_model_ref(adapter)
+        config, commit = resolve_hub_model(repo, rev, cache, filename=ADAPTER_CONFIG)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, revision=commit, cache_dir=cache, local_files_only=hub_offline()))
+    raise ModelError(f"adapter {adapter!r} does not exist; expected a PEFT adapter folder or a hub id org/name[@REV]")
+
+
+def _same_base(base: str, model: str) -> bool:
+    """Whether ``model`` can be the adapter's ``base``: the same hub id, or two folders with the same config
+    (a base downloaded into a folder and the hub id are not compared: the shapes check that when peft loads)."""
+    if is_hub_id(base) and is_hub_id(model):
+        return parse_model_ref(model)[0] == parse_model_ref(base)[0]
+    a, b = Path(base).expanduser(), Path(model).expanduser()
+    if (a / "config.json").is_file() and (b / "config.json").is_file() and a.resolve() != b.resolve():
+        strip = lambda p: {k: v for k, v in json.loads((p / "config.json").read_text()).items() if not k.startswith("_")}  # noqa: E731
+        return strip(a) == strip(b)
+    return True
+
+
+def _adapter_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    h.update((folder / ADAPTER_CONFIG).read_bytes())
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES):
+        _head_tail(file, h)
+    return h.hexdigest()
+
+
+def _apply_adapter(model, folder: Path, adapter: str, model_source: str, *, params: bool):
+    """``model`` with the adapter: merged (``merge_and_unload``: a plain model, the base's module names) or,
+    with ``params``, the unmerged PeftModel whose ``lora_A``/``lora_B`` matrices are then measured."""
+    from peft import PeftModel
+
+    base = adapter_base(folder)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as e:  # noqa: BLE001 - shapes, missing target modules, a damaged file: the adapter does not fit
+        raise ModelError(
+            f"the adapter {adapter!r} does not fit the model {model_source!r}"
+            f"{f' (the adapter was made for {base!r}: pass --model {base})' if base else ''}: "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
+        ) from e
+    peft_model.eval()
+    return peft_model if params else peft_model.merge_and_unload()
 
 # ---------------------------------------------------------------------------------- load
 
@@ -540,6 +617,8 @@ def load_model(
     progress: bool = True,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    adapter: str | None = None,
+    adapter_params: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -560,6 +639,22 @@ def load_model(
         raise ModelError(f"unknown device {device!r}: {e}") from e
     if device_map is None and target.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+    adapter_dir = None
+    if adapter is None and is_adapter_folder(name_or_path):  # --model ADAPTER_DIR: its config names the base
+        adapter = str(name_or_path)
+        name_or_path = None
+    if adapter is not None:
+        adapter_dir = _adapter_folder(adapter, cache_dir)
+        base = adapter_base(adapter_dir)
+        if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+            if base is None:
+                raise ModelError(f"the adapter {adapter!r} names no base model (base_model_name_or_path); pass --model")
+            name_or_path = base
+        elif base and not _same_base(base, str(name_or_path)):
+            raise ModelError(f"the adapter {adapter!r} was made for {base!r}, not for --model {str(name_or_path)!r}; "
+                             f"pass --model {base} (or omit --model)")
+    elif adapter_params:
+        raise ModelError("--adapter-params needs an adapter (--adapter DIR, or --model ADAPTER_DIR)")
     hub = None
     if str(name_or_path) != DEFAULT_MODEL and is_hub_id(str(name_or_path)):
         repo, rev = parse_model_ref(str(name_or_path), revision)
@@ -583,6 +678,8 @@ def load_model(
             attn_implementation=attn_implementation,
             **({"hub": hub} if hub else {}),
         )
+    if adapter_dir is not None:
+        model = _apply_adapter(model, adapter_dir, adapter, str(name_or_path), params=adapter_params)
     if device_map is None:
         model.to(target)
     model.eval()
@@ -595,4 +692,7 @@ def load_model(
         dtype=str(model.dtype).removeprefix("torch."),
         repo_id=hub["repo"] if hub else None,
         revision=hub["revision"] if hub else None,
+        adapter=adapter,
+        adapter_fingerprint=_adapter_fingerprint(adapter_dir) if adapter_dir is not None else None,
+        adapter_params=bool(adapter_dir is not None and adapter_params),
     )
