@@ -248,7 +248,8 @@ FILE_PROBLEMS = [
     ("empty file", "data.json", "  \n", "no records"),
     ("empty list", "data.json", [], "no records"),
     ("JSONL with only blank lines", "data.jsonl", "\n\n  \n", "no records"),
-    ("unsupported suffix", "data.csv", "instruction,output\n", "unsupported file type '.csv'"),
+    ("CSV with a header only", "data.csv", "instruction,output\n", "no records"),  # CSV is read (tests/test_datasets_input.py)
+    ("unsupported suffix", "data.txt", "instruction,output\n", "unsupported file type '.txt'"),
 ]
 
 

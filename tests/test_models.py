@@ -146,10 +146,12 @@ def test_missing_path(tmp_path):
     assert str(missing) in message and "config.json" in message and ".gguf" in message and '"default"' in message
 
 
-def test_hub_id_says_nothing_is_downloaded(tmp_path, monkeypatch):
+def test_hub_id_not_in_the_cache_offline(tmp_path, monkeypatch):
+    """A hub id goes through the Hugging Face cache (tests/test_hub.py); offline and absent, it says what to do."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelError, match="never downloads"):
-        load_model("HuggingFaceTB/SmolLM2-135M")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="not in the Hugging Face cache .* go online .*hf download HuggingFaceTB/SmolLM2-135M"):
+        load_model("HuggingFaceTB/SmolLM2-135M", cache_dir=str(tmp_path / "empty-cache"))
 
 
 def test_folder_without_config(tmp_path):

@@ -38,9 +38,13 @@ NO_FLAG = {
 class RunConfig:
     """The options of one run; see the module docstring for how ``method`` follows ``stats_dtype``."""
 
-    data: list[str]  # data files (Alpaca JSON/JSONL/Parquet or chat `messages` records)
+    data: list[str]  # data: JSON/JSONL/Parquet/CSV files, datasets folders, hub dataset ids (inputs/data.py)
     out: str  # run directory
-    model: str = "default"  # HF folder, .gguf file, or "default" (embedded SmolLM2-135M-Instruct)
+    model: str = "default"  # hub id org/name[@REV], HF folder, .gguf file, or "default" (embedded SmolLM2-135M-Instruct)
+    revision: str | None = None  # hub models: branch, tag or commit (as in from_pretrained); default main
+    cache_dir: str | None = None  # hub models: the Hugging Face cache to use (as in from_pretrained); default HF_HOME's
+    adapter: str | None = None  # a PEFT (LoRA) adapter folder or hub id; default: merged into the base (merge_and_unload)
+    adapter_params: bool = False  # measure the adapter's own lora_A/lora_B matrices instead of the merged weights
     group: str | None = None  # group label; default: each data file's stem
     prompt_mode: str = "auto"  # base | chat | auto (chat when the tokenizer has a chat template)
     modules: str = "all"  # attn | mlp | all | reference | comma list of roles (q,k,v,o,gate,up,down,...)
@@ -48,6 +52,9 @@ class RunConfig:
     batch_size: int = 8  # examples per padded batch (grouped by length)
     max_batch_tokens: int = 8192  # cap on batch_size x longest sequence in a batch
     limit: int | None = None  # first N examples of each data file
+    split: str | None = None  # datasets sources (folders, hub ids): the split; default the only one, else train
+    subset: str | None = None  # datasets sources: the subset (config name)
+    data_revision: str | None = None  # hub datasets: branch, tag or commit (or --data org/name@REV)
     record_slice: list | None = None  # [start, end] as the paper's --start_idx_ratio/--end_idx_ratio (ratio <= 1, index > 1)
     dtype: str = "auto"  # model dtype: vocab.DTYPES (auto, fp32, bf16, fp16, fp64 and their long names)
     stats_dtype: str = "float32"  # float32 | float64: precision of the statistics (vocab.STATS_DTYPES)
@@ -284,6 +291,10 @@ _CHECKS = {
     "data": _data,
     "out": _str(optional=False),
     "model": _str(optional=False),
+    "revision": _str(optional=True),
+    "cache_dir": _str(optional=True),
+    "adapter": _str(optional=True),
+    "adapter_params": _bool,
     "group": _str(optional=True),
     "prompt_mode": _one_of(vocab.PROMPT_MODES, what="prompt mode"),
     "modules": _modules,
@@ -291,6 +302,9 @@ _CHECKS = {
     "batch_size": _int_at_least(1, optional=False),
     "max_batch_tokens": _int_at_least(1, optional=False),
     "limit": _int_at_least(1, optional=True, none_means="every example"),
+    "split": _str(optional=True),
+    "subset": _str(optional=True),
+    "data_revision": _str(optional=True),
     "record_slice": _record_slice,
     "dtype": _one_of(vocab.DTYPES, normalize=vocab.normalize_dtype_name, what="dtype"),
     "stats_dtype": _one_of(vocab.STATS_DTYPES, what="statistics dtype"),

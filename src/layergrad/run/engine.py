@@ -131,7 +131,9 @@ def _load_model(cfg: RunConfig, device: str):
     from layergrad.inputs.models import load_model
 
     return load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map,
-                      trust_remote_code=cfg.trust_remote_code, progress=cfg.progress)
+                      trust_remote_code=cfg.trust_remote_code, progress=cfg.progress,
+                      revision=cfg.revision, cache_dir=cfg.cache_dir, adapter=cfg.adapter,
+                      adapter_params=cfg.adapter_params)
 
 
 def _refuse_unscorable(cfg: RunConfig, examples, encoded) -> None:

@@ -13,6 +13,9 @@ from layergrad.store.schema import SCHEMA_VERSION
 IDENTITY_KEYS = (
     "schema_version",  # what the rows mean (store/schema.py)
     "model_fingerprint",
+    "model_revision",  # a hub model's resolved commit (None for local files): another revision is another run
+    "adapter_fingerprint",  # a PEFT adapter's (None without one)
+    "adapter_params",  # None without an adapter; True: its lora_A/lora_B measured; False: merged weights
     "prompt_mode",
     "max_length",
     "modules",
@@ -52,6 +55,11 @@ def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: s
         "model": cfg.model,
         "model_path": loaded.path,
         "model_fingerprint": loaded.fingerprint,
+        "model_repo": getattr(loaded, "repo_id", None),  # a hub model's id, else None
+        "model_revision": getattr(loaded, "revision", None),  # its resolved commit hash, else None
+        "adapter": getattr(loaded, "adapter", None),  # a PEFT adapter's folder or hub id, else None
+        "adapter_fingerprint": getattr(loaded, "adapter_fingerprint", None),
+        "adapter_params": getattr(loaded, "adapter_params", False) if getattr(loaded, "adapter", None) else None,
         "model_type": getattr(model_cfg, "model_type", None),
         "n_layers": int(getattr(text_cfg, "num_hidden_layers", 0) or (max(t.layer for t in targets) + 1)),
         "dtype": loaded.dtype,
