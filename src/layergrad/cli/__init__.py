@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="data files: Alpaca .json/.jsonl/.parquet or chat 'messages' records")
     p.set_defaults(func=cmd_validate)
 
-    for mod in ("layergrad.cli.report", "layergrad.experiment", "layergrad.cli.merge", "layergrad.cli.select"):
+    for mod in ("layergrad.cli.report", "layergrad.experiment", "layergrad.cli.merge", "layergrad.cli.select", "layergrad.cli.verify"):
         __import__(mod, fromlist=["add_parser"]).add_parser(sub)
     return parser
 

@@ -31,7 +31,8 @@ from layergrad.run.plan import Batch, pad_id_of, plan_batches, shard_batches
 from layergrad.run.step import BatchRunner, compute_batch, failed_row
 from layergrad.store import RunStore
 from layergrad.store.manifest import build_manifest
-from layergrad.store.rows import example_of, invalid_rows
+from layergrad.store.rows import example_of, invalid_rows, scored_text
+from layergrad.store.run import refuse_changed_records
 
 
 @dataclass
@@ -53,11 +54,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
+def run(cfg: RunConfig, *, loaded=None, log=print, wait_for_lock: bool = False) -> RunSummary:
     """Compute and store the statistics of every example of ``cfg.data``; resume if possible.
 
     Under torchrun (``RANK``/``WORLD_SIZE`` set) every rank calls this with the same ``cfg``
     and computes its own shard of the global batch plan (see :mod:`.distributed`).
+    ``wait_for_lock``: when another process writes ``cfg.out`` under this writer's name, wait for
+    it to finish (``layergrad experiment``) instead of refusing (:class:`~layergrad.store.lock.RunLocked`).
     """
     cfg.validate()  # every bad option at once, before any model loads
     world = distributed.detect()
@@ -65,10 +68,10 @@ def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
     if world is not None:
         device = distributed.local_device(world, device, cfg.device_map)
     distributed.ensure_process_group(world, device)  # once per process, kept for later runs
-    return _run(cfg, loaded, world, device)
+    return _run(cfg, loaded, world, device, wait_for_lock)
 
 
-def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -> RunSummary:
+def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, wait_for_lock: bool = False) -> RunSummary:
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -90,11 +93,26 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     ifd_rule = NoPromptRule.for_tokenizer(tok, cfg.ifd) if cfg.ifd else None
     manifest = build_manifest(cfg, loaded, mode, targets, data_fingerprint=data_fingerprint(cfg), loss_rule=LOSS_RULE,
                               ifd_rule=ifd_rule.describe() if ifd_rule else None)
-    distributed.open_store(store, manifest, world)  # rank 0 first
+    distributed.open_store(store, manifest, world, wait=wait_for_lock, log=note)  # rank 0 first; takes the writer's lock
+    try:
+        return _resume_and_compute(cfg, store, world, shard, examples, encoded, problems, batches, runner_args=(
+            model, targets, tok, ifd_rule), note=note, t0=t0)
+    finally:
+        store.close()  # the writer's lock
+
+
+def _resume_and_compute(cfg, store, world, shard, examples, encoded, problems, batches, *, runner_args, note, t0):
+    from tqdm.auto import tqdm
+
+    model, targets, tok, ifd_rule = runner_args
+    for msg in store.notes:  # what the run grew by (more data files, a larger --limit)
+        note(f"layergrad: {msg}")
     store.remove_orphans()
     for msg in store.quarantine_unreadable():  # whole parts only: their examples are computed again
         note(msg)
-    done = store.done_ids()
+    stored = store.stored_texts()
+    refuse_changed_records(stored, examples, scored_text)  # an id names one example: its text must not change
+    done = set(stored)
     if shard is None or shard[0] == 0:  # examples that need no compute: skipped and invalid records
         _write_uncomputed(store, cfg, examples, encoded, problems, done)
 
