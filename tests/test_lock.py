@@ -109,3 +109,28 @@ def test_waiting_writers_are_serialised(tmp_path):
     first.release()
     t.join(10)
     assert order == ["first done", "second"]
+
+
+def test_a_run_that_waits_for_the_lock_runs_after_the_holder(tmp_path, tokenizer):
+    """What `layergrad experiment` does: two studies over one run directory are serialised."""
+    from conftest import make_model
+    from test_reliability import MANY, config, loaded
+
+    cfg = config(tmp_path, MANY[:2], modules="q")
+    events, held = [], threading.Event()
+
+    def hold_for_a_second():
+        holder = WriterLock(cfg.out, "r0")
+        holder.acquire()
+        held.set()
+        time.sleep(1.0)
+        events.append("released")
+        holder.release()
+
+    threading.Thread(target=hold_for_a_second).start()
+    held.wait(10)
+    from layergrad.run import engine
+
+    s = engine.run(cfg, loaded=loaded(make_model("llama", len(tokenizer)), tokenizer), wait_for_lock=True)
+    events.append("ran")
+    assert events == ["released", "ran"] and s.computed == 2

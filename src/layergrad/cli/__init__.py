@@ -238,8 +238,10 @@ def cmd_modules(a) -> int:
 
 
 def cmd_export(a) -> int:
+    from layergrad.cli.outputs import refuse_existing
     from layergrad.store.paper import export_reference
 
+    refuse_existing([a.to], a.force)
     n, missing = export_reference(a.dir, a.to)
     print(f"wrote {n} examples to {a.to}")
     if missing:
@@ -290,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="run directory of `layergrad run` (its --out)")
     p.add_argument("--format", choices=["reference"], default="reference", help="output format: reference, the paper's JSON lines (default reference)")
     p.add_argument("--to", required=True, help="output file (.jsonl)")
+    p.add_argument("--force", action="store_true", help="replace --to if it exists (default: refuse)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="read the paper's JSON-lines output into a run directory",
