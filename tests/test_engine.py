@@ -178,9 +178,9 @@ def test_resume_skips_stored_examples_by_id_not_instruction(tmp_path, tokenizer,
     cfg = RunConfig(data=[str(data)], out=str(tmp_path / "run"), progress=False, limit=2, batch_size=1)
     s1 = engine.run(cfg, loaded=loaded(model, tokenizer))
     assert s1.computed == 2
-    cfg.limit = None
-    with pytest.raises(ValueError, match="data_fingerprint"):  # a different dataset slice is another run
-        engine.run(cfg, loaded=loaded(model, tokenizer))
+    cfg.limit = None  # a run grows (issue 17): the rest is computed, the first two kept
+    s2 = engine.run(cfg, loaded=loaded(model, tokenizer))
+    assert (s2.computed, s2.skipped_done) == (len(records) - 2, 2)
 
 
 def test_rerun_resumes_and_final_store_equals_uninterrupted(tmp_path, tokenizer, records, monkeypatch):

@@ -150,7 +150,6 @@ CHANGES = {
     "prompt_mode": ({"prompt_mode": "chat"}, {}),
     "max_length": ({"max_length": 512}, {}),
     "modules": ({"modules": "mlp"}, {}),
-    "data_fingerprint": ({"data_name": "other.json"}, {}),
     "dtype": ({}, {"dtype": "float32"}),
     "stats_dtype": ({"stats_dtype": "float32"}, {}),
     "spectrum_k": ({"spectrum_k": 8}, {}),
@@ -191,7 +190,7 @@ def test_resume_with_another_configuration_is_refused_naming_it(tmp_path, tokeni
     with pytest.raises(ConfigMismatch) as info:
         engine.run(second, loaded=other)
     message = str(info.value)
-    assert f"  {key}: stored " in message
+    assert f"[{key}: stored " in message and " (stored) vs " in message  # the option in the user's terms, and the key
     assert sum(line.startswith("  ") and ": stored " in line for line in message.splitlines()) == 1  # only the difference
     assert f"--out {first.out}-2" in message  # the explicit way to start the new run elsewhere
     assert tree_digest(Path(first.out)) == before  # nothing written, nothing overwritten

@@ -211,7 +211,7 @@ def test_select_writes_the_input_lines_byte_for_byte(run_dir, tmp_path, capsys):
         if line in JSONL_LINES:
             assert line in (run_dir / "d.jsonl").read_text(encoding="utf-8").splitlines()
     assert "selected 3 of 8 examples: top 3 by loss" in printed
-    scores = pd.read_csv(tmp_path / "scores.csv")
+    scores = pd.read_csv(tmp_path / "top.scores.csv")  # named after its output (issue 17)
     assert len(scores) == 8 and scores["selected"].sum() == 3
     assert set(scores.loc[scores["selected"], "id"].astype(str)) == set(top)
     assert scores.set_index("id").loc[top[0], "rank"] == 1

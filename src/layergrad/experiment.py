@@ -269,7 +269,8 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
                                        progress=job.cfg.progress)
         if main_rank:
             log(f"[{k}/{len(jobs)}] {job.model_name} · {job.label}")
-        s = engine.run(job.cfg, loaded=loaded_cache[key])
+        # two studies over overlapping runs: the second waits for the first to finish each shared run (its lock)
+        s = engine.run(job.cfg, loaded=loaded_cache[key], wait_for_lock=True)
         if main_rank:
             log(f"    {s.out}: {s.status_counts}, {s.computed} computed now ({s.seconds:.0f} s)")
     if world is not None:

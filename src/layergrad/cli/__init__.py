@@ -264,8 +264,10 @@ def cmd_modules(a) -> int:
 
 
 def cmd_export(a) -> int:
+    from layergrad.cli.outputs import refuse_existing
     from layergrad.store.paper import export_reference
 
+    refuse_existing([a.to], a.force)
     n, missing = export_reference(a.dir, a.to)
     print(f"wrote {n} examples to {a.to}")
     if missing:
@@ -318,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="run directory of `layergrad run` (its --out)")
     p.add_argument("--format", choices=["reference"], default="reference", help="output format: reference, the paper's JSON lines (default reference)")
     p.add_argument("--to", required=True, help="output file (.jsonl)")
+    p.add_argument("--force", action="store_true", help="replace --to if it exists (default: refuse)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="read the paper's JSON-lines output into a run directory",
@@ -336,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="data files: Alpaca .json/.jsonl/.parquet or chat 'messages' records")
     p.set_defaults(func=cmd_validate)
 
-    for mod in ("layergrad.cli.report", "layergrad.experiment", "layergrad.cli.merge", "layergrad.cli.select"):
+    for mod in ("layergrad.cli.report", "layergrad.experiment", "layergrad.cli.merge", "layergrad.cli.select", "layergrad.cli.verify"):
         __import__(mod, fromlist=["add_parser"]).add_parser(sub)
     return parser
 

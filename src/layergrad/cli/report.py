@@ -93,6 +93,11 @@ def handler(args: argparse.Namespace) -> int:
     if args.n_boot < 1 or args.n_perm < 1:
         print("layergrad report: error: --n-boot and --n-perm must be at least 1", file=sys.stderr)
         return 2
+    from layergrad.cli.outputs import report_there
+
+    replaced = report_there(args.out)
+    if replaced:
+        print(f"note: {replaced}", file=sys.stderr)
     try:
         rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
                           n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction,

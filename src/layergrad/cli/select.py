@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from layergrad.cli.outputs import add_force, refuse_existing
+
 METRIC_HELP = """\
 METRIC: ifd | ifd_ppl | loss | loss_no_prompt | n_response_tokens | n_prompt_tokens | n_tokens | response_chars
         | SPECTRAL[:ROLES[:LAYERS]], the per-example mean of a spectral metric over the matching modules
@@ -22,7 +24,8 @@ examples:
 
 The selected records are written exactly as read (JSONL lines byte for byte), in input order
 (--order score: best first), in the format of --out's suffix (.json, .jsonl, .parquet).
-scores.csv beside --out (or --scores-csv) holds every example's scores, rank and selection.
+OUT_STEM.scores.csv beside --out (or --scores-csv) holds every example's scores, rank and selection;
+an output file that exists already is refused unless --force.
 Ties are broken by input order: the earlier record wins.
 """
 
@@ -56,8 +59,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="output file: .json, .jsonl or .parquet")
     p.add_argument("--no-ifd-filter", action="store_true", help="for ifd/ifd_ppl: keep values > 1 (default: dropped, as Cherry_LLM does; 1 itself is always kept)")
     p.add_argument("--order", choices=["input", "score"], default="input", help="order of the written records (default input)")
-    p.add_argument("--scores-csv", type=Path, help="where the scores table goes (default: scores.csv beside --out)")
+    p.add_argument("--scores-csv", type=Path, help="where the scores table goes (default: OUT_STEM.scores.csv beside --out)")
     p.add_argument("--data", nargs="+", help="the run's data files, if not where its manifest says")
+    add_force(p)
     p.set_defaults(func=cmd_select)
 
     p = subparsers.add_parser(
@@ -73,6 +77,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefix", default="", help="prefix of the added field names (default none)")
     p.add_argument("--csv", type=Path, help="also write the scores table (CSV) here")
     p.add_argument("--data", nargs="+", help="the run's data files, if not where its manifest says")
+    add_force(p)
     p.set_defaults(func=cmd_scores)
 
 
@@ -81,6 +86,8 @@ def cmd_select(a) -> int:
     from layergrad.analysis.selection import parse_amount, parse_metric, run_examples, score_table, select
     from layergrad.store import load_results
 
+    csv = a.scores_csv or a.out.with_name(f"{a.out.stem}.scores.csv")  # named after its output: selects never share it
+    refuse_existing([a.out, csv], a.force)
     metric = parse_metric(a.by)
     direction = "top" if a.top is not None else "bottom" if a.bottom is not None else "ratio"
     amount = parse_amount(direction, a.top or a.bottom or a.ratio)
@@ -99,8 +106,7 @@ def cmd_select(a) -> int:
     rank = {i: r + 1 for r, i in enumerate(sel.ranked)}
     table.insert(len(table.columns), "rank", table["id"].map(rank).astype("Int64"))
     table.insert(len(table.columns), "selected", table["id"].isin(chosen))
-    csv = a.scores_csv or out.parent / "scores.csv"
-    table.to_csv(csv, index=False)
+    _write_csv(table, csv)
     for line in sel.summary(table.set_index("id")[metric.name]):
         print(line)
     print(f"wrote {len(picked)} records to {out} and {len(table)} rows of scores to {csv} "
@@ -113,6 +119,7 @@ def cmd_scores(a) -> int:
     from layergrad.analysis.selection import merge_scores, run_examples, score_table
     from layergrad.store import load_results
 
+    refuse_existing([a.out, a.csv], a.force)
     results = load_results(a.dir)
     table = score_table(results, None)
     if a.metrics:
@@ -123,11 +130,18 @@ def cmd_scores(a) -> int:
     merged = merge_scores([examples[i] for i in ids], table, columns, a.prefix)
     out = write_records(merged, a.out)
     if a.csv:
-        table.to_csv(a.csv, index=False)
+        _write_csv(table, a.csv)
     print(f"wrote {len(merged)} records to {out} with {len(columns)} score fields: {', '.join(a.prefix + c for c in columns)}")
     if a.csv:
         print(f"wrote the scores table to {a.csv}")
     return 0
+
+
+def _write_csv(table, path) -> None:
+    from layergrad.atomic import atomic_write
+
+    with atomic_write(path, "w", encoding="utf-8", fsync=False) as fh:  # never half a table
+        table.to_csv(fh, index=False)
 
 
 def _names(table) -> list[str]:

@@ -250,6 +250,9 @@ def _read_file(path: Path, source: str, options: DatasetOptions = DatasetOptions
     return _read_json(data, source)
 
 
+_TOO_DEEP = "JSON nested too deeply to read (arrays or objects inside each other thousands of levels deep)"
+
+
 def _read_json(data: bytes, source: str) -> _FileContent:
     try:
         text = data.decode("utf-8-sig")
@@ -266,6 +269,8 @@ def _read_json(data: bytes, source: str) -> _FileContent:
         if e.msg == "Extra data":
             msg += " (one object per line? name the file .jsonl)"
         return _FileContent.failed(source, msg)
+    except RecursionError:
+        return _FileContent.failed(source, _TOO_DEEP)
     if not isinstance(value, list):
         found = _kind(value)
         if isinstance(value, dict):
@@ -306,6 +311,9 @@ def _read_jsonl(data: bytes, source: str) -> _FileContent:
             value = json.loads(raw)
         except json.JSONDecodeError as e:
             bad(f"not valid JSON at column {e.colno}: {e.msg}", raw)
+            continue
+        except RecursionError:
+            bad(_TOO_DEEP, raw)
             continue
         if not isinstance(value, dict):
             bad(f"line is {_kind(value)}; expected one JSON object per line", raw)

@@ -31,7 +31,8 @@ from layergrad.run.plan import Batch, pad_id_of, plan_batches, shard_batches
 from layergrad.run.step import BatchRunner, ShareLayout, compute_batch, failed_row
 from layergrad.store import RunStore
 from layergrad.store.manifest import build_manifest
-from layergrad.store.rows import depth_thirds, example_of, invalid_rows
+from layergrad.store.rows import depth_thirds, example_of, invalid_rows, scored_text
+from layergrad.store.run import refuse_changed_records
 
 
 @dataclass
@@ -53,11 +54,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
+def run(cfg: RunConfig, *, loaded=None, log=print, wait_for_lock: bool = False) -> RunSummary:
     """Compute and store the statistics of every example of ``cfg.data``; resume if possible.
 
     Under torchrun (``RANK``/``WORLD_SIZE`` set) every rank calls this with the same ``cfg``
     and computes its own shard of the global batch plan (see :mod:`.distributed`).
+    ``wait_for_lock``: when another process writes ``cfg.out`` under this writer's name, wait for
+    it to finish (``layergrad experiment``) instead of refusing (:class:`~layergrad.store.lock.RunLocked`).
     """
     cfg.validate()  # every bad option at once, before any model loads
     world = distributed.detect()
@@ -65,10 +68,10 @@ def run(cfg: RunConfig, *, loaded=None, log=print) -> RunSummary:
     if world is not None:
         device = distributed.local_device(world, device, cfg.device_map)
     distributed.ensure_process_group(world, device)  # once per process, kept for later runs
-    return _run(cfg, loaded, world, device)
+    return _run(cfg, loaded, world, device, wait_for_lock)
 
 
-def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -> RunSummary:
+def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, wait_for_lock: bool = False) -> RunSummary:
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -90,41 +93,54 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     ifd_rule = NoPromptRule.for_tokenizer(tok, cfg.ifd) if cfg.ifd else None
     manifest = build_manifest(cfg, loaded, mode, targets, data_fingerprint=data_fingerprint(cfg), loss_rule=LOSS_RULE,
                               ifd_rule=ifd_rule.describe() if ifd_rule else None)
-    distributed.open_store(store, manifest, world)  # rank 0 first
-    store.remove_orphans()
-    for msg in store.quarantine_unreadable():  # whole parts only: their examples are computed again
-        note(msg)
-    done = store.done_ids()
-    if shard is None or shard[0] == 0:  # examples that need no compute: skipped and invalid records
-        _write_uncomputed(store, cfg, examples, encoded, problems, done)
+    distributed.open_store(store, manifest, world, wait=wait_for_lock, log=note)  # rank 0 first; takes the writer's lock
+    try:
+        for msg in store.notes:  # what the run grew by (more data files, a larger --limit)
+            note(f"layergrad: {msg}")
+        store.remove_orphans()
+        for msg in store.quarantine_unreadable():  # whole parts only: their examples are computed again
+            note(msg)
+        stored = store.stored_texts()
+        refuse_changed_records(stored, examples, scored_text)  # an id names one example: its text must not change
+        done = set(stored)
+        if shard is None or shard[0] == 0:  # examples that need no compute: skipped and invalid records
+            _write_uncomputed(store, cfg, examples, encoded, problems, done)
 
-    # step and write: one committed part per batch; out of memory splits a batch (down to one example)
+        # step and write: one committed part per batch; out of memory splits a batch (down to one example)
+        runner = _runner(cfg, model, targets, tok, ifd_rule, manifest["n_layers"])
+        backoff = faults.Backoff(log=note)
+        compute = lambda part: compute_batch(runner, [examples[k] for k in part], [encoded[k] for k in part], part)  # noqa: E731
+        fail = lambda k, reason: ([failed_row(examples[k], k, encoded[k], reason, bool(cfg.ifd))], [], [], [])  # noqa: E731
+        cost = lambda part: len(part) * max(encoded[k].n_tokens for k in part)  # noqa: E731
+        todo = [[k for k in b.items if examples[k].id not in done] for b in batches]
+        todo = [items for items in todo if items]
+        main_rank = world is None or world.is_main
+        computed = 0
+        with tqdm(total=sum(map(len, todo)), unit="ex", desc="layergrad", disable=not cfg.progress or not main_rank,
+                  dynamic_ncols=True) as bar, runner.hooks():
+            for items in todo:
+                pieces = backoff.run(items, compute, fail, cost)
+                store.write_part(*([r for p in pieces for r in p[i]] for i in range(4)))
+                computed += len(items)
+                bar.update(len(items))
+        if world is not None:
+            distributed.barrier()  # every rank's parts are committed past this point
+        counts = store.status_counts() if main_rank else {}
+    finally:
+        store.close()  # the writer's lock
+    rank, size = (world.rank, world.size) if world else (0, 1)
+    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, rank, size)
+
+
+def _runner(cfg: RunConfig, model, targets, tok, ifd_rule, n_layers: int) -> BatchRunner:
+    """The batch runner with the statistics sink the options ask for (guarded against non-finite values)."""
     sink = FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
                                 elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method,
                                 eig_batch=cfg.eig_batch, token_shares=cfg.token_shares))
     runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id_of(tok), ifd=ifd_rule)
     if cfg.token_shares:
-        runner.shares = ShareLayout(depth_thirds(manifest["n_layers"]), tok)
-    backoff = faults.Backoff(log=note)
-    compute = lambda part: compute_batch(runner, [examples[k] for k in part], [encoded[k] for k in part], part)  # noqa: E731
-    fail = lambda k, reason: ([failed_row(examples[k], k, encoded[k], reason, bool(cfg.ifd))], [], [], [])  # noqa: E731
-    cost = lambda part: len(part) * max(encoded[k].n_tokens for k in part)  # noqa: E731
-    todo = [[k for k in b.items if examples[k].id not in done] for b in batches]
-    todo = [items for items in todo if items]
-    main_rank = world is None or world.is_main
-    computed = 0
-    with tqdm(total=sum(map(len, todo)), unit="ex", desc="layergrad", disable=not cfg.progress or not main_rank,
-              dynamic_ncols=True) as bar, runner.hooks():
-        for items in todo:
-            pieces = backoff.run(items, compute, fail, cost)
-            store.write_part(*([r for p in pieces for r in p[i]] for i in range(4)))
-            computed += len(items)
-            bar.update(len(items))
-    if world is not None:
-        distributed.barrier()  # every rank's parts are committed past this point
-    counts = store.status_counts() if main_rank else {}
-    rank, size = (world.rank, world.size) if world else (0, 1)
-    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, rank, size)
+        runner.shares = ShareLayout(depth_thirds(n_layers), tok)
+    return runner
 
 
 def _load_model(cfg: RunConfig, device: str):

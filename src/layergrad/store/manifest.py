@@ -1,7 +1,11 @@
 """The manifest of a run (``manifest.json``): what produced its numbers, and which of that is its identity.
 
 :data:`IDENTITY_KEYS` are what determine a run's numbers: a resume (or a merge) whose manifest
-differs in any of them is refused, naming each difference.
+differs in any of them is refused, naming each difference in the user's terms (:func:`describe_difference`).
+The data are not part of the identity: a run grows (``--limit 5``, then without it; more ``--data``
+files; other ``--shard`` values) and :func:`extend_selection` records the union of what was selected.
+An example is identified by its id; a record whose text changed under a stored id is refused by
+:func:`layergrad.store.run.refuse_changed_records`.
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ IDENTITY_KEYS = (
     "prompt_mode",
     "max_length",
     "modules",
-    "data_fingerprint",
     "dtype",
     "stats_dtype",
     "spectrum_k",
@@ -85,3 +88,74 @@ def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: s
         "token_shares": cfg.token_shares,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+
+
+#: identity key -> (the option a user sets, how a stored value reads)
+_OPTION = {
+    "schema_version": ("results schema version (the layergrad version that wrote the run)", None),
+    "model_fingerprint": ("--model (the model's weights)", None),
+    "prompt_mode": ("--prompt-mode", None),
+    "max_length": ("--max-length", None),
+    "modules": ("--modules", None),
+    "dtype": ("--dtype (model dtype as loaded)", None),
+    "stats_dtype": ("--stats-dtype", None),
+    "spectrum_k": ("--spectrum-k", lambda v: "all" if v is None else str(v)),
+    "elementwise": ("--elementwise", lambda v: "on" if v else "off"),
+    "cosine": ("--cosine", lambda v: "on" if v else "off"),
+    "ifd": ("--ifd", lambda v: str(v) if v else "off"),
+    "loss_rule": ("the loss definition (the layergrad version that wrote the run)", None),
+    "limit": ("--limit", lambda v: "none" if v is None else str(v)),
+}
+
+
+def option_value(key: str, value) -> str:
+    show = _OPTION.get(key, (key, None))[1]
+    return show(value) if show else ("none" if value is None else str(value))
+
+
+def describe_difference(key: str, stored, now, old: dict | None = None, new: dict | None = None) -> str:
+    """One line: the option that differs, stored vs now, in the user's terms (and the key's name)."""
+    name = _OPTION.get(key, (key, None))[0]
+    a, b = option_value(key, stored), option_value(key, now)
+    if key == "model_fingerprint" and old is not None and new is not None:
+        a, b = f"{old.get('model')} ({a})", f"{new.get('model')} ({b})"
+    return f"{name}: {a} (stored) vs {b} (now)   [{key}: stored {stored!r}, now {now!r}]"
+
+
+def extend_selection(old: dict, new: dict) -> tuple[dict, list[str]]:
+    """The manifest of a run that was ``old`` and now also selects what ``new`` selects; notes of what grew.
+
+    The identity keys are equal (checked before). ``data`` becomes the union of the files (in the
+    order first seen), ``limit`` the larger (none beats any), and ``data_fingerprint`` that of the
+    union, so that ``layergrad merge`` lists the examples still missing from the widest selection.
+    """
+    merged = dict(old)
+    notes = []
+    data = list(old.get("data") or [])
+    added = [p for p in new.get("data") or [] if p not in data]
+    if added:
+        data += added
+        notes.append(f"--data: adding {', '.join(added)} to the run's files ({', '.join(old.get('data') or [])})")
+    a, b = old.get("limit"), new.get("limit")
+    limit = None if a is None or b is None else max(a, b)
+    if limit != a:
+        notes.append(f"--limit: extending the run from {option_value('limit', a)} to {option_value('limit', limit)}")
+    merged.update(data=data, limit=limit)
+    for k in ("group", "fields", "record_slice", "skip_invalid"):
+        if old.get(k) != new.get(k):  # the run holds both selections; the newest describes what to expect
+            merged[k] = new.get(k)
+    if (added or limit != a or any(old.get(k) != new.get(k) for k in ("group", "fields", "record_slice", "skip_invalid"))):
+        merged["data_fingerprint"] = _fingerprint_of(merged) or new.get("data_fingerprint")
+    return merged, notes
+
+
+def _fingerprint_of(m: dict) -> str | None:
+    from layergrad.config import RunConfig
+    from layergrad.inputs.dataset import data_fingerprint
+
+    try:
+        return data_fingerprint(RunConfig(data=list(m.get("data") or []), out="", group=m.get("group"),
+                                          fields=m.get("fields") or {}, limit=m.get("limit"),
+                                          record_slice=m.get("record_slice"), skip_invalid=bool(m.get("skip_invalid"))))
+    except (OSError, ValueError):
+        return None

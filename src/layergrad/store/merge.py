@@ -206,7 +206,8 @@ def merge(dirs, to) -> MergeReport:
     if tmp.exists():
         shutil.rmtree(tmp)
     manifest = dict(report.sources[0].manifest, merged_from=[str(s.path) for s in report.sources])
-    RunStore(tmp).open(manifest)
+    with RunStore(tmp) as first:
+        first.open(manifest)  # a new directory: its lock only keeps another merge into the same --to out
     try:
         for j, s in enumerate(report.sources):
             out = RunStore(tmp, writer=f"m{j}")

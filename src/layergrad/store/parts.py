@@ -5,11 +5,16 @@ then renamed into place (rename is atomic on POSIX). A crash leaves at most a
 ``.tmp`` file, which :func:`clean_temporaries` removes on resume. A failed write
 (disk full, no permission) removes its temporary file and raises
 :class:`StoreWriteError`, which names the path and the cause.
+
+Checksums: :func:`write_atomic` returns the SHA-256 of the bytes it wrote (the store records
+those of a part's modules and cosine files in its examples file, the commit marker) and writes
+Parquet page CRCs, which :func:`read_part` verifies; :func:`file_checksum` hashes a file again.
 """
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import hashlib
 import os
 from pathlib import Path
 
@@ -57,11 +62,28 @@ def _tmp_of(path: Path) -> Path:
     return path.with_name(path.name + f".{os.getpid()}{TMP_SUFFIX}")  # this process's: cleaned up on resume
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` so that ``path`` is either absent or complete."""
+CHECKSUM = "sha256"
+
+
+def write_atomic(table: pa.Table, path: Path) -> str:
+    """Write ``table`` to ``path`` so that ``path`` is either absent or complete; the SHA-256 of its bytes."""
     path = Path(path)
-    with _writing(path), atomic_write(path, "wb", tmp=_tmp_of(path)) as fh:
-        pq.write_table(table, fh, compression="zstd")
+    with _writing(path):
+        buf = pa.BufferOutputStream()  # the bytes are hashed as written, not read back
+        pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
+        data = buf.getvalue()
+        with atomic_write(path, "wb", tmp=_tmp_of(path)) as fh:
+            fh.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 4 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text_atomic(text: str, path: Path) -> None:
@@ -73,8 +95,8 @@ def write_text_atomic(text: str, path: Path) -> None:
 def read_part(path: Path) -> pa.Table | None:
     """Read one part; ``None`` if it is unreadable (corrupt parts are skipped, not fatal)."""
     try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError):
+        return pq.read_table(path, page_checksum_verification=True)
+    except (pa.ArrowException, OSError, ValueError):
         return None
 
 
@@ -87,7 +109,7 @@ def part_problem(path: Path) -> str | None:
         pq.read_metadata(path)
     except FileNotFoundError:
         return "missing"
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowException, OSError, ValueError) as e:
         return f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     return None
 

@@ -52,13 +52,17 @@ def share_row(**values) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+def scored_text(ex) -> tuple[str, str]:
+    """``(instruction, output)`` of an example as the examples table stores them (the text that is scored)."""
+    return (ex.prompt if ex.messages is None else json.dumps(list(ex.messages), ensure_ascii=False)), ex.response
+
+
 def example_of(ex, order: int, enc, status: str, reason: str | None, loss: float | None) -> dict:
     """The row of a run's example (``ex``: :class:`~layergrad.inputs.data.Example`, ``enc``: its
     :class:`~layergrad.inputs.prompting.Encoded` or ``None``)."""
     return example_row(
         id=ex.id, group=ex.group, source=ex.source, index=ex.index, order=order, status=status, reason=reason,
-        instruction=ex.prompt if ex.messages is None else json.dumps(list(ex.messages), ensure_ascii=False),
-        output=ex.response, loss=loss,
+        instruction=scored_text(ex)[0], output=scored_text(ex)[1], loss=loss,
         n_tokens=enc.n_tokens if enc else None, n_prompt_tokens=enc.n_prompt if enc else None,
         n_response_tokens=enc.n_response if enc else None, truncated=enc.truncated if enc else None,
     )

@@ -10,7 +10,15 @@ Layout::
 
 ``<tag>`` is ``<writer>-<seq>`` where ``writer`` names the process (``r0`` for a single
 process, ``r<rank>`` under torchrun, ``s<i>of<n>`` for ``--shard``), so concurrent writers never
-collide and a part's rows are never split across files.
+collide and a part's rows are never split across files. :meth:`RunStore.open` takes the writer's
+lock (:mod:`.lock`): two processes of the same writer name never write one directory at once.
+
+The examples file of a part records the SHA-256 of the part's other files in its Parquet
+metadata (``layergrad.checksums``) and carries Parquet page CRCs itself. A part whose files do
+not match counts as absent for every reader (:meth:`RunStore.part_problem`): resume quarantines
+it and computes its examples again, :func:`load_results` leaves it out with a warning naming it,
+``layergrad verify`` and ``layergrad merge`` report it. Parts written before checksums existed
+are checked by their Parquet footers only.
 """
 from __future__ import annotations
 
@@ -26,11 +34,14 @@ import pyarrow as pa
 from ..errors import LayergradError
 from . import schema
 from layergrad.store.manifest import IDENTITY_KEYS, identity_value  # manifest keys that must match to resume
-from .parts import TMP_SUFFIX, StoreWriteError, part_problem, read_part, write_atomic, write_text_atomic
+from .lock import ManifestLock, WriterLock
+from .manifest import describe_difference, extend_selection
+from .parts import TMP_SUFFIX, StoreWriteError, file_checksum, part_problem, read_part, write_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
 UNREADABLE = "unreadable"  # parts/unreadable/: committed parts that could not be read, moved aside on resume
+CHECKSUMS_KEY = b"layergrad.checksums"  # in an examples part's Parquet metadata: {file name: sha256 hex}
 
 _TAG = re.compile(r"^(examples|modules|cosine|shares)-(.+)\.parquet$")
 _OPTIONAL = ("cosine", "shares")  # part kinds a part may lack; one it has must be readable for the part to be used
@@ -62,6 +73,8 @@ class RunStore:
         self.writer = writer
         self._seq = None
         self._whole: set[str] = set()  # committed parts found whole (a committed part never changes)
+        self._lock = WriterLock(self.path, writer)
+        self.notes: list[str] = []  # what the last open() extended (more data, a larger --limit)
 
     # ---- manifest -------------------------------------------------------------------------
     def manifest(self) -> dict | None:
@@ -73,21 +86,45 @@ class RunStore:
         except (ValueError, UnicodeDecodeError) as e:  # written atomically by us, so not ours
             raise ConfigMismatch(f"{p} is not a layergrad manifest ({e}); use another --out directory") from None
 
-    def open(self, manifest: dict) -> None:
-        """Create the directory with ``manifest``, or check it matches an existing one.
+    def open(self, manifest: dict, *, lock: bool = True, wait: bool = False, log=None) -> list[str]:
+        """Take this writer's lock, then create the directory with ``manifest``, or check that it
+        holds the same run and extend its recorded selection (data files, ``--limit``).
 
-        Raises :class:`ConfigMismatch` naming every differing key; nothing is written then.
+        Raises :class:`~layergrad.store.lock.RunLocked` when another process holds the writer's lock
+        (``wait``: wait for it instead), :class:`ConfigMismatch` naming every differing option; nothing
+        is written then. Returns notes of what the run's selection grew by. :meth:`close` releases the lock.
         """
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreWriteError(self.parts, e) from e
+        try:
+            if lock:
+                self._lock.acquire(wait=wait, log=log)
+            with ManifestLock(self.path) if lock else _nothing():
+                self.notes = self._open_manifest(manifest)
+        except BaseException:
+            self.close()
+            raise
+        return self.notes
+
+    def close(self) -> None:
+        """Release this writer's lock (idempotent)."""
+        self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _open_manifest(self, manifest: dict) -> list[str]:
         old = self.manifest()
         if old is None:
             write_text_atomic(json.dumps(manifest, indent=2, sort_keys=True), self.path / MANIFEST)
-            return
+            return []
         diffs = [
-            f"  {k}: stored {old.get(k)!r}, now {manifest.get(k)!r}"
+            "  " + describe_difference(k, old.get(k), manifest.get(k), old, manifest)
             for k in IDENTITY_KEYS
             if identity_value(old, k) != identity_value(manifest, k)
         ]
@@ -99,6 +136,10 @@ class RunStore:
                 f"configuration, use another --out directory (for example --out {_free_sibling(self.path)})."
             )
         self._clean_own_temporaries()
+        grown, notes = extend_selection(old, manifest)
+        if grown != old:
+            write_text_atomic(json.dumps(grown, indent=2, sort_keys=True), self.path / MANIFEST)
+        return notes
 
     # ---- parts ----------------------------------------------------------------------------
     def _own(self, tag: str) -> bool:
@@ -139,12 +180,20 @@ class RunStore:
 
     def done_ids(self) -> set[str]:
         """Ids of examples already stored (any status) in committed parts that can be read whole."""
-        ids: set[str] = set()
+        return set(self.stored_texts())
+
+    def stored_texts(self) -> dict[str, tuple[str | None, str | None]]:
+        """Id -> (instruction, output) as stored, of every example in committed parts that can be used whole."""
+        texts: dict[str, tuple] = {}
         for tag in self._committed_tags():
+            if self.part_problem(tag) is not None:
+                continue
             t = read_part(self.parts / f"examples-{tag}.parquet")
-            if t is not None and self.part_problem(tag) is None:
-                ids.update(t.column("id").to_pylist())
-        return ids
+            if t is not None:
+                cols = [t.column(c).to_pylist() if c in t.column_names else [None] * t.num_rows
+                        for c in ("id", "instruction", "output")]
+                texts.update((i, (a, b)) for i, a, b in zip(*cols))
+        return texts
 
     def status_counts(self) -> dict[str, int]:
         """How many examples of the whole store have each status."""
@@ -167,7 +216,39 @@ class RunStore:
             problem = part_problem(self.parts / name)
             if problem is not None:
                 return f"{name} {problem}"
+        problem = self._checksum_problem(tag)
+        if problem is not None:
+            return problem
         self._whole.add(tag)
+        return None
+
+    def checksums(self, tag: str) -> dict[str, str] | None:
+        """The checksums a part's examples file records (``None``: written before checksums existed)."""
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(self.parts / f"examples-{tag}.parquet").metadata or {}
+        raw = meta.get(CHECKSUMS_KEY)
+        return None if raw is None else json.loads(raw)
+
+    def _checksum_problem(self, tag: str) -> str | None:
+        name = f"examples-{tag}.parquet"
+        if read_part(self.parts / name) is None:  # its page CRCs
+            return f"{name} is damaged (a Parquet page fails its checksum)"
+        try:
+            sums = self.checksums(tag)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            return f"{name} has unreadable checksums ({e})"
+        if sums is None:
+            return None
+        for fname, want in sorted(sums.items()):
+            try:
+                got = file_checksum(self.parts / fname)
+            except FileNotFoundError:
+                return f"{fname} missing"
+            except OSError as e:
+                return f"{fname} unreadable ({e})"
+            if got != want:
+                return f"{fname} is damaged (SHA-256 {got[:12]}..., recorded {want[:12]}...)"
         return None
 
     def quarantine_unreadable(self) -> list[str]:
@@ -221,12 +302,15 @@ class RunStore:
                      shares: pa.Table | None = None) -> str:
         """Commit one part from Arrow tables (same order as :meth:`write_part`)."""
         tag = f"{self.writer}-{self._next_seq():06d}"
-        write_atomic(modules, self.parts / f"modules-{tag}.parquet")
+        sums = {f"modules-{tag}.parquet": write_atomic(modules, self.parts / f"modules-{tag}.parquet")}
         if cosine is not None and cosine.num_rows:
-            write_atomic(cosine, self.parts / f"cosine-{tag}.parquet")
+            sums[f"cosine-{tag}.parquet"] = write_atomic(cosine, self.parts / f"cosine-{tag}.parquet")
         if shares is not None and shares.num_rows:
-            write_atomic(shares, self.parts / f"shares-{tag}.parquet")
-        write_atomic(examples, self.parts / f"examples-{tag}.parquet")
+            sums[f"shares-{tag}.parquet"] = write_atomic(shares, self.parts / f"shares-{tag}.parquet")
+        meta = dict(examples.schema.metadata or {})
+        meta[CHECKSUMS_KEY] = json.dumps(sums, sort_keys=True).encode()
+        write_atomic(examples.replace_schema_metadata(meta), self.parts / f"examples-{tag}.parquet")
+        self._whole.add(tag)
         return tag
 
     def remove_orphans(self) -> list[Path]:
@@ -251,15 +335,16 @@ class RunStore:
         """Committed rows as Arrow tables, in part order (not yet sorted)."""
         ex, mod, cos = [], [], []
         for tag in self._committed_tags():
-            e = read_part(self.parts / f"examples-{tag}.parquet")
+            problem = self.part_problem(tag)
+            e = read_part(self.parts / f"examples-{tag}.parquet") if problem is None else None
             m = read_part(self.parts / f"modules-{tag}.parquet") if e is not None else None
             has_c = (self.parts / f"cosine-{tag}.parquet").exists()
             c = read_part(self.parts / f"cosine-{tag}.parquet") if has_c and m is not None else None
             sh = self.parts / f"shares-{tag}.parquet"  # read by read_shares(); here its footer is checked
             if e is None or m is None or (has_c and c is None) or (sh.exists() and part_problem(sh)):  # whole or not at all
-                warnings.warn(f"{self.parts}: part {tag} cannot be read and is left out; to compute its examples "
-                              "again, move its files out of that folder and rerun `layergrad run` with the same settings",
-                              stacklevel=2)
+                warnings.warn(f"{self.parts}: part {tag} cannot be read and is left out ({problem or 'unreadable'}); "
+                              "rerun `layergrad run` with the same settings to move it to parts/unreadable/ and "
+                              "compute its examples again", stacklevel=2)
                 continue
             ex.append(e)
             mod.append(m)
@@ -298,6 +383,57 @@ def load_shares(path: str | Path, ids=None) -> "pd.DataFrame":  # noqa: F821
     if len(df):
         df = df.drop_duplicates(["id", "segment", "module_group", "position"], keep="last").reset_index(drop=True)
     return df
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def refuse_changed_records(stored: dict[str, tuple], examples, scored_text) -> None:
+    """Raise :class:`ConfigMismatch` naming each example whose id is stored with another text than it has now.
+
+    ``scored_text(ex)`` is the (instruction, output) pair the examples table stores for ``ex``.
+    """
+    changed = []
+    for ex in examples:
+        old = stored.get(ex.id)
+        if old is None or old == (None, None):  # not stored, or stored without its text (an invalid record)
+            continue
+        now = scored_text(ex)
+        if old != now:
+            what = "instruction" if old[0] != now[0] else "output"
+            changed.append(f"  id {ex.id!r} ({ex.source}, record {ex.index}): its {what} differs from the stored one")
+    if changed:
+        shown = changed[:10] + ([f"  ... and {len(changed) - 10} more"] if len(changed) > 10 else [])
+        raise ConfigMismatch(
+            f"{len(changed)} record(s) of the data changed since they were stored under the same id:\n"
+            + "\n".join(shown)
+            + "\nAn id names one example. Give changed records new ids, or compute the changed data into another --out."
+        )
+
+
+@dataclass
+class VerifyReport:
+    parts: int  # committed parts
+    whole: int
+    unchecked: int  # whole by their footers, written before checksums existed
+    damaged: list[tuple[str, str]]  # (tag, problem)
+
+
+def verify(path: str | Path) -> VerifyReport:
+    """Check every committed part of a run directory (footers, page CRCs, recorded SHA-256)."""
+    store = RunStore(path)
+    if store.manifest() is None:
+        raise FileNotFoundError(f"{path} is not a layergrad run directory (no {MANIFEST})")
+    tags = store.committed_tags()
+    damaged = [(t, p) for t in tags if (p := store.part_problem(t)) is not None]
+    bad = {t for t, _ in damaged}
+    unchecked = sum(1 for t in tags if t not in bad and store.checksums(t) is None)
+    return VerifyReport(len(tags), len(tags) - len(damaged), unchecked, damaged)
 
 
 def _free_sibling(path: Path) -> Path:
