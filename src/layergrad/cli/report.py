@@ -80,6 +80,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=("by", "bh"), default="by",
                    help="FDR correction within each pair of groups: by = Benjamini-Yekutieli (default; any dependence), "
                    "bh = Benjamini-Hochberg (positive dependence)")
+    p.add_argument("--normalise", choices=("none", "mean", "zscore"), default="none",
+                   help="runs of different models: divide each mean curve by its mean over layers (mean) or z-score it "
+                        "(zscore), so families of different width compare in shape (default none)")
     p.add_argument("--pairing", choices=("auto", "none"), default="auto",
                    help="auto (default): groups whose examples share instructions are compared as paired samples; none: always independent")
     p.set_defaults(func=handler)
@@ -101,7 +104,8 @@ def handler(args: argparse.Namespace) -> int:
     try:
         rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
                           n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction,
-                          segments=args.segments, correction=args.correction, pairing=args.pairing)
+                          segments=args.segments, correction=args.correction, pairing=args.pairing,
+                          normalise=args.normalise)
     except (LayergradError, FileNotFoundError) as e:  # AnalysisError, a store's ConfigMismatch, ...
         print(f"layergrad report: error: {e}", file=sys.stderr)
         return 2

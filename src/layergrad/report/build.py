@@ -36,7 +36,8 @@ from layergrad.analysis.curves import DEFAULT_METRICS, N_BOOT, cosine_table, cur
 from layergrad.analysis.length import STRATUM_RATIO, length_points, length_table, matched_table, partial_table
 from layergrad.analysis.mad import SCHEMES, describe_segments, mad_table, segment_note
 from layergrad.analysis.groups import ANALYSIS_METRICS as METRICS
-from layergrad.analysis.groups import AnalysisError, Group, exclusions, load_groups, require_comparable, status_table
+from layergrad.analysis.groups import (AnalysisError, Group, comparability_problems, exclusions, load_groups,
+                                       require_comparable, status_table)
 from layergrad.vocab import did_you_mean
 
 from . import figures, findings, html, scores, tables
@@ -94,7 +95,7 @@ def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]
 
 def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
                 split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
-                correction: str = DEFAULT_CORRECTION, pairing: str = "auto") -> Report:
+                correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none") -> Report:
     """Like :func:`build_report`, also returning the notes and the tables as DataFrames.
 
     ``segments``: ``thirds`` or ``paper`` (the paper's layer splits, analysis.mad); ``correction``:
@@ -113,6 +114,12 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise AnalysisError(f"two groups are labelled {', '.join(map(repr, dup))}; give each run a distinct label with --run \"LABEL=DIR\"")
+    if len(groups) > 1 and any(comparability_problems(a, b) for a in groups for b in groups if a is not b):
+        # different depth, width or family: compared on relative depth (report.crossmodel)
+        from layergrad.report import crossmodel
+
+        index, notes, tables_ = crossmodel.write(groups, out, metrics, n_boot=n_boot, seed=seed, normalise=normalise)
+        return Report(index, [n for g in groups for n in g.notes] + notes, tables_)
     if len(groups) > 1:
         require_comparable(groups)  # before any heavy work
     panel, panel_notes = scores.score_panel(per_run, split_by=split_by, fraction=split_fraction, n_boot=n_boot, seed=seed)

@@ -16,6 +16,7 @@ _MODULE_COLUMNS = tuple(schema.MODULES.names)
 _COSINE_COLUMNS = tuple(schema.COSINE.names)
 _IFD_COLUMNS = tuple(f.name for f in schema.IFD_FIELDS)
 _SHARE_COLUMNS = tuple(schema.SHARES.names)
+_TRAINING_COLUMNS = tuple(f.name for f in schema.TRAINING_FIELDS)
 
 
 def _row(columns: tuple[str, ...], values: dict, table: str, extra: tuple[str, ...] = ()) -> dict:
@@ -28,10 +29,10 @@ def _row(columns: tuple[str, ...], values: dict, table: str, extra: tuple[str, .
 
 
 def example_row(**values) -> dict:
-    """A row of the examples table; ``response_chars`` from ``output`` unless given; IFD columns allowed."""
+    """A row of the examples table; ``response_chars`` from ``output`` unless given; IFD and training columns allowed."""
     if "response_chars" not in values and values.get("output") is not None:
         values["response_chars"] = len(values["output"])
-    return _row(_EXAMPLE_COLUMNS, values, "examples", extra=_IFD_COLUMNS)
+    return _row(_EXAMPLE_COLUMNS, values, "examples", extra=_IFD_COLUMNS + _TRAINING_COLUMNS)
 
 
 def module_row(**values) -> dict:

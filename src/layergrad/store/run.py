@@ -449,6 +449,9 @@ def _examples_schema(rows: list[dict]) -> pa.Schema:
     if rows and "ifd" in rows[0]:
         for f in schema.IFD_FIELDS:
             s = s.append(f)
+    if rows and "step" in rows[0]:  # recorded during training (integrations.LayerGradCallback)
+        for f in schema.TRAINING_FIELDS:
+            s = s.append(f)
     return s
 
 

@@ -50,6 +50,15 @@ IFD_FIELDS = [
     pa.field("ifd_reason", pa.string()),  # why IFD is NaN (null when defined)
 ]
 
+#: Optional per-example columns of a run recorded during training
+#: (:class:`layergrad.integrations.LayerGradCallback`): the same example at several steps is one row per
+#: step, ``id`` ``"<example>@<step>"``.
+TRAINING_FIELDS = [
+    pa.field("step", pa.int64()),  # optimizer updates applied to the weights the example was measured at
+    pa.field("epoch", pa.float64()),  # the trainer's epoch (fractional) at that forward pass
+    pa.field("example_id", pa.string()),  # the example's id across steps (content hash of its tokens and labels)
+]
+
 #: Per example x module rows (status ok only). Singular values s_1 >= s_2 >= ... of the
 #: example's weight gradient G (out x in) for that module.
 #:
