@@ -20,6 +20,7 @@ from layergrad import vocab
 from layergrad.config import RunConfig, parse_shard
 from layergrad.inputs.data import DataError
 from layergrad.inputs.dataset import data_fingerprint, load_data  # noqa: F401  (load_data: old engine API)
+from layergrad.inputs.models import refuse_quantized
 from layergrad.inputs.prompting import encode, resolve_mode
 from layergrad.inputs.targets import find_targets
 from layergrad.measure.guard import FiniteGuard
@@ -78,6 +79,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str) -
     _refuse_turnless(cfg, examples)
     loaded = loaded or _load_model(cfg, device)
     model, tok = loaded.model, loaded.tokenizer
+    refuse_quantized(model, what=f"model {cfg.model!r}")
     model.eval()
     targets = find_targets(model, cfg.modules)
     mode = resolve_mode(cfg.prompt_mode, tok)
