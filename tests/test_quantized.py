@@ -38,7 +38,12 @@ def test_quantiser_attributes_and_module_types_are_detected(tokenizer):
     assert quantization_of(model) == "awq"
     model = make_model("llama", len(tokenizer))
     model.is_loaded_in_4bit = True
-    assert quantization_of(model) == "unknown"
+    assert quantization_of(model) == "bitsandbytes"
+    model = make_model("llama", len(tokenizer))
+    model.config.quantization_config = {"quant_method": "gguf", "dequantize": True}  # a GGUF loaded de-quantised
+    assert quantization_of(model) is None
+    model.model.layers[1].mlp.up_proj.weight = torch.nn.Parameter(torch.zeros(24, 16, dtype=torch.int8), requires_grad=False)
+    assert quantization_of(model) == "Linear with int8 weights"
     model = make_model("llama", len(tokenizer))
     Linear4bit = type("Linear4bit", (torch.nn.Linear,), {})  # bitsandbytes' class, by name
     model.model.layers[0].self_attn.q_proj = Linear4bit(16, 16)

@@ -591,23 +591,31 @@ def _quant_method(qc) -> str:
 
 
 def quantization_of(model=None, config: dict | None = None) -> str | None:
-    """The quantisation method of a loaded model (or of a config.json dict), ``None`` when unquantised."""
+    """The quantisation method of a loaded model (or of a config.json dict), ``None`` when unquantised.
+
+    A GGUF entry (``quant_method`` ``gguf``) is no refusal by itself: :func:`load_model` loads a GGUF
+    file de-quantised into plain floating-point weights; the module scan (quantised classes, or a
+    weight that is no floating-point tensor) still catches weights left in blocks.
+    """
     if config is not None:
         qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
-        return _quant_method(qc) if qc else None
+        method = _quant_method(qc) if qc else None
+        return None if method == "gguf" else method
     qc = getattr(getattr(model, "config", None), "quantization_config", None)
-    if qc:
+    if qc and _quant_method(qc) != "gguf":
         return _quant_method(qc)
     quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
+    if quantizer is not None and _quant_method(getattr(quantizer, "quantization_config", None) or {}) != "gguf":
         return _quant_method(getattr(quantizer, "quantization_config", None) or {})
-    if getattr(model, "is_quantized", False) is True or getattr(model, "is_loaded_in_4bit", False) is True \
-            or getattr(model, "is_loaded_in_8bit", False) is True:
-        return "unknown"
+    if getattr(model, "is_loaded_in_4bit", False) is True or getattr(model, "is_loaded_in_8bit", False) is True:
+        return "bitsandbytes"
     for module in model.modules() if hasattr(model, "modules") else ():
         for cls in type(module).__mro__:
             if cls.__name__ in QUANTIZED_MODULES:
                 return QUANTIZED_MODULES[cls.__name__]
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and not weight.is_floating_point():
+            return f"{type(module).__name__} with {str(weight.dtype).removeprefix('torch.')} weights"
     return None
 
 
