@@ -47,8 +47,11 @@ def test_no_doubled_bos_when_template_starts_with_it():
 def test_chat_records_use_their_own_turns():
     tok = make_tokenizer()
     msgs = ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "sum?"})
-    text, start = build_text(ex(messages=msgs, response="42"), "chat", tok)
+    text, start = build_text(ex(messages=msgs, response="42"), "chat", tok, system="template")
     assert text.count("<|im_start|>") == 4 and text[start:] == "42" and SYSTEM_PROMPT not in text
+    # the default rule gives messages records without a system turn the same system turn as Alpaca records
+    text, start = build_text(ex(messages=msgs, response="42"), "chat", tok)
+    assert text.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nhi") and text[start:] == "42"
 
 
 def test_truncation_keeps_prompt_and_counts_remaining_response():

@@ -148,6 +148,8 @@ def test_ctrl_c_keeps_what_was_stored_and_the_rerun_finishes(tmp_path, tiny_fold
 CHANGES = {
     "model_fingerprint": ({}, {"fingerprint": "another model"}),
     "prompt_mode": ({"prompt_mode": "chat"}, {}),
+    "system_prompt": ({"system_prompt": "none"}, {}),
+    "turns": ({"turns": "all"}, {}),  # on chat records (CHATS below): --turns all refuses Alpaca records
     "max_length": ({"max_length": 512}, {}),
     "modules": ({"modules": "mlp"}, {}),
     "dtype": ({}, {"dtype": "float32"}),
@@ -161,6 +163,9 @@ CHANGES = {
     "schema_version": ({}, {}),  # rows that mean something else (store/schema.py)
 }
 
+CHATS = [{"messages": [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7."},
+                       {"role": "user", "content": "And 12 plus 30?"}, {"role": "assistant", "content": "The answer is 42."}]}] * 2
+
 
 def test_every_identity_key_has_a_test():
     assert set(CHANGES) == set(IDENTITY_KEYS)
@@ -169,7 +174,7 @@ def test_every_identity_key_has_a_test():
 @pytest.mark.parametrize("key", list(CHANGES))
 def test_resume_with_another_configuration_is_refused_naming_it(tmp_path, tokenizer, key, monkeypatch):
     model = make_model("llama", len(tokenizer))
-    records = MANY[:2]
+    records = CHATS if key == "turns" else MANY[:2]
     first = config(tmp_path, records, modules="attn")
     engine.run(first, loaded=loaded(model, tokenizer))
     before = tree_digest(Path(first.out))

@@ -30,7 +30,7 @@ NO_FLAG = {
     "record_slice": "set by the paper's drop-in flags --start_idx_ratio/--end_idx_ratio (or a TOML file)",
     "reference": "set by drop-in mode (--data_path/--save_path), or a TOML file",
     "progress": "cleared by --no-progress",
-    "fields": "a TOML table or Python dict only ([fields] instruction = 'question', ...)",
+    "fields": "a TOML table or Python dict only ([fields] instruction = 'question', text = 'content', ...)",
 }
 
 
@@ -47,6 +47,8 @@ class RunConfig:
     adapter_params: bool = False  # measure the adapter's own lora_A/lora_B matrices instead of the merged weights
     group: str | None = None  # group label; default: each data file's stem
     prompt_mode: str = "auto"  # base | chat | auto (chat when the tokenizer has a chat template)
+    system_prompt: str = vocab.DEFAULT_SYSTEM_PROMPT  # chat mode, records without a system turn: TEXT | none | template
+    turns: str = "last"  # vocab.TURNS: last (the last assistant turn is the response) | all (every assistant turn)
     modules: str = "all"  # attn | mlp | all | reference | comma list of roles (q,k,v,o,gate,up,down,...)
     max_length: int | None = 1024  # tokens; longer texts are truncated
     batch_size: int = 8  # examples per padded batch (grouped by length)
@@ -72,7 +74,7 @@ class RunConfig:
     eig_batch: str = "auto"  # vocab.EIG_BATCH: the Gram path's eigenproblems batched (auto: on CUDA; exact either way)
     shard: str | None = None  # "i/N": this process takes shard i of N
     progress: bool = True
-    fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages
+    fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages, text
 
     def __post_init__(self) -> None:
         from layergrad.run.ifd import DEFAULT_IFD
@@ -130,6 +132,9 @@ class RunConfig:
             msg = check(getattr(self, f.name))
             if msg:
                 out.append(f"{_label(f.name, origins)}: {msg}")
+        if "turns" not in skip and self.turns == "all" and self.reference is True:
+            out.append(f"{_label('turns', origins)}: 'all' cannot use the paper's tokenisation rule (drop-in mode, "
+                       "reference = true), which knows one response; use --turns last")
         return out
 
 
@@ -275,7 +280,7 @@ def _record_slice(v):
     return f"must be [start, end] (numbers: ratios <= 1 or indices > 1), got {v!r}"
 
 
-FIELD_NAMES = ("instruction", "input", "output", "id", "messages")
+FIELD_NAMES = ("instruction", "input", "output", "id", "messages", "text")
 
 
 def _fields(v):
@@ -297,6 +302,8 @@ _CHECKS = {
     "adapter_params": _bool,
     "group": _str(optional=True),
     "prompt_mode": _one_of(vocab.PROMPT_MODES, what="prompt mode"),
+    "system_prompt": _str(optional=False),
+    "turns": _one_of(vocab.TURNS, what="turns value"),
     "modules": _modules,
     "max_length": _int_at_least(1, optional=True, none_means="no truncation"),
     "batch_size": _int_at_least(1, optional=False),

@@ -44,6 +44,14 @@ STATS_DTYPES: dict[str, str] = {"float32": "float32", "fp32": "float32", "float6
 #: How prompt and response become tokens (``RunConfig.prompt_mode``).
 PROMPT_MODES: tuple[str, ...] = ("auto", "base", "chat")
 
+#: Which assistant turns of a chat record are response tokens (``RunConfig.turns``).
+TURNS: tuple[str, ...] = ("last", "all")
+
+#: The system prompt of chat mode (``RunConfig.system_prompt``): the paper's; ``none`` and
+#: ``template`` are the two words that are no text (:mod:`layergrad.inputs.prompting`).
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+SYSTEM_PROMPT_WORDS: tuple[str, ...] = ("none", "template")
+
 #: Devices by name; ``cuda:N`` (N >= 0) is accepted too.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 

@@ -20,6 +20,7 @@ RUN_EXAMPLES = """examples:
   layergrad run --model Qwen/Qwen2.5-0.5B@main --cache-dir /data/hf --data a.json --out runs/q
   layergrad run --model path/to/local/folder --data a.json --out runs/local
   layergrad run --model model.gguf --data chat.jsonl --prompt-mode chat --spectrum-k all --out runs/chat
+  layergrad run --data chats.jsonl --turns all --system-prompt template --out runs/turns
 
 drop-in for the paper's script (same flags, same JSON-lines output):
   layergrad run --data_path D.json --save_path S.jsonl --model_name_or_path meta-llama/Meta-Llama-3.1-8B --max_length 1024 [--cache_dir DIR] [--run_instruct_version]
@@ -90,6 +91,13 @@ def _add_run(sub) -> None:
                    "to the file's folder; those on the command line to the current folder")
     p.add_argument("--group", help="group label (default: each data file's name)")
     p.add_argument("--prompt-mode", choices=list(vocab.PROMPT_MODES), default=None, help="base: prompt+'\\n'+response; chat: chat template; auto: chat if the tokenizer has a template (default " + D("prompt_mode") + ")")
+    p.add_argument("--system-prompt", default=None, metavar="TEXT|none|template",
+                   help="chat mode, every record without a system turn of its own (Alpaca and messages alike): TEXT, "
+                   "none (no system text) or template (the chat template's own default); a record's own system turn "
+                   f"always wins (default {D('system_prompt')})")
+    p.add_argument("--turns", choices=list(vocab.TURNS), default=None,
+                   help="messages records: last (the last assistant turn is the response) or all (every assistant turn's "
+                   f"tokens are response tokens, the rest masked: assistant-only SFT loss; no IFD) (default {D('turns')})")
     p.add_argument("--modules", default=None, help=f"attn | mlp | all | reference | roles, e.g. q,k,v,o or all,lm_head (default {D('modules')})")
     p.add_argument("--max-length", type=int, default=None, help=f"truncate texts to this many tokens (default {D('max_length')})")
     p.add_argument("--batch-size", type=int, default=None, help=f"examples per padded batch (default {D('batch_size')})")
@@ -132,7 +140,7 @@ def _add_run(sub) -> None:
 
 
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
-_PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
+_PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
                 "trust_remote_code", "method", "eig_batch", "shard", "revision", "cache_dir",
                 "split", "subset", "data_revision", "adapter", "adapter_params")

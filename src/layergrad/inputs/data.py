@@ -20,7 +20,12 @@ Two kinds of record:
   ``instruction``, plus ``"\\n" + input`` when ``input`` is not ``""`` (the paper's rule);
   the response is ``output``.
 - chat ``{"messages": [{"role", "content"}, ...]}``. The response is the content of
-  the last turn, which must be the assistant's; the turns before it are the prompt.
+  the last turn, which must be the assistant's; the turns before it are the prompt
+  (``run --turns all`` scores every assistant turn: :mod:`layergrad.inputs.prompting`).
+- plain text ``{"text"}`` (pretraining-style data), when the record has none of ``messages``,
+  ``instruction`` and ``output``: every token is a response token; there is no prompt. A record
+  with ``instruction``/``output`` is Alpaca even when it also has a ``text`` field (the hub's
+  ``tatsu-lab/alpaca`` keeps its formatted prompt there).
 
 A field whose value is ``null`` counts as absent. Parquet stores a field that some
 records lack as ``null``, so this keeps a JSON file and its Parquet copy equivalent.
@@ -103,8 +108,8 @@ class Example:
     index: int  # 0-based record index in its file
     source: str  # file path as given
     group: str  # group label: the `group` argument, else the file's stem
-    prompt: str | None  # Alpaca: instruction (+ "\n" + input); None for chat records
-    response: str  # Alpaca: output; chat: content of the last (assistant) turn
+    prompt: str | None  # Alpaca: instruction (+ "\n" + input); None for chat and plain-text records
+    response: str  # Alpaca: output; chat: content of the last (assistant) turn; plain text: the text
     # chat: the turns before the response, each {"role", "content"}; None for Alpaca
     messages: tuple[dict, ...] | None = field(default=None, compare=False)
     record: dict = field(default_factory=dict, compare=False)  # the record as parsed
@@ -114,6 +119,11 @@ class Example:
     def is_chat(self) -> bool:
         """True for a chat (``messages``) record."""
         return self.messages is not None
+
+    @property
+    def is_text(self) -> bool:
+        """True for a plain-text record (no prompt: every token is scored)."""
+        return self.messages is None and self.prompt is None
 
 
 @dataclass(frozen=True)
@@ -125,9 +135,10 @@ class Fields:
     output: str = "output"
     id: str = "id"
     messages: str = "messages"
+    text: str = "text"
 
     def __post_init__(self):
-        for name in ("instruction", "input", "output", "id", "messages"):
+        for name in ("instruction", "input", "output", "id", "messages", "text"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"Fields.{name} must be a non-empty field name, got {value!r}")
@@ -545,11 +556,26 @@ def _parse_chat(record: dict, fields: Fields, problem) -> tuple[tuple[dict, ...]
     return prompt, response
 
 
+def _parse_text(record: dict, fields: Fields, problem) -> str | None:
+    """The text of a plain-text record, or None after reporting its problems."""
+    value = record[fields.text]
+    if not isinstance(value, str):
+        problem(fields.text, f"must be a string, found {_kind(value)}")
+        return None
+    if not value.strip():
+        problem(fields.text, "must be a non-empty string (the text is empty)")
+        return None
+    return value
+
+
 def _parse_record(record: dict, fields: Fields, problem) -> tuple | None:
     """(prompt, messages, response) of a record, or None after reporting its problems."""
     if _present(record, fields.messages):
         chat = _parse_chat(record, fields, problem)
         return (None, *chat) if chat else None
+    if _present(record, fields.text) and not (_present(record, fields.instruction) or _present(record, fields.output)):
+        text = _parse_text(record, fields, problem)
+        return (None, None, text) if text is not None else None
     alpaca = _parse_alpaca(record, fields, problem)
     return (alpaca[0], None, alpaca[1]) if alpaca else None
 

@@ -16,7 +16,12 @@ Four kinds of ``name_or_path`` are accepted:
   hash first, and the model and tokenizer are both loaded at that commit.
 
 A model that cannot be loaded is an error (:class:`ModelError`), never replaced by
-another. The model is returned in eval mode and otherwise unchanged; the tokenizer is
+another. A quantised model (bitsandbytes, GPTQ, AWQ, ...: a ``quantization_config`` in its
+config.json or on its config, transformers' ``hf_quantizer``/``is_quantized``, or quantised
+linear modules such as bitsandbytes' ``Linear4bit``/``Linear8bitLt``) is refused, naming the
+method (:func:`refuse_quantized`): its weights are stored as integer codes, so the gradient of a
+"weight" is not the gradient of the matrix the model multiplies by, and the exact spectra this
+tool computes have no meaning there. Use the unquantised (fp32/bf16/fp16) weights. The model is returned in eval mode and otherwise unchanged; the tokenizer is
 returned as its files define it (no pad token is added: that would change the vocab).
 """
 from __future__ import annotations
@@ -571,6 +576,67 @@ def _load_gguf(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_i
     return model, tokenizer
 
 
+#: Class names of quantised linear modules (bitsandbytes, auto-gptq/gptqmodel, autoawq, HQQ, EETQ, ...).
+QUANTIZED_MODULES = {"Linear4bit": "bitsandbytes", "Linear8bitLt": "bitsandbytes", "QuantLinear": "gptq",
+                     "WQLinear_GEMM": "awq", "WQLinear_GEMV": "awq", "WQLinear": "awq", "HQQLinear": "hqq",
+                     "EetqLinear": "eetq", "QLinear": "quanto"}
+
+
+def _quant_method(qc) -> str:
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = getattr(method, "value", method)  # transformers' QuantizationMethod enum
+    if isinstance(qc, dict) and not method:
+        method = "bitsandbytes" if qc.get("load_in_4bit") or qc.get("load_in_8bit") else None
+    return str(method or "unknown")
+
+
+def quantization_of(model=None, config: dict | None = None) -> str | None:
+    """The quantisation method of a loaded model (or of a config.json dict), ``None`` when unquantised.
+
+    A GGUF entry (``quant_method`` ``gguf``) is no refusal by itself: :func:`load_model` loads a GGUF
+    file de-quantised into plain floating-point weights; the module scan (quantised classes, or a
+    weight that is no floating-point tensor) still catches weights left in blocks.
+    """
+    if config is not None:
+        qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+        method = _quant_method(qc) if qc else None
+        return None if method == "gguf" else method
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    if qc and _quant_method(qc) != "gguf":
+        return _quant_method(qc)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and _quant_method(getattr(quantizer, "quantization_config", None) or {}) != "gguf":
+        return _quant_method(getattr(quantizer, "quantization_config", None) or {})
+    if getattr(model, "is_loaded_in_4bit", False) is True or getattr(model, "is_loaded_in_8bit", False) is True:
+        return "bitsandbytes"
+    for module in model.modules() if hasattr(model, "modules") else ():
+        for cls in type(module).__mro__:
+            if cls.__name__ in QUANTIZED_MODULES:
+                return QUANTIZED_MODULES[cls.__name__]
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and not weight.is_floating_point():
+            return f"{type(module).__name__} with {str(weight.dtype).removeprefix('torch.')} weights"
+    return None
+
+
+def _config_json(folder: Path) -> dict:
+    """A folder's config.json as a dict; ``{}`` when unreadable (loading it then says why)."""
+    try:
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def refuse_quantized(model=None, *, config: dict | None = None, what: str = "the model") -> None:
+    """Raise :class:`ModelError` for a quantised model (see the module docstring)."""
+    method = quantization_of(model, config)
+    if method is not None:
+        raise ModelError(f"{what} is quantised ({method}); layergrad measures exact gradients of the weight matrices, "
+                         "which a quantised model stores as integer codes. Use the unquantised weights (the original "
+                         "fp32/bf16/fp16 checkpoint, e.g. the repo the quantised one was made from)")
+
+
 def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn_implementation: str | None,
                  hub: dict | None = None):
     """A folder; or, with ``hub`` (``repo``, ``revision``: a commit, ``cache_dir``), that hub snapshot,
@@ -665,6 +731,8 @@ def load_model(
     else:
         with progress_bars(progress):  # the embedded model's one-time conversion de-quantises a GGUF file
             path, is_gguf = _resolve(name_or_path)
+    if not is_gguf:  # before loading: bitsandbytes & co need not be installed to be refused
+        refuse_quantized(config=_config_json(path), what=f"model {str(name_or_path)!r}")
     on_cpu = _on_cpu(device, device_map)
     checkpoint = None if is_gguf else _checkpoint_dtype(path)
     load_dtype = _load_dtype(requested, checkpoint, on_cpu)
@@ -680,6 +748,7 @@ def load_model(
         )
     if adapter_dir is not None:
         model = _apply_adapter(model, adapter_dir, adapter, str(name_or_path), params=adapter_params)
+    refuse_quantized(model, what=f"model {str(name_or_path)!r}")
     if device_map is None:
         model.to(target)
     model.eval()

@@ -20,6 +20,7 @@ from layergrad import vocab
 from layergrad.config import RunConfig, parse_shard
 from layergrad.inputs.data import DataError
 from layergrad.inputs.dataset import data_fingerprint, load_data  # noqa: F401  (load_data: old engine API)
+from layergrad.inputs.models import refuse_quantized
 from layergrad.inputs.prompting import encode, resolve_mode
 from layergrad.inputs.targets import find_targets
 from layergrad.measure.guard import FiniteGuard
@@ -78,12 +79,15 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     note = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     # plan: the examples, the model, what is measured, the batches
     examples, problems = load_data(cfg)
+    _refuse_turnless(cfg, examples)
     loaded = loaded or _load_model(cfg, device)
     model, tok = loaded.model, loaded.tokenizer
+    refuse_quantized(model, what=f"model {cfg.model!r}")
     model.eval()
     targets = find_targets(model, cfg.modules)
     mode = resolve_mode(cfg.prompt_mode, tok)
-    encoded = [encode(ex, tok, mode, cfg.max_length, reference=cfg.reference) for ex in examples]
+    encoded = [encode(ex, tok, mode, cfg.max_length, reference=cfg.reference, system=cfg.system_prompt, turns=cfg.turns)
+               for ex in examples]
     _refuse_unscorable(cfg, examples, encoded)
     shard = distributed.shard_of(world, parse_shard(cfg.shard))
     batches = _plan(cfg, encoded, shard)
@@ -152,10 +156,26 @@ def _load_model(cfg: RunConfig, device: str):
                       adapter_params=cfg.adapter_params)
 
 
+def _refuse_turnless(cfg: RunConfig, examples) -> None:
+    """``--turns all`` needs chat records: any other record is bad input, named before the model loads."""
+    if cfg.turns != "all":
+        return
+    from layergrad.inputs.data import Problem
+
+    names = {"instruction": "instruction", "output": "output", "text": "text", **(cfg.fields or {})}
+    bad = [Problem(ex.source, ex.index, names["text"] if ex.is_text else names["output"],
+                   f"--turns all needs chat 'messages' records (assistant turns to score); this is "
+                   f"{'a plain-text' if ex.is_text else 'an Alpaca'} record")
+           for ex in examples if not ex.is_chat]
+    if bad:
+        raise DataError(bad, hint="Use --turns last for these records (or give them as 'messages' turns).")
+
+
 def _refuse_unscorable(cfg: RunConfig, examples, encoded) -> None:
     """Nothing to score is bad input: refused before anything is written (unless ``--skip-invalid``)."""
     if not cfg.skip_invalid:
-        unscorable = faults.unscorable_problems(examples, encoded, (cfg.fields or {}).get("output", "output"))
+        unscorable = faults.unscorable_problems(examples, encoded, (cfg.fields or {}).get("output", "output"),
+                                                 (cfg.fields or {}).get("text", "text"))
         if unscorable:
             raise DataError(unscorable, hint=faults.unscorable_hint(encoded))
 

@@ -94,7 +94,7 @@ def reason_kind(status: str, reason: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------
 
 
-def unscorable_problems(examples, encoded, output_field: str = "output") -> list:
+def unscorable_problems(examples, encoded, output_field: str = "output", text_field: str = "text") -> list:
     """A :class:`~layergrad.inputs.data.Problem` for each example with nothing to score (its response
     wholly cut by ``--max-length``, or no response token at all)."""
     from layergrad.inputs.data import Problem
@@ -104,6 +104,8 @@ def unscorable_problems(examples, encoded, output_field: str = "output") -> list
         if enc.skip_reason is None:
             continue
         field = output_field if ex.messages is None else f"messages[{len(ex.messages)}].content"
+        if ex.is_text:
+            field = text_field
         problems.append(Problem(ex.source, ex.index, field, f"nothing to score: {enc.skip_reason}"))
     return problems
 

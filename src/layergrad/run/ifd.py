@@ -89,7 +89,14 @@ Deviations from the released code, on purpose:
   definitions; Superfiltering's ``select_data.py`` also drops IFD ``== 1``.
 * Undefined IFD is NaN with a reason (``ifd_reason``), never 0 or -1 (Superfiltering stores 0 on a
   zero division; Cherry skips the example): a non-finite loss, ``L_0 == 0``, or no token in the
-  response-alone pass (``superfiltering`` without a BOS and a one-token response). ``ifd_ppl`` is
+  response-alone pass (``superfiltering`` without a BOS and a one-token response).
+* Plain-text records (only ``text``): undefined, they have no prompt whose help could be measured
+  (``Encoded.ifd_reason``; no response-alone pass is made for them).
+* Multi-turn records under ``--turns all``: undefined when more than one assistant turn is scored.
+  IFD compares ONE response with and without its prompt, and ``L_P`` is the run's loss, which there
+  averages over every assistant turn; a last-turn IFD would need another conditioned loss than the
+  one whose gradients are measured. ``--turns last`` gives IFD on the last turn (its prompt: every
+  turn before it). A record with one assistant turn has the same numbers under both. ``ifd_ppl`` is
   ``inf`` only when ``L_P - L_0 > 709`` (float64 overflow).
 
 Why ``cherry`` is the default: it is the definition of the paper that introduced IFD and of its
@@ -269,5 +276,12 @@ def score_batch(rule: NoPromptRule, model, encs: list[Encoded], loss: "Tensor", 
     (every response token given the prompt).
     """
     lp = loss.detach().cpu().double()
-    l0 = no_prompt_loss(rule, model, encs, pad_id, device, index)
-    return [ifd_fields(float(lp[b]), float(l0[b]), rule.n_scored(e)) for b, e in enumerate(encs)]
+    defined = [b for b, e in enumerate(encs) if e.ifd_reason is None]
+    l0 = no_prompt_loss(rule, model, [encs[b] for b in defined], pad_id, device, index) if defined else None
+    out = []
+    for b, e in enumerate(encs):
+        if e.ifd_reason is not None:
+            out.append({**undefined(e.ifd_reason), "loss_with_prompt": float(lp[b])})
+        else:
+            out.append(ifd_fields(float(lp[b]), float(l0[defined.index(b)]), rule.n_scored(e)))
+    return out

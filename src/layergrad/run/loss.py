@@ -1,13 +1,17 @@
 """The per-example loss, defined in one place.
 
-For example ``e`` with tokens ``x_0..x_{T-1}`` and ``P`` prompt tokens, the loss is the mean
-cross-entropy (natural log) of its response tokens given everything before them:
+For example ``e`` with tokens ``x_0..x_{T-1}`` and response positions ``R_e`` (its response mask),
+the loss is the mean cross-entropy (natural log) of its response tokens given everything before them:
 
-    L_e = (1 / |R_e|) * sum_{j in R_e} -log p(x_j | x_<j),   R_e = {j : max(P, 1) <= j < T}
+    L_e = (1 / |R_e|) * sum_{j in R_e} -log p(x_j | x_<j),   R_e a subset of {1, ..., T-1}
 
-the usual supervised fine-tuning loss, identical to Hugging Face's ``labels`` loss with the
-prompt tokens set to -100. A batch's objective is ``sum_e L_e`` (a sum, not a mean), so each
-example's output gradients are exactly those a batch of one would give.
+the usual supervised fine-tuning loss, identical to Hugging Face's ``labels`` loss with every
+non-response token set to -100. With one response after ``P`` prompt tokens (Alpaca, the last chat
+turn) ``R_e = {j : max(P, 1) <= j < T}``; under ``--turns all`` it is the tokens of every assistant
+turn; for plain text every position ``j >= 1`` (:class:`~layergrad.inputs.prompting.Encoded`'s
+``loss_spans``). Only the loss is masked: every real token is in the forward pass, so the factors
+``X`` and ``D`` of the gradients run over all of them. A batch's objective is ``sum_e L_e`` (a sum,
+not a mean), so each example's output gradients are exactly those a batch of one would give.
 """
 from __future__ import annotations
 
@@ -19,11 +23,18 @@ from torch import Tensor
 LOSS_RULE = "mean-ce-response-tokens/v1"
 
 
-def loss_positions(lengths: list[int], n_prompt: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-    """For the loss terms of a padded batch: ``(rows, predicting positions j-1, target positions j)``."""
+def loss_positions(lengths: list[int], n_prompt: list[int], spans: list | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """For the loss terms of a padded batch: ``(rows, predicting positions j-1, target positions j)``.
+
+    Example ``r``'s terms are ``max(n_prompt[r], 1) <= j < lengths[r]`` (one response at the end),
+    or, when ``spans`` is given, the positions ``j`` in its spans ``[a, b)`` with ``1 <= j < lengths[r]``.
+    """
     rows, pos = [], []
     for r, (T, P) in enumerate(zip(lengths, n_prompt)):
-        js = range(max(P, 1), T)
+        if spans is None or spans[r] is None:
+            js = range(max(P, 1), T)
+        else:
+            js = [j for a, b in spans[r] for j in range(max(a, 1), min(b, T))]
         rows.extend([r] * len(js))
         pos.extend(js)
     rows_t = torch.tensor(rows, dtype=torch.long)

@@ -61,7 +61,7 @@ class BatchRunner:
         """Forward + backward for a batch: per-example loss ``(n,)`` (float64, CPU) and what the sink measured."""
         lengths = [e.n_tokens for e in encoded]
         ids, mask = pad([e.input_ids for e in encoded], self.pad_id)  # (n, t)
-        rows, pred, tgt = loss_positions(lengths, [e.n_prompt for e in encoded])  # (N,) loss terms
+        rows, pred, tgt = loss_positions(lengths, [e.n_prompt for e in encoded], [e.loss_spans for e in encoded])  # (N,) loss terms
         targets = ids[rows, tgt].to(self.device)
         try:
             with torch.enable_grad(), self.index.at(rows, pred) if self.gather else contextlib.nullcontext():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from layergrad import __version__
+from layergrad.vocab import DEFAULT_SYSTEM_PROMPT
 from layergrad.store.schema import SCHEMA_VERSION
 
 IDENTITY_KEYS = (
@@ -21,6 +22,8 @@ IDENTITY_KEYS = (
     "adapter_fingerprint",  # a PEFT adapter's (None without one)
     "adapter_params",  # None without an adapter; True: its lora_A/lora_B measured; False: merged weights
     "prompt_mode",
+    "system_prompt",  # --system-prompt as asked for (chat mode's system turn; base mode has no system text)
+    "turns",  # which assistant turns are response tokens (--turns)
     "max_length",
     "modules",
     "dtype",
@@ -33,13 +36,23 @@ IDENTITY_KEYS = (
     "token_shares",  # a run with and without shares parts would mix examples that have them and ones that don't
 )
 
-#: What an identity key means in a manifest written before the key existed.
-IDENTITY_DEFAULTS = {"token_shares": False}
+#: What an identity key means in a manifest written before the key existed (a function of that manifest,
+#: or a value). A chat-mode run stored before the system prompt was recorded gave Alpaca records the
+#: default system prompt but ``messages`` records the template's: no value of today matches it.
+IDENTITY_DEFAULTS = {
+    "token_shares": False,
+    "turns": "last",
+    "system_prompt": lambda m: DEFAULT_SYSTEM_PROMPT if str(m.get("prompt_mode", "")).endswith("base")
+    else "unrecorded (a run before --system-prompt: Alpaca records the default, messages records the template's)",
+}
 
 
 def identity_value(manifest: dict, key: str):
     """``manifest[key]``, or what its absence means (:data:`IDENTITY_DEFAULTS`) for a manifest older than the key."""
-    return manifest.get(key, IDENTITY_DEFAULTS.get(key))
+    if key in manifest:
+        return manifest[key]
+    default = IDENTITY_DEFAULTS.get(key)
+    return default(manifest) if callable(default) else default
 
 
 def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: str, loss_rule: str,
@@ -68,6 +81,8 @@ def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: s
         "dtype": loaded.dtype,
         "stats_dtype": cfg.stats_dtype,
         "prompt_mode": ("reference-" if cfg.reference else "") + mode,
+        "system_prompt": cfg.system_prompt,  # as asked for; base mode has no system text
+        "turns": cfg.turns,
         "max_length": cfg.max_length,
         "modules": cfg.modules,
         "module_names": [t.name for t in targets],

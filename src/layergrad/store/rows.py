@@ -127,8 +127,8 @@ def share_rows_of(ex_id: str, b: int, shares: dict, thirds: dict[int, str], enc,
             continue
         key = (thirds.get(layer, "late" if layer >= len(thirds) else "early"), group)
         sums[key] = c.double() if key not in sums else sums[key] + c.double()
-    T, R = enc.n_tokens, enc.n_response
-    first = T - R
+    R = enc.n_response
+    rank = {j: k for k, j in enumerate(enc.loss_targets())}  # response position -> its place among them
     rows = []
     for seg in SEGMENT_NAMES:
         for group in ("attn", "mlp"):
@@ -138,9 +138,9 @@ def share_rows_of(ex_id: str, b: int, shares: dict, thirds: dict[int, str], enc,
             total = float(c.sum())
             share = (c / total).tolist() if total != 0 else [math.nan] * len(c)
             for t, v in enumerate(share):
-                resp = t >= first
+                resp = t in rank
                 rows.append(share_row(id=ex_id, segment=seg, module_group=group, position=t, share=v, response=resp,
-                                      rel_position=((t - first) / (R - 1) if R > 1 else 0.0) if resp else None,
+                                      rel_position=(rank[t] / (R - 1) if R > 1 else 0.0) if resp else None,
                                       token=tokens[t] if t < len(tokens) else None))
     return rows
 

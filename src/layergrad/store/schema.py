@@ -33,7 +33,7 @@ EXAMPLES = pa.schema(
         pa.field("output", pa.string()),  # response text as given
         pa.field("loss", pa.float64()),  # mean cross-entropy (nats) over this example's response tokens
         pa.field("n_tokens", pa.int32()),  # tokens fed to the model (after truncation)
-        pa.field("n_prompt_tokens", pa.int32()),  # tokens before the response (masked out of the loss)
+        pa.field("n_prompt_tokens", pa.int32()),  # tokens before the (first) response token (masked out of the loss)
         pa.field("n_response_tokens", pa.int32()),  # response tokens that are loss terms
         pa.field("response_chars", pa.int32()),  # characters of the response text
         pa.field("truncated", pa.bool_()),  # the text was cut at --max-length
@@ -127,8 +127,8 @@ SHARES = pa.schema(
         pa.field("module_group", pa.string()),  # attn (q, k, v, o, qkv) | mlp (gate, up, down, gate_up)
         pa.field("position", pa.int32()),  # token index in the example's sequence, 0 .. n_tokens - 1
         pa.field("share", pa.float64()),  # share_t above (NaN when the group's gradient is 0 in that segment)
-        pa.field("response", pa.bool_()),  # a response token: position >= n_tokens - n_response_tokens (a loss target)
-        pa.field("rel_position", pa.float64()),  # response tokens: (position - first) / (n_response_tokens - 1), 0 = the
+        pa.field("response", pa.bool_()),  # a response token: a loss target (position >= n_tokens - n_response_tokens unless --turns all)
+        pa.field("rel_position", pa.float64()),  # response tokens: (its place among them) / (n_response_tokens - 1), 0 = the
         # first, 1 = the last (0 when there is one); null for prompt tokens
         pa.field("token", pa.string()),  # the token's text, for display only (decoded with its predecessor, so leading spaces show)
     ]
