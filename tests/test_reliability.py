@@ -36,9 +36,9 @@ MANY = [
 ]
 
 
-def loaded(model, tok, fingerprint="fp"):
+def loaded(model, tok, fingerprint="fp", **fields):
     return LoadedModel(model=model, tokenizer=tok, source="test", path="test", fingerprint=fingerprint,
-                       dtype=str(model.dtype).removeprefix("torch."))
+                       dtype=str(model.dtype).removeprefix("torch."), **fields)
 
 
 def config(tmp_path, records, out="run", **kw):
@@ -161,7 +161,13 @@ CHANGES = {
     "token_shares": ({"token_shares": True}, {}),
     "loss_rule": ({}, {}),  # a new loss definition (engine.LOSS_RULE)
     "schema_version": ({}, {}),  # rows that mean something else (store/schema.py)
+    "model_revision": ({}, {"revision": "0123abcd"}),  # a hub model at another commit
+    "adapter_fingerprint": ({}, {"adapter": "lora", "adapter_fingerprint": "a2"}),  # another adapter (first: a1)
+    "adapter_params": ({}, {"adapter": "lora", "adapter_fingerprint": "a1", "adapter_params": True}),
 }
+# what the FIRST run's model carries for a key (the second's is in CHANGES)
+FIRST_MODEL = {"adapter_fingerprint": {"adapter": "lora", "adapter_fingerprint": "a1"},
+               "adapter_params": {"adapter": "lora", "adapter_fingerprint": "a1"}}
 
 CHATS = [{"messages": [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7."},
                        {"role": "user", "content": "And 12 plus 30?"}, {"role": "assistant", "content": "The answer is 42."}]}] * 2
@@ -176,14 +182,14 @@ def test_resume_with_another_configuration_is_refused_naming_it(tmp_path, tokeni
     model = make_model("llama", len(tokenizer))
     records = CHATS if key == "turns" else MANY[:2]
     first = config(tmp_path, records, modules="attn")
-    engine.run(first, loaded=loaded(model, tokenizer))
+    engine.run(first, loaded=loaded(model, tokenizer, **FIRST_MODEL.get(key, {})))
     before = tree_digest(Path(first.out))
 
     cfg_changes, model_changes = CHANGES[key]
     if "data_name" in cfg_changes:
         write_json(tmp_path / cfg_changes["data_name"], MANY[:3])
     second = config(tmp_path, records, **{"modules": "attn", **cfg_changes})
-    other = loaded(model, tokenizer, fingerprint=model_changes.get("fingerprint", "fp"))
+    other = loaded(model, tokenizer, **{"fingerprint": "fp", **{k: v for k, v in model_changes.items() if k != "dtype"}})
     if "dtype" in model_changes:
         other = loaded(model.float(), tokenizer)
     if key == "loss_rule":
