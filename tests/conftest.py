@@ -128,3 +128,9 @@ RECORDS = [
 @pytest.fixture
 def records():
     return [dict(r) for r in RECORDS]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tokenizer):
+    """A saved tiny Llama (float64) with the test tokenizer, one per test module."""
+    return save_model(tmp_path_factory.mktemp("model"), "llama", tokenizer)

@@ -6,7 +6,6 @@ through ``load_group``; no engine or model is involved. ``make_run`` is also use
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,74 +37,16 @@ from layergrad.analysis import (
     status_table,
 )
 from layergrad.store import RunStore
-from layergrad.store.schema import METRICS
-
-ROLE_PATHS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-              "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+from helpers import make_run, noise
 
 
-def make_run(path, values, roles=("q", "o"), *, n_layers=None, lengths=None, not_ok=(), model="tiny-llama",
-             prompt_mode="base", data=("fast.json",), cosine=None, manifest_extra=None, fill=True, seed=0, groups=None,
-             instructions=None, ids=None, loss=None) -> Path:
-    """Write a run directory. ``values``: metric -> (n, R, L) array (NaN = stored NaN, None = no row).
 
-    Metrics not given are filled with positive random numbers when ``fill`` (else stored as null).
-    ``not_ok``: (status, reason) per extra example that is not ok. ``cosine``: list of COSINE rows.
-    ``groups``: per-example value of the examples' ``group`` column (default null). ``instructions``,
-    ``ids``, ``loss``: per-example values (default "q" for all, ``e{i}``, 1.0).
-    """
-    path = Path(path)
-    first = next(iter(values.values()))
-    n, R, L = first.shape
-    assert R == len(roles)
-    n_layers = L if n_layers is None else n_layers
-    rng = np.random.default_rng(seed)
-    lengths = np.full(n, 50) if lengths is None else np.asarray(lengths)
-    modules = [f"model.layers.{l}.{ROLE_PATHS.get(r, r)}" for l in range(L) for r in roles]
-    manifest = {"model": model, "model_fingerprint": f"fp-{model}", "dtype": "float32", "prompt_mode": prompt_mode,
-                "max_length": 1024, "modules": "all", "module_names": modules, "n_layers": n_layers,
-                "data": list(data), "group": None, "spectrum_k": 8, "created": "2025-01-01T00:00:00Z",
-                "layergrad_version": "0.1.0", **(manifest_extra or {})}
-    if manifest_extra and "n_layers" in manifest_extra and manifest_extra["n_layers"] is None:
-        del manifest["n_layers"]
-    store = RunStore(path)
-    store.open(manifest)
-    ex_rows, mod_rows = [], []
-    for i in range(n):
-        eid = f"e{i}" if ids is None else ids[i]
-        ex_rows.append({"id": eid, "group": None if groups is None else groups[i], "source": data[0], "index": i, "order": i, "status": "ok",
-                        "reason": None, "instruction": "q" if instructions is None else instructions[i], "output": "a",
-                        "loss": 1.0 if loss is None else float(loss[i]), "n_tokens": int(lengths[i]) + 10,
-                        "n_prompt_tokens": 10, "n_response_tokens": int(lengths[i]), "response_chars": 4 * int(lengths[i]),
-                        "truncated": False})
-        for l in range(L):
-            for r, role in enumerate(roles):
-                row = {"id": eid, "module": f"model.layers.{l}.{ROLE_PATHS.get(role, role)}", "layer": l, "role": role,
-                       "out_features": 8, "in_features": 8, "rank": 8, "method": "factored"}
-                skip = False
-                for m in METRICS:
-                    if m in values:
-                        v = values[m][i, r, l]
-                        if v is None:
-                            skip = True
-                        row[m] = None if v is None else float(v)
-                    else:
-                        row[m] = float(rng.uniform(0.5, 1.5)) if fill else None
-                if not skip:
-                    mod_rows.append(row)
-    for j, (status, reason) in enumerate(not_ok):
-        ex_rows.append({"id": f"x{j}", "group": None, "source": data[0], "index": n + j, "order": n + j, "status": status,
-                        "reason": reason})
-    store.write_part(ex_rows, mod_rows, cosine)
-    return path
 
 
 def grp(tmp_path, label, values, **kw):
     return load_group(label, make_run(tmp_path / label, values, **kw))
 
 
-def noise(rng, n, R, L, loc=1.0, scale=0.1):
-    return loc + scale * rng.standard_normal((n, R, L))
 
 
 # ---- MAD -------------------------------------------------------------------------------------

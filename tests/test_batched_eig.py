@@ -1,4 +1,4 @@
-"""The batched Gram path (issue 16) held to the dense float64 oracle on the CPU: padding (right, left,
+"""The batched Gram path held to the dense float64 oracle on the CPU: padding (right, left,
 scattered, a module called twice), size classes, chunked stacks, eigenvalues near 0, an all-zero
 example, the Cholesky fallback, the solver's fallback when CuPy is missing, and the Measurer's
 ``eig_batch`` against its per-example path."""

@@ -1,4 +1,4 @@
-"""Silent corruption is detected (issue 17, item 2): flipped bytes inside a committed part whose
+"""Silent corruption is detected: flipped bytes inside a committed part whose
 Parquet footer is intact are caught by the checksums recorded at commit, by every reader."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from layergrad.run import engine
 from layergrad.store import load_results
 from layergrad.store.merge import check
 from layergrad.store.run import UNREADABLE
-from test_reliability import MANY, assert_same_results, config, loaded
+from helpers import MANY, assert_same_runs, config, loaded
 
 
 def flip_middle(path: Path, n: int = 256, at: float = 0.5) -> None:
@@ -57,7 +57,7 @@ def test_a_damaged_modules_part_is_refused_by_readers_and_recomputed_on_resume(r
     assert any(p.name.startswith("modules-r0-000001.parquet") for p in (parts / UNREADABLE).iterdir())  # kept aside
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert_same_results(load_results(whole.out), load_results(hurt.out))
+        assert_same_runs(load_results(whole.out), load_results(hurt.out))
     assert main(["verify", hurt.out]) == 0
 
 

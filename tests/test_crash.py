@@ -2,7 +2,7 @@
 with exactly the results of an uninterrupted run (no example lost, none duplicated, no corrupt part).
 
 SIGKILL is the worst case: no handler runs. SIGTERM kills a Python process the same way, and
-Ctrl-C (KeyboardInterrupt) unwinds through the same atomic writes (tests/test_reliability.py).
+Ctrl-C (KeyboardInterrupt) unwinds through the same atomic writes (tests/test_resume.py).
 
 Each process gets OMP_NUM_THREADS=1 (the machine is shared); one process at a time.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from conftest import save_model, write_json
 from layergrad.store import RunStore, load_results
 from layergrad.store.run import UNREADABLE
-from test_reliability import assert_same_results
+from helpers import assert_same_runs
 
 N_EXAMPLES = 40
 KILLS = 5  # SIGKILLs delivered while the run is working (startup, computing, or mid-write)
@@ -115,7 +115,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_pa
     # no example lost or duplicated, no corrupt part, identical values
     a, b = load_results(whole), load_results(cut)
     assert len(b.examples) == N_EXAMPLES and (b.examples["status"] == "ok").all()
-    assert_same_results(a, b, exact=True)
+    assert_same_runs(a, b, exact=True)
     store = RunStore(cut)
     assert all(store.part_problem(t) is None for t in store.committed_tags())
     assert not (cut / "parts" / UNREADABLE).exists()  # an atomic write never leaves a corrupt part

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_analysis import make_run, noise
+from helpers import make_run, noise
 
 from layergrad.analysis import IncompatibleGroups, load_group
 from layergrad.analysis import crossmodel

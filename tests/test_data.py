@@ -20,29 +20,14 @@ from layergrad.inputs.data import (
     validate,
     write_records,
 )
+from helpers import ALPACA, CHAT_PROBLEMS, FILE_PROBLEMS, RECORD_PROBLEMS, jsonl, write
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
-ALPACA = [
-    {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
-    {"instruction": "Translate to French.", "input": "good morning", "output": "bonjour"},
-    {"instruction": "Name a colour.", "output": "blue"},  # no input field at all
-]
 
 
-def write(path: Path, content) -> Path:
-    """Write bytes, text, or (for .json) a JSON value to ``path``."""
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif isinstance(content, str):
-        path.write_text(content, encoding="utf-8")
-    else:
-        path.write_text(json.dumps(content), encoding="utf-8")
-    return path
 
 
-def jsonl(records) -> str:
-    return "".join(json.dumps(r) + "\n" for r in records)
 
 
 def sha16(record) -> str:
@@ -173,25 +158,6 @@ def test_chat_and_alpaca_records_mix(tmp_path):
     assert examples[1].id == "7"
 
 
-CHAT_PROBLEMS = [
-    ("not a list", {"messages": "hi"}, "messages", "must be a list"),
-    ("turn not an object", {"messages": ["hi", {"role": "assistant", "content": "x"}]},
-     "messages[0]", "must be an object"),
-    ("turn without content", {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},
-     "messages[0].content", "must be a string"),
-    ("role not a string", {"messages": [{"role": 1, "content": "q"}, {"role": "assistant", "content": "x"}]},
-     "messages[0].role", "must be a string"),
-    ("no assistant turn", {"messages": [{"role": "user", "content": "q"}]},
-     "messages", "no assistant turn"),
-    ("empty list", {"messages": []}, "messages", "no assistant turn"),
-    ("ends with a user turn", {"messages": [{"role": "user", "content": "q"},
-                                            {"role": "assistant", "content": "a"},
-                                            {"role": "user", "content": "q2"}]},
-     "messages", "after the last assistant turn"),
-    ("empty response", {"messages": [{"role": "user", "content": "q"},
-                                     {"role": "assistant", "content": "  \n"}]},
-     "messages[1].content", "non-empty"),
-]
 
 
 @pytest.mark.parametrize("record, field, fragment",
@@ -206,26 +172,6 @@ def test_chat_problems(tmp_path, record, field, fragment):
 # ----------------------------------------------------------------------------- problem catalogue
 # Each case: file name, file content, then (index, field, fragment of the message).
 
-RECORD_PROBLEMS = [
-    ("record not an object", [ALPACA[0], ["a", "b"]], 1, None, "must be an object, found a list"),
-    ("missing instruction", [{"output": "x"}], 0, "instruction", "missing"),
-    ("instruction not a string", [{"instruction": 3, "output": "x"}], 0, "instruction",
-     "must be a string, found a number"),
-    ("missing output", [ALPACA[0], {"instruction": "x", "input": ""}], 1, "output", "missing"),
-    ("null output", [{"instruction": "x", "output": None}], 0, "output", "missing"),
-    ("output not a string", [{"instruction": "x", "output": ["5"]}], 0, "output",
-     "must be a string, found a list"),
-    ("input not a string", [{"instruction": "x", "input": {"a": 1}, "output": "y"}], 0, "input",
-     "must be a string, found an object"),
-    ("empty output", [ALPACA[0], ALPACA[1], {"instruction": "x", "output": ""}], 2, "output",
-     "non-empty"),
-    ("whitespace output", [{"instruction": "x", "output": " \n\t"}], 0, "output", "non-empty"),
-    ("id a float", [{"id": 1.5, "instruction": "x", "output": "y"}], 0, "id",
-     "string or an integer"),
-    ("id a boolean", [{"id": True, "instruction": "x", "output": "y"}], 0, "id",
-     "string or an integer"),
-    ("id empty", [{"id": " ", "instruction": "x", "output": "y"}], 0, "id", "must not be empty"),
-]
 
 
 @pytest.mark.parametrize("content, index, field, fragment",
@@ -237,20 +183,6 @@ def test_record_problems(tmp_path, content, index, field, fragment):
     assert fragment in problem.message
 
 
-FILE_PROBLEMS = [
-    ("not valid JSON", "data.json", '[\n {"instruction": "x",\n  "output": }\n]',
-     "not valid JSON at line 3, column 13"),
-    ("JSONL in a .json file", "data.json", jsonl(ALPACA[:2]), "name the file .jsonl"),
-    ("invalid UTF-8", "data.json", b'[{"instruction": "caf\xe9", "output": "x"}]',
-     "invalid UTF-8 at byte offset 21 (line 1)"),  # the offset of \xe9
-    ("top level an object", "data.json", {"data": ALPACA}, "top level is an object with keys 'data'"),
-    ("top level a string", "data.json", '"hello"', "top level is a string"),
-    ("empty file", "data.json", "  \n", "no records"),
-    ("empty list", "data.json", [], "no records"),
-    ("JSONL with only blank lines", "data.jsonl", "\n\n  \n", "no records"),
-    ("CSV with a header only", "data.csv", "instruction,output\n", "no records"),  # CSV is read (tests/test_datasets_input.py)
-    ("unsupported suffix", "data.txt", "instruction,output\n", "unsupported file type '.txt'"),
-]
 
 
 @pytest.mark.parametrize("name, content, fragment",

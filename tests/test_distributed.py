@@ -5,21 +5,20 @@ thread too: a batch is then computed bit for bit the same whichever process runs
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
 
-import pandas as pd
 import pytest
 import torch
 
-from conftest import RECORDS, save_model, write_json
+from conftest import save_model, write_json
 from layergrad.run import distributed
 from layergrad.cli import main
 from layergrad.run.distributed import DistributedError, World
 from layergrad.store import ConfigMismatch, RunStore, load_results
+from helpers import assert_identical_results, part_ids, study_records
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
@@ -29,33 +28,10 @@ LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
 # ---------------------------------------------------------------------------------------
 
 
-def study_records(n_valid: int = 7, awkward: bool = True) -> list[dict]:
-    """``n_valid`` distinct examples of several lengths (7 is not divisible by 2 ranks), plus,
-    with ``awkward``, one invalid record and one whose response ``--max-length 128`` cuts away."""
-    recs = []
-    for i in range(n_valid):
-        r = dict(RECORDS[i % len(RECORDS)])
-        r["output"] = r["output"] + " Step 1: 3 + 4 = 7." * (i % 3) + f" ({i})"
-        recs.append(r)
-    if awkward:
-        recs.append({"instruction": "This record has no output.", "input": ""})
-        recs.append({"instruction": "What is 12 plus 30? " * 20, "input": "", "output": "42"})
-    return recs
 
 
-def _hashable(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    for c in df.columns:
-        if df[c].dtype == object:
-            df[c] = df[c].map(lambda v: tuple(v) if hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict)) else v)
-    return df
 
 
-def assert_same_results(got, want) -> None:
-    """Every value of every row of the three tables, exactly (NaN equals NaN)."""
-    assert len(want.examples) and len(want.modules)
-    for name in ("examples", "modules", "cosine"):
-        pd.testing.assert_frame_equal(_hashable(getattr(got, name)), _hashable(getattr(want, name)), check_exact=True, obj=name)
 
 
 def one_thread_main(argv: list[str]) -> int:
@@ -80,10 +56,6 @@ def torchrun(argv: list[str], nproc: int = 2, entry: list[str] | None = None, ti
     return subprocess.run(cmd + argv, capture_output=True, text=True, env=child_env(), timeout=timeout)
 
 
-def part_ids(run_dir) -> dict[str, list[str]]:
-    """tag -> example ids, for every committed part of a run directory."""
-    store = RunStore(run_dir)
-    return {t: store.read_part_tables(t, examples_only=True)[0].column("id").to_pylist() for t in store.committed_tags()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,7 +233,7 @@ def test_torchrun_two_ranks_equal_one_process_value_for_value(tmp_path, tokenize
 
     got, want = load_results(tmp_path / "ranks"), load_results(tmp_path / "single")
     assert sorted(want.examples["status"]) == ["invalid", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "skipped"]
-    assert_same_results(got, want)
+    assert_identical_results(got, want)
     # both ranks computed, disjoint shares, 3 + 4 examples; rows needing no compute came from rank 0 only
     by_writer: dict[str, list[str]] = {}
     for tag, ids in part_ids(tmp_path / "ranks").items():
@@ -326,7 +298,7 @@ def test_rank_killed_mid_run_then_rerun_gives_identical_results(tmp_path, tokeni
     assert r.returncode == 0, r.stderr[-3000:]
     assert one_thread_main(argv(tmp_path / "single.jsonl")) == 0
 
-    assert_same_results(load_results(store), load_results(tmp_path / "single.jsonl.layergrad"))
+    assert_identical_results(load_results(store), load_results(tmp_path / "single.jsonl.layergrad"))
     assert save.read_bytes() == (tmp_path / "single.jsonl").read_bytes()
     assert len(save.read_text().splitlines()) == 7
     after = part_ids(store)

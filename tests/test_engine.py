@@ -10,59 +10,19 @@ from conftest import ARCHS, make_model, write_json
 from layergrad.run import engine
 from layergrad.measure import oracle
 from layergrad.config import RunConfig
-from layergrad.inputs.data import load_examples
-from layergrad.inputs.models import LoadedModel
 from layergrad.inputs.targets import find_targets
 from layergrad.inputs.prompting import encode
 from layergrad.store import load_results
-
-# fp64 model and statistics. These tiny models run transformers' eager attention, whose softmax is
-# computed in float32 whatever the model's dtype (eager_attention_forward: softmax(..., dtype=float32)),
-# and a padded row is reduced in another order than the same row alone: batched vs one-at-a-time
-# differ by up to ~1e-7 relative (more after the backward). One example a batch, the fast paths equal
-# the oracle to ~1e-14 (tests/test_oracle_independent.py holds them to 1e-8 with the softmax in float64).
-RTOL = 1e-6
+from helpers import RTOL, assert_matches_oracle, loaded, oracle_for, run_and_load
 
 
-def loaded(model, tok):
-    return LoadedModel(model=model, tokenizer=tok, source="test", path="test", fingerprint="fp", dtype=str(model.dtype).removeprefix("torch."))
 
 
-def run_and_load(tmp_path, model, tok, records, **kw):
-    data = write_json(tmp_path / "d.json", records)
-    cfg = RunConfig(data=[str(data)], out=str(tmp_path / kw.pop("out", "run")), progress=False, stats_dtype="float64",
-                    spectrum_k=None, **kw)
-    engine.run(cfg, loaded=loaded(model, tok))
-    return load_results(cfg.out), data
 
 
-def oracle_for(model, tok, data, mode, targets, max_length=1024):
-    exs, _ = load_examples([str(data)])
-    out = {}
-    for ex in exs:
-        enc = encode(ex, tok, mode, max_length)
-        if enc.skip_reason:
-            continue
-        loss, grads = oracle.example_gradients(model, enc.input_ids, max(enc.n_prompt, 1), targets)
-        out[ex.id] = (loss, oracle.dense_stats(grads))
-    return out
 
 
-def assert_matches_oracle(res, want, tol=RTOL):
-    assert len(res.ok) == len(want)
-    for _, ex in res.ok.iterrows():
-        loss, stats = want[ex["id"]]
-        assert ex["loss"] == pytest.approx(loss, rel=1e-10)
-        rows = res.modules[res.modules["id"] == ex["id"]]
-        assert len(rows) == len(stats)
-        for _, r in rows.iterrows():
-            o = stats[r["module"]]
-            scale = o["spectral"]
-            for k in ("nuclear", "spectral", "frobenius", "top1_share", "effective_rank", "stable_rank"):
-                assert r[k] == pytest.approx(o[k], rel=tol), (r["module"], k)
-            assert abs(r["min_sigma"] - o["min_sigma"]) <= tol * scale
-            s = torch.tensor(r["spectrum"], dtype=torch.float64)
-            torch.testing.assert_close(s, o["svdvals"][: len(s)].float().double(), rtol=1e-6, atol=1e-6 * scale)
+
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -165,7 +125,7 @@ def test_truncated_response_is_stored_as_skipped_with_reason(tmp_path, tokenizer
     model = make_model("llama", len(tokenizer))
     recs = [{"instruction": "What is 12 plus 30? " * 5, "output": "The answer is 42."},
             {"instruction": "Q", "output": "42"}]
-    # without --skip-invalid the run is refused instead (tests/test_reliability.py)
+    # without --skip-invalid the run is refused instead (tests/test_bad_input.py)
     res, _ = run_and_load(tmp_path, model, tokenizer, recs, max_length=8, prompt_mode="base", skip_invalid=True)
     skipped = res.examples[res.examples["status"] == "skipped"]
     assert len(skipped) == 1 and "max-length 8" in skipped["reason"].iloc[0]

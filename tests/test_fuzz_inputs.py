@@ -1,4 +1,4 @@
-"""No input ends in a traceback (issue 17, item 4): property-based damage of valid data files fed
+"""No input ends in a traceback: property-based damage of valid data files fed
 to ``layergrad validate`` and ``layergrad run``; every answer is an exit status with a message."""
 from __future__ import annotations
 

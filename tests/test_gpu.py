@@ -1,4 +1,4 @@
-"""The batched Gram path on CUDA (issue 16), held to the dense float64 oracle on the CPU: each solver
+"""The batched Gram path on CUDA, held to the dense float64 oracle on the CPU: each solver
 backend (CuPy's cuSOLVER batched solver, torch's), padding and size classes, the fallback without
 CuPy, and the Measurer's automatic choice. Skipped without CUDA; run with ``-m gpu`` (benchmarks/gpu_checks.sh).
 No timing is asserted here: the speed is measured by benchmarks/gpu_eig.py and the benchmark."""

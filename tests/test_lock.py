@@ -1,4 +1,4 @@
-"""One writer per name per run directory (issue 17, item 1): a second copy is refused naming the
+"""One writer per name per run directory: a second copy is refused naming the
 holder, shards write together, a lock left by a killed process is taken over."""
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_waiting_writers_are_serialised(tmp_path):
 def test_a_run_that_waits_for_the_lock_runs_after_the_holder(tmp_path, tokenizer):
     """What `layergrad experiment` does: two studies over one run directory are serialised."""
     from conftest import make_model
-    from test_reliability import MANY, config, loaded
+    from helpers import MANY, config, loaded
 
     cfg = config(tmp_path, MANY[:2], modules="q")
     events, held = [], threading.Event()

@@ -10,7 +10,7 @@ from layergrad.config import RunConfig
 from layergrad.store.merge import MergeError, check, merge
 from layergrad.inputs.models import load_model
 from layergrad.store import load_results
-from test_distributed import assert_same_results, part_ids, study_records
+from helpers import assert_identical_results, part_ids, study_records
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_shards_then_merge_equal_the_single_run(study, capsys):
     out = capsys.readouterr().out
     assert "9 distinct examples stored (1 invalid, 7 ok, 1 skipped); the data holds 9: none missing" in out
     assert f"merged into {tmp / 'merged'}" in out
-    assert_same_results(load_results(tmp / "merged"), load_results(d["single"]))
+    assert_identical_results(load_results(tmp / "merged"), load_results(d["single"]))
     # each shard computed a part of the examples, disjoint; the merged store can be resumed as a run
     a, b = (set(i for ids in part_ids(d[k]).values() for i in ids) for k in ("s0", "s1"))
     assert a and b and not a & b
@@ -61,7 +61,7 @@ def test_merged_store_with_gaps_is_completed_by_a_run_into_it(study):
     assert r.missing and r.written == tmp / "partial"
     run("partial")  # the same options, --out the merged directory: computes just the missing ones
     assert check([tmp / "partial"]).complete
-    assert_same_results(load_results(tmp / "partial"), load_results(d["single"]))
+    assert_identical_results(load_results(tmp / "partial"), load_results(d["single"]))
 
 
 def test_one_directory_written_by_all_shards_checks_complete(study, capsys):
@@ -71,7 +71,7 @@ def test_one_directory_written_by_all_shards_checks_complete(study, capsys):
     assert main(["merge", str(tmp / "together")]) == 0
     out = capsys.readouterr().out
     assert "writers: s0of2, s1of2" in out and "none missing" in out
-    assert_same_results(load_results(tmp / "together"), load_results(d["single"]))
+    assert_identical_results(load_results(tmp / "together"), load_results(d["single"]))
 
 
 def test_examples_stored_twice_are_reported_and_merged_once(study, capsys):
@@ -80,7 +80,7 @@ def test_examples_stored_twice_are_reported_and_merged_once(study, capsys):
     out = capsys.readouterr().out
     n = len(load_results(d["s1"]).examples)
     assert f"{n} examples are stored more than once (the first copy is used)" in out
-    assert_same_results(load_results(tmp / "twice"), load_results(d["single"]))
+    assert_identical_results(load_results(tmp / "twice"), load_results(d["single"]))
 
 
 def test_incompatible_shards_are_refused_naming_key_and_values(study, capsys):

@@ -1,27 +1,31 @@
-"""No silent overwrite (issue 17, item 6) and no half-written output (item 7)."""
+"""No silent overwrite and no half-written output (item 7)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from layergrad import cli
 from layergrad.atomic import atomic_write
 from layergrad.store import paper
-from test_selection import run_dir  # noqa: F401  (the module-scoped tiny run)
+from helpers import selection_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return selection_run(tmp_path_factory.mktemp("sel"))
 
 
 def select(run_dir, out, *extra):
     return cli.main(["select", str(run_dir / "run"), "--by", "loss", "--top", "2", "--out", str(out), *extra])
 
 
-def test_two_selects_into_one_folder_keep_both_score_tables(run_dir, tmp_path):  # noqa: F811
+def test_two_selects_into_one_folder_keep_both_score_tables(run_dir, tmp_path):
     assert select(run_dir, tmp_path / "a.json") == 0
     assert select(run_dir, tmp_path / "b.json") == 0
     assert (tmp_path / "a.scores.csv").exists() and (tmp_path / "b.scores.csv").exists()
 
 
-def test_an_existing_output_is_refused_unless_force(run_dir, tmp_path, capsys):  # noqa: F811
+def test_an_existing_output_is_refused_unless_force(run_dir, tmp_path, capsys):
     out = tmp_path / "a.json"
     assert select(run_dir, out) == 0
     before = out.read_bytes(), (tmp_path / "a.scores.csv").read_bytes()
@@ -42,7 +46,7 @@ def test_an_existing_output_is_refused_unless_force(run_dir, tmp_path, capsys): 
     assert cli.main(["export", str(run_dir / "run"), "--to", str(to), "--force"]) == 0
 
 
-def test_report_into_a_folder_holding_a_report_says_what_it_replaces(run_dir, tmp_path, capsys):  # noqa: F811
+def test_report_into_a_folder_holding_a_report_says_what_it_replaces(run_dir, tmp_path, capsys):
     out = tmp_path / "rep"
     args = ["report", "--run", f"x={run_dir / 'run'}", "--out", str(out), "--n-boot", "5", "--n-perm", "9"]
     assert cli.main(args) == 0
@@ -51,7 +55,7 @@ def test_report_into_a_folder_holding_a_report_says_what_it_replaces(run_dir, tm
     assert f"{out} holds a report made" in capsys.readouterr().err
 
 
-def test_an_interrupted_export_leaves_no_half_written_file(run_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_an_interrupted_export_leaves_no_half_written_file(run_dir, tmp_path, monkeypatch):
     to = tmp_path / "x.jsonl"
     real = paper.to_reference_lines
 

@@ -1,4 +1,4 @@
-"""The fast paths of issue #4 held to the dense oracle: the float64 Gram path, its pieces, and its plumbing."""
+"""The fast paths held to the dense oracle: the float64 Gram path, its pieces, and its plumbing."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,7 @@ from layergrad.config import RunConfig
 from layergrad.measure.measurer import Measurer, _each_example
 from layergrad.inputs.targets import Target, find_targets
 from layergrad.store import load_results
-from test_engine import loaded, oracle_for
+from helpers import loaded, oracle_for
 
 # The Gram path squares singular values in float64: s_k is off by at most ~sqrt(u) * s_1 ~ 1e-8 s_1.
 GRAM_ATOL = 5e-8

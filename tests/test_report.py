@@ -1,7 +1,6 @@
 """The report: files and columns, traceability, labels, validation, CLI, and a real headless browser."""
 from __future__ import annotations
 
-import argparse
 import html as htmllib
 import json
 import re
@@ -14,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layergrad.analysis import AnalysisError, IncompatibleGroups
+from layergrad.analysis import AnalysisError
 from layergrad.report import build_report, make_report
-from layergrad.cli.report import add_parser
-from test_analysis import make_run, noise
+from helpers import make_run, noise
+from helpers import report_parser
 
 ROLES = ("q", "k", "v", "o")
 L = 6
@@ -265,21 +264,17 @@ def test_single_imported_run(tmp_path):
     assert not (tmp_path / "out" / "figures" / "auroc_1_vs_2.png").exists()
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="layergrad")
-    add_parser(p.add_subparsers(dest="command"))
-    return p
 
 
 def test_cli(tmp_path, capsys):
     rng = np.random.default_rng(3)
     a = make_run(tmp_path / "a", {"nuclear": noise(rng, 5, 2, 3)})
     b = make_run(tmp_path / "b", {"nuclear": noise(rng, 5, 2, 3)})
-    args = _parser().parse_args(["report", "--run", "None CoT=" + str(a), "--run", str(b), "--out", str(tmp_path / "o"),
+    args = report_parser().parse_args(["report", "--run", "None CoT=" + str(a), "--run", str(b), "--out", str(tmp_path / "o"),
                                  "--metric", "nuclear", "--n-boot", "50", "--n-perm", "99"])
     assert args.runs == [("None CoT", a), (None, b)]  # a bare DIR: labelled by its group, else its name
     assert (args.segments, args.correction, args.pairing) == ("thirds", "by", "auto")
-    p2 = _parser().parse_args(["report", "--run", str(a), "--out", "x", "--segments", "paper", "--correction", "bh", "--pairing", "none",
+    p2 = report_parser().parse_args(["report", "--run", str(a), "--out", "x", "--segments", "paper", "--correction", "bh", "--pairing", "none",
                                "--metric", "s_ratio", "--metric", "s_sum_per_loss"])
     assert (p2.segments, p2.correction, p2.pairing, p2.metrics) == ("paper", "bh", "none", ["s_ratio", "s_sum_per_loss"])
     assert args.func(args) == 0
@@ -289,14 +284,14 @@ def test_cli(tmp_path, capsys):
     build_report([("None CoT", a)], tmp_path / "o", metrics=("nuclear",), n_boot=50, n_perm=99)
     assert not (tmp_path / "o" / "figures" / "auroc_1_vs_2.png").exists()  # no stale figure of the earlier report
     c = make_run(tmp_path / "c", {"nuclear": noise(rng, 5, 1, 3)}, roles=("down",))
-    args = _parser().parse_args(["report", "--run", f"A={a}", "--run", f"C={c}", "--out", str(tmp_path / "o2")])
+    args = report_parser().parse_args(["report", "--run", f"A={a}", "--run", f"C={c}", "--out", str(tmp_path / "o2")])
     assert args.func(args) == 2
     assert "share no measured role" in capsys.readouterr().err
-    args = _parser().parse_args(["report", "--run", f"X={tmp_path / 'nothing'}", "--out", str(tmp_path / "o3")])
+    args = report_parser().parse_args(["report", "--run", f"X={tmp_path / 'nothing'}", "--out", str(tmp_path / "o3")])
     assert args.func(args) == 2 and "not a layergrad run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        _parser().parse_args(["report", "--out", "x"])  # --run is required
-    help_text = _parser()._subparsers._group_actions[0].choices["report"].format_help()
+        report_parser().parse_args(["report", "--out", "x"])  # --run is required
+    help_text = report_parser()._subparsers._group_actions[0].choices["report"].format_help()
     assert "examples:" in help_text and 'layergrad report --run "None CoT=' in help_text
 
 

@@ -19,8 +19,8 @@ from layergrad.report import make_report
 from layergrad.report.scores import split
 from layergrad.store import RunStore, load_results
 from layergrad.store.schema import METRICS
-from test_analysis import ROLE_PATHS
-from test_report import _parser
+from helpers import ROLE_PATHS
+from helpers import report_parser
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 ATTN = ("q", "k", "v", "o")
@@ -222,7 +222,7 @@ def test_options_validated_and_few_examples_leave_the_panel_out(tmp_path, capsys
         make_report([("A", a)], tmp_path / "out", split_by="efective_rank:attn")
     assert not (tmp_path / "out" / "index.html").exists()
 
-    args = _parser().parse_args(["report", "--run", f"A={a}", "--out", str(tmp_path / "out"), "--metric", "nuclear",
+    args = report_parser().parse_args(["report", "--run", f"A={a}", "--out", str(tmp_path / "out"), "--metric", "nuclear",
                                  "--n-boot", "20", "--n-perm", "19", "--split-by", "effective_rank:attn:mean", "--split-fraction", "0.25"])
     assert args.func(args) == 0
     ids = pd.read_csv(tmp_path / "out" / "split_ids.csv")

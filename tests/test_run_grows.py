@@ -1,4 +1,4 @@
-"""A run can grow (issue 17, item 5): --limit, --shard and more --data extend a run directory; a
+"""A run can grow: --limit, --shard and more --data extend a run directory; a
 record whose text changed under a stored id is refused, naming it; a difference of identity is
 named by its option, in the user's terms."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from conftest import save_model, write_json
 from layergrad.cli import main
 from layergrad.store import load_results
 from layergrad.store.merge import check
-from test_reliability import MANY, assert_same_results
+from helpers import MANY, assert_same_runs
 
 import pytest
 
@@ -36,7 +36,7 @@ def test_try_a_few_then_do_the_rest(tmp_path, tiny_folder, capsys):
     assert "--limit: extending the run from 5 to none" in captured.err
     assert main(args(tiny_folder, full, data)) == 0
     # equal to rounding: the first call planned its batches over 5 examples, not 8 (batch-mates differ)
-    assert_same_results(load_results(full), load_results(grown), exact=False)
+    assert_same_runs(load_results(full), load_results(grown), exact=False)
     report = check([grown])
     assert report.expected == 8 and not report.missing  # merge still lists missing ids of the grown run
 

@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_model, make_tokenizer, write_json
+from conftest import make_model, make_tokenizer
 from layergrad import cli
 from layergrad.run import engine
 from layergrad.config import RunConfig
 from layergrad.inputs.data import load_examples
-from layergrad.inputs.models import LoadedModel
 from layergrad.analysis.selection import (
     Amount, MetricError, RunDataError, metric_values, parse_amount, parse_metric, run_examples, score_table, select,
 )
 from layergrad.store import load_results
+from helpers import JSONL_LINES, loaded, selection_run
 
 # ------------------------------------------------------------------------------ the grammar
 
@@ -133,33 +133,9 @@ def test_ifd_filter_drops_nan_and_values_above_one_keeps_one():
 # ------------------------------------------------------------------------------ on a real run
 
 
-def _loaded(model, tok):
-    return LoadedModel(model=model, tokenizer=tok, source="test", path="test", fingerprint="fp", dtype="float64")
-
-
-JSONL_LINES = [
-    '{"id": "a", "instruction": "What is 12 plus 30?", "output": "The answer is 42."}',
-    '{"output":"7","instruction":"Would a lion salute a lieutenant?","id":"b"}',
-    '{ "id" : "c" , "instruction": "Ava has 3 apples and buys 4 more.", "input": "How many now?", "output": "Step 1: 3 + 4 = 7. The answer is 7.", "extra": [1, 2.50, "é"] }',
-    '{"id": "d", "instruction": "Hi", "output": "Step 1: Ava has 3 apples. Step 2: she buys 4 more, so 3 + 4 = 7. The final answer is 7."}',
-    '{"id": "e", "instruction": "What is 12 plus 30?", "output": "42", "meta": {"src": "gsm\\u00e9"}}',
-    '{"id": "f", "instruction": "You are a helpful assistant.", "output": "The final answer is no."}',
-]
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """One tiny-model run with IFD over a JSONL file (odd spacing, key order, escapes) and a JSON file."""
-    tmp = tmp_path_factory.mktemp("sel")
-    jl = tmp / "d.jsonl"
-    jl.write_text("\n".join(JSONL_LINES) + "\n", encoding="utf-8")
-    js = write_json(tmp / "e.json", [{"instruction": "What is 12 plus 30?", "input": "", "output": "It is 42, since 12 + 30 = 42."},
-                                     {"instruction": "Hi", "input": "", "output": "Step 1: hello."}])
-    tok = make_tokenizer(bos=False)
-    cfg = RunConfig(data=[str(jl), str(js)], out=str(tmp / "run"), progress=False, ifd=True, prompt_mode="base",
-                    modules="all", batch_size=4, stats_dtype="float64")
-    engine.run(cfg, loaded=_loaded(make_model("llama", len(tok)), tok))
-    return tmp
+    return selection_run(tmp_path_factory.mktemp("sel"))
 
 
 def test_spectral_scores_are_means_over_the_matching_modules(run_dir):
@@ -222,7 +198,7 @@ def test_select_jsonl_only_input_is_byte_identical(tmp_path, capsys):
     jl.write_text("\n".join(JSONL_LINES) + "\n", encoding="utf-8")
     tok = make_tokenizer(bos=True)
     cfg = RunConfig(data=[str(jl)], out=str(tmp_path / "run"), progress=False, ifd=True, prompt_mode="base", modules="attn")
-    engine.run(cfg, loaded=_loaded(make_model("llama", len(tok)), tok))
+    engine.run(cfg, loaded=loaded(make_model("llama", len(tok)), tok))
     out = tmp_path / "all.jsonl"
     assert cli.main(["select", cfg.out, "--by", "n_tokens", "--top", "100%", "--out", str(out)]) == 0
     assert out.read_bytes() == jl.read_bytes()  # every record, input order, byte for byte
