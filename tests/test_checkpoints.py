@@ -141,3 +141,58 @@ def test_callback_run_reported_against_step(tmp_path, tokenizer):
     plain = make_run(tmp_path / "plain", {"nuclear": noise(rng, 3, 4, 3)}, roles=("q", "k", "v", "o"))
     with pytest.raises(AnalysisError, match=r"recorded during training .*report them apart from the ordinary run\(s\) .*plain"):
         make_report([("train", tmp_path / "rec"), ("plain", plain)], tmp_path / "out2", n_boot=20)
+
+
+def test_experiment_with_two_models_writes_a_cross_model_report(tmp_path, tokenizer):
+    from conftest import save_model, write_json
+
+    from layergrad.analysis import load_group
+
+    llama, qwen = save_model(tmp_path, "llama", tokenizer), save_model(tmp_path, "qwen2", tokenizer)
+    (tmp_path / "data").mkdir()
+    write_json(tmp_path / "data" / "short.json", [{"instruction": f"Q{i}", "output": "42"} for i in range(4)])
+    write_json(tmp_path / "data" / "long.json", [{"instruction": f"Q{i}", "output": "Step 1: 3 + 4 = 7. The answer is 7."} for i in range(4)])
+    conf = tmp_path / "exp.toml"
+    conf.write_text(f'''name = "two models"
+out = "{tmp_path / 'out'}"
+data_root = "data"
+[run]
+modules = "attn"
+prompt_mode = "base"
+progress = false
+[report]
+n_boot = 30
+n_perm = 99
+metrics = ["nuclear", "effective_rank"]
+normalise = "mean"
+[[models]]
+name = "tiny llama"
+model = "{llama}"
+[[models]]
+name = "tiny qwen"
+model = "{qwen}"
+[[groups]]
+label = "short"
+data = "short.json"
+[[groups]]
+label = "long"
+data = "long.json"
+''')
+    assert main(["experiment", str(conf)]) == 0
+    out = tmp_path / "out"
+    assert (out / "reports" / "tiny-llama" / "all-groups" / "curves.csv").exists()  # the per-model reports stay
+    assert (out / "reports" / "tiny-qwen" / "all-groups" / "curves.csv").exists()
+    sim = pd.read_csv(out / "reports" / "cross-model" / "short" / "model_similarity.csv")
+    assert set(zip(sim.run_a, sim.run_b)) == {("tiny llama", "tiny qwen")} and (sim.normalise == "mean").all()
+    assert (out / "reports" / "cross-model" / "long" / "model_similarity.csv").exists()
+    # the correlation written out here: mean curves over examples, / their mean, onto 21 points, Pearson
+    a = load_group("a", out / "runs" / "tiny-llama" / "short")
+    b = load_group("b", out / "runs" / "tiny-qwen" / "short")
+    grid, x = np.linspace(0, 1, 21), np.array([0, 0.5, 1])
+    ca, cb = a.values["nuclear"][:, a.series.index("v")].mean(0), b.values["nuclear"][:, b.series.index("v")].mean(0)
+    want = np.corrcoef(np.interp(grid, x, ca / ca.mean()), np.interp(grid, x, cb / cb.mean()))[0, 1]
+    assert sim[(sim.role == "v") & (sim.metric == "nuclear")].correlation.item() == pytest.approx(want, rel=1e-12)
+    overview = (out / "index.html").read_text()
+    assert "all models" in overview and 'href="reports/cross-model/short/index.html"' in overview
+    conf.write_text(conf.read_text().replace('normalise = "mean"', 'normalise = "max"'))
+    assert main(["experiment", str(conf)]) == 2  # refused (before any report), not a traceback
