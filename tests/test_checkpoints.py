@@ -104,13 +104,17 @@ def test_cli_by_step_and_its_errors(three, capsys):
     for argv, want in (
         (["--checkpoints", str(tmp / "none-*")], "matches no folder"),
         (["--checkpoints", f"x@y={tmp / 'ckpt-20'}"], "the step after '@' must be a whole number"),
-        ([], "give at least one --run LABEL=DIR or --checkpoints SPEC"),
-        (["--checkpoints", str(tmp / "ckpt-*"), "--run", f"plain={tmp / 'ckpt-20'}"], "has no step column|no step column"),
+        (["--run", f"plain={tmp / 'ckpt-20'}", "--run", f"more={tmp / 'ckpt-100'}", "--n-boot", "0"], "--n-boot and --n-perm"),
     ):
         assert main(["report", *argv, "--out", str(tmp / "bad")]) == 2
         err = capsys.readouterr().err
         assert want.split("|")[0] in err or want.split("|")[-1] in err, err
         assert "Traceback" not in err
+    for argv, want in (([], "one of the arguments --run --checkpoints is required"),
+                       (["--checkpoints", str(tmp / "ckpt-*"), "--run", str(tmp / "ckpt-20")], "not allowed with argument")):
+        with pytest.raises(SystemExit) as e:
+            main(["report", *argv, "--out", str(tmp / "bad")])
+        assert e.value.code == 2 and want in capsys.readouterr().err
 
 
 def test_callback_run_reported_against_step(tmp_path, tokenizer):

@@ -67,10 +67,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", dest="runs", action="append", type=parse_run, default=[], metavar="LABEL=DIR",
+    which = p.add_mutually_exclusive_group(required=True)  # groups to compare, or one training run's steps
+    which.add_argument("--run", dest="runs", action="append", type=parse_run, default=[], metavar="LABEL=DIR",
                    help="a group: its label and run directory (repeat for each group; groups are compared in this order). "
                    "A bare DIR is split by the examples' group column")
-    p.add_argument("--checkpoints", action="extend", nargs="+", default=[], metavar="SPEC",
+    which.add_argument("--checkpoints", action="extend", nargs="+", default=[], metavar="SPEC",
                    help="checkpoint runs of one training run, reported against step: a folder or a glob (quoted), "
                    "STEP=DIR, NAME@STEP=DIR or NAME=GLOB (several NAMEs: several training runs). Without a step it is "
                    "read from 'checkpoint-N' in the manifest's model path, else from the examples' step column")
@@ -105,9 +106,6 @@ def handler(args: argparse.Namespace) -> int:
     from layergrad.errors import LayergradError
     from layergrad.report.build import make_report
 
-    if not args.runs and not args.checkpoints:
-        print("layergrad report: error: give at least one --run LABEL=DIR or --checkpoints SPEC", file=sys.stderr)
-        return 2
     if args.n_boot < 1 or args.n_perm < 1:
         print("layergrad report: error: --n-boot and --n-perm must be at least 1", file=sys.stderr)
         return 2

@@ -21,6 +21,10 @@ Layout of ``OUT``::
     exclusions.csv|md|tex          cells where examples had no finite value
     scores*.csv, split_*.csv       the Scores panel (report/scores.py), when the runs have >= 4 ok examples
     figures/*.png|svg              PNG at 300 dpi and SVG
+
+The by-step report (``--checkpoints``, or runs recorded during training) writes instead steps.csv,
+layer_steps.csv, checkpoints.csv and its figures (report/checkpoints.py); runs of different models, the
+cross-model report (report/crossmodel.py).
 """
 from __future__ import annotations
 
