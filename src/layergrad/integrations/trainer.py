@@ -295,7 +295,7 @@ class LayerGradCallback(TrainerCallback):
             with runner.hooks():
                 for a in range(0, len(examples), self.probe_batch_size):
                     part = list(range(a, min(a + self.probe_batch_size, len(examples))))
-                    e, mo, _ = compute_batch(runner, [examples[k] for k in part], [encoded[k] for k in part], part)
+                    e, mo, *_ = compute_batch(runner, [examples[k] for k in part], [encoded[k] for k in part], part)
                     ex_rows += e
                     mod_rows += mo
         finally:
