@@ -37,7 +37,11 @@ with [[groups]] and [[comparisons]], which come first)::
 
 Options of every report of the study go in ``[report]``: ``segments`` ("thirds" | "paper"),
 ``correction`` ("by" | "bh"), ``pairing`` ("auto" | "none"), ``n_perm``, ``n_boot``, ``seed``,
-``metrics``.
+``metrics``, ``normalise`` ("none" | "mean" | "zscore": cross-model reports).
+
+With several ``[[models]]``, each group measured on two or more models also gets a cross-model
+report (``reports/cross-model/<group>/``: the models compared on relative depth,
+:mod:`layergrad.report.crossmodel`), beside the per-model reports.
 
 Groups are every combination of the axes, the first axis outermost, in file order; a comparison
 takes its groups in that order unless it gives its own ``order``. Comparisons are listed by their
@@ -290,24 +294,55 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
             if not chosen:
                 continue
             rdir = out / "reports" / slug(mname) / slug(c["title"])
-            index = build_report(chosen, rdir, **report_options(conf))
+            index = build_report(chosen, rdir, **{k: v for k, v in report_options(conf).items() if k != "normalise"})
             log(f"report: {index}")
             links.append((mname, c["title"], index.relative_to(out), len(chosen)))
+    links += _cross_model_reports(conf, jobs, out, log)
     overview = out / "index.html"
     overview.write_text(_overview_html(conf["name"], links, notes, out), encoding="utf-8")
     log(f"overview: {overview}")
     return overview
 
 
+CROSS_MODEL = "all models"  # the overview's model column of a cross-model report
+
+
+def _cross_model_reports(conf: dict, jobs: list[Job], out: Path, log) -> list[tuple]:
+    """One cross-model report per group measured on two or more models (report.crossmodel), its groups
+    labelled by model name; returns the overview's links."""
+    from .analysis.curves import DEFAULT_METRICS
+    from .analysis.groups import load_group
+    from .report import crossmodel
+
+    by_group: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_group.setdefault(job.label, []).append(job)
+    opts = report_options(conf)
+    links = []
+    for label, js in by_group.items():
+        if len({j.model_name for j in js}) < 2:
+            continue
+        groups = [load_group(j.model_name, j.cfg.out) for j in js]
+        rdir = out / "reports" / "cross-model" / slug(label)
+        index, _, _ = crossmodel.write(groups, rdir, list(opts.get("metrics", DEFAULT_METRICS)), n_boot=opts.get("n_boot", 1000),
+                                       seed=opts.get("seed", 0), normalise=opts.get("normalise", "none"))
+        log(f"cross-model report: {index}")
+        links.append((CROSS_MODEL, f"{label}: across models", index.relative_to(out), len(groups)))
+    return links
+
+
 def report_options(conf: dict) -> dict:
-    """``[report]`` options of the experiment file passed to every report (segments, correction, pairing, n_perm, n_boot, seed)."""
+    """``[report]`` options of the experiment file passed to every report (segments, correction, pairing, n_perm, n_boot, seed,
+    metrics, normalise)."""
     opts = dict(conf.get("report", {}))
-    allowed = ("segments", "correction", "pairing", "n_perm", "n_boot", "seed", "metrics")
+    allowed = ("segments", "correction", "pairing", "n_perm", "n_boot", "seed", "metrics", "normalise")
     bad = [k for k in opts if k not in allowed]
     if bad:
         raise ExperimentError(f"{conf.get('_path', 'experiment')}: [report] takes {', '.join(allowed)}; unknown: {', '.join(bad)}")
     if "metrics" in opts:
         opts["metrics"] = tuple(opts["metrics"])
+    if opts.get("normalise", "none") not in ("none", "mean", "zscore"):
+        raise ExperimentError(f"{conf.get('_path', 'experiment')}: [report] normalise = {opts['normalise']!r}; choose none, mean or zscore")
     return opts
 
 

@@ -33,6 +33,14 @@ examples:
   # (--group of `layergrad run`, else the data file's stem), one group per value
   layergrad report --run runs/all --out report
 
+  # the checkpoints of one training run against step (step from '.../checkpoint-N' in the manifest's model path)
+  layergrad report --checkpoints 'runs/ckpt-*' --out report
+  layergrad report --checkpoints 100=runs/a 200=runs/b --out report            # the steps given
+  layergrad report --checkpoints 'cot@100=runs/c1' 'cot@200=runs/c2' 'plain@100=runs/p1' --out report   # two runs
+
+  # a run recorded by LayerGradCallback (its examples carry a step column): the same by-step view
+  layergrad report --run runs/train --out report
+
 A run without "LABEL=" and without stored groups is labelled by its directory name; a run with
 one group alone gives curves, MAD, length and scores only. The Scores panel (scores*.csv, split_*.csv)
 pools the examples of all groups; it shows IFD when the runs were made with `layergrad run --ifd`. Open OUT/index.html in a browser;
@@ -59,9 +67,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", dest="runs", action="append", type=parse_run, required=True, metavar="LABEL=DIR",
+    which = p.add_mutually_exclusive_group(required=True)  # groups to compare, or one training run's steps
+    which.add_argument("--run", dest="runs", action="append", type=parse_run, default=[], metavar="LABEL=DIR",
                    help="a group: its label and run directory (repeat for each group; groups are compared in this order). "
                    "A bare DIR is split by the examples' group column")
+    which.add_argument("--checkpoints", action="extend", nargs="+", default=[], metavar="SPEC",
+                   help="checkpoint runs of one training run, reported against step: a folder or a glob (quoted), "
+                   "STEP=DIR, NAME@STEP=DIR or NAME=GLOB (several NAMEs: several training runs). Without a step it is "
+                   "read from 'checkpoint-N' in the manifest's model path, else from the examples' step column")
     p.add_argument("--out", required=True, type=Path, help="output folder (created; files in it are overwritten)")
     p.add_argument("--metric", dest="metrics", action="append", choices=_METRICS, metavar="METRIC",
                    help=f"metric to report (repeatable; default: {', '.join(_DEFAULT_METRICS)}; choices: {', '.join(_METRICS)})")
@@ -105,7 +118,7 @@ def handler(args: argparse.Namespace) -> int:
         rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
                           n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction,
                           segments=args.segments, correction=args.correction, pairing=args.pairing,
-                          normalise=args.normalise)
+                          normalise=args.normalise, checkpoints=args.checkpoints)
     except (LayergradError, FileNotFoundError) as e:  # AnalysisError, a store's ConfigMismatch, ...
         print(f"layergrad report: error: {e}", file=sys.stderr)
         return 2

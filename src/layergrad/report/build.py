@@ -22,6 +22,10 @@ Layout of ``OUT``::
     exclusions.csv|md|tex          cells where examples had no finite value
     scores*.csv, split_*.csv       the Scores panel (report/scores.py), when the runs have >= 4 ok examples
     figures/*.png|svg              PNG at 300 dpi and SVG
+
+The by-step report (``--checkpoints``, or runs recorded during training) writes instead steps.csv,
+layer_steps.csv, checkpoints.csv and its figures (report/checkpoints.py); runs of different models, the
+cross-model report (report/crossmodel.py).
 """
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ class Report:
 
 def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
                  split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
-                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto") -> Path:
+                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none") -> Path:
     """Write the report for ``runs`` (``[(label, run_dir), ...]``) under ``out``; return ``out/index.html``.
 
     Each run is one group under its label; a label of ``None`` splits the run by its examples'
@@ -70,7 +74,8 @@ def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: i
     with a message naming the problem when the runs cannot be reported or compared.
     """
     return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm, split_by=split_by,
-                       split_fraction=split_fraction, segments=segments, correction=correction, pairing=pairing).index
+                       split_fraction=split_fraction, segments=segments, correction=correction, pairing=pairing,
+                       normalise=normalise).index
 
 
 def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]]:
@@ -95,13 +100,20 @@ def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]
 
 def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
                 split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
-                correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none") -> Report:
+                correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none",
+                checkpoints=()) -> Report:
     """Like :func:`build_report`, also returning the notes and the tables as DataFrames.
+
+    ``checkpoints`` (``--checkpoints`` items: folders, globs, ``STEP=DIR``, ``NAME@STEP=DIR``), or runs
+    recorded during training (examples with a ``step`` column), give the by-step report instead
+    (:func:`make_step_report`).
 
     ``segments``: ``thirds`` or ``paper`` (the paper's layer splits, analysis.mad); ``correction``:
     ``by`` (Benjamini-Yekutieli) or ``bh`` (Benjamini-Hochberg); ``pairing``: ``auto`` (paired
     design where the groups share instructions, analysis.compare) or ``none``.
     """
+    if checkpoints or (runs and _recorded(runs)):
+        return make_step_report(runs, out, checkpoints=checkpoints, metrics=metrics, seed=seed, n_boot=n_boot)
     runs, metrics = _check_args(runs, metrics)
     if segments not in SCHEMES:
         raise AnalysisError(f"unknown segments {segments!r}; choose one of {', '.join(SCHEMES)}")
@@ -185,6 +197,45 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     index.write_text(page, encoding="utf-8")
     _remove_stale(out, sections, {**files, **per_example})
     return Report(index, notes, {**t, "length_points": points, **per_example})
+
+
+def _recorded(runs) -> bool:
+    """Whether the runs were recorded during training (several steps); refuses a mix with ordinary runs."""
+    from layergrad.analysis.checkpoints import recorded_steps
+    from layergrad.store.run import load_results
+
+    multi = [(label, path) for label, path in runs if len(recorded_steps(load_results(path))) > 1]
+    if multi and len(multi) < len(runs):
+        plain = [str(path) for label, path in runs if (label, path) not in multi]
+        raise AnalysisError(f"runs recorded during training ({', '.join(str(p) for _, p in multi)}) are reported against "
+                            f"step; report them apart from the ordinary run(s) {', '.join(plain)}")
+    return bool(multi)
+
+
+def make_step_report(runs, out, *, checkpoints=(), metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT) -> Report:
+    """The by-step report (report.checkpoints): ``checkpoints`` grouped by step (analysis.checkpoints), and
+    ``runs`` (``[(label, dir)]``) recorded during training, each split by its examples' step."""
+    from layergrad.analysis import checkpoints as ck
+    from layergrad.store.run import load_results
+
+    from . import checkpoints as step_report
+
+    checked, metrics = _check_args(runs or [(None, ".")], metrics)  # labels and metric names, with or without runs
+    runs = checked if runs else []
+    series = ck.load_checkpoints(checkpoints) if checkpoints else []
+    for label, path in runs:
+        res = load_results(path)
+        if not ck.recorded_steps(res):
+            raise AnalysisError(f"{path}: its examples have no step column; with --checkpoints pass checkpoint runs "
+                                "as --checkpoints STEP=DIR, not --run")
+        series += ck.recorded_series(res, label)
+    names = [s.run for s in series]
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise AnalysisError(f"two training runs are named {', '.join(map(repr, dup))}; name them (NAME@STEP=DIR, LABEL=DIR)")
+    fig_metrics = [m for m in FIGURE_METRICS if m in metrics] or metrics[:3]
+    index, notes, t = step_report.write(series, out, metrics, fig_metrics, n_boot=n_boot, seed=seed)
+    return Report(index, notes, t)
 
 
 def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
