@@ -21,6 +21,17 @@ from layergrad.inputs.prompting import encode
 from layergrad.measure import oracle
 from layergrad.run import engine
 from layergrad.store import RunStore, load_results
+import hashlib
+import json
+import numpy as np
+import pytest
+import torch
+from conftest import RECORDS, make_model, write_json
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from layergrad.inputs.data import load_examples  # noqa: E402
+from layergrad.inputs.prompting import encode  # noqa: E402
+from layergrad.integrations import LayerGradCallback  # noqa: E402
+from layergrad.store import load_results  # noqa: E402
 
 
 ALPACA = [
@@ -319,3 +330,76 @@ def selection_run(tmp: Path) -> Path:
                     modules="all", batch_size=4, stats_dtype="float64")
     engine.run(cfg, loaded=loaded(make_model("llama", len(tok)), tok))
     return tmp
+
+
+# The training-time callback's tiny Trainer runs
+
+RECS = RECORDS + [dict(r, output=r["output"] + " Done.") for r in RECORDS] + [
+    {"instruction": "Name a fruit.", "input": "", "output": "An apple."},
+]  # 11 examples: the last batch of an epoch is short
+
+
+def items(tokenizer, data):
+    """The trainer's dataset: layergrad's own tokens, labels -100 on the prompt (so both mean the same loss)."""
+    exs, _ = load_examples([str(data)])
+    out = []
+    for ex in exs:
+        enc = encode(ex, tokenizer, "base", 1024)
+        P = max(enc.n_prompt, 1)
+        out.append({"input_ids": enc.input_ids, "labels": [-100] * P + enc.input_ids[P:], "record": ex.id})
+    return out
+
+
+def collate(pad_id):
+    def fn(batch):
+        t = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), t), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), t), dtype=torch.long)
+        for r, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[r, :n] = torch.tensor(b["input_ids"])
+            labels[r, :n] = torch.tensor(b["labels"])
+            mask[r, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    return fn
+
+
+def loss64(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kw):
+    """Hugging Face's causal-LM loss (same reduction) without its cast of the logits to float32."""
+    if shift_labels is None:
+        shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), shift_labels.reshape(-1).to(logits.device),
+                                             ignore_index=ignore_index, reduction=reduction)
+    return loss / num_items_in_batch if reduction == "sum" else loss
+
+
+def train(tmp_path, tokenizer, *, dtype="float32", ga=1, steps=4, callbacks=(), checkpointing=None, seed=0, loss=None, attn="eager", batch=2, arch="llama"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = write_json(tmp_path / "d.json", RECS)
+    model = make_model(arch, len(tokenizer), dtype=dtype)
+    for m in model.modules():  # no dropout: the training step's gradient is then that of `layergrad run` (eval mode)
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    if loss is not None:
+        model.loss_function = loss
+    if attn != "eager":
+        model.set_attn_implementation(attn)
+    model.train()
+    losses = []
+    hook = model.register_forward_hook(lambda m, a, o: losses.append(o["loss"].detach().clone()) if m.training else None)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=batch, gradient_accumulation_steps=ga,
+        max_steps=steps, learning_rate=5e-3, logging_steps=1, save_strategy="no", report_to=[], seed=seed,
+        use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
+        gradient_checkpointing=checkpointing is not None,
+        gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"} if checkpointing else None,
+    )
+    ds = [{k: v for k, v in it.items() if k != "record"} for it in items(tokenizer, data)]
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collate(tokenizer.pad_token_id),
+                      callbacks=list(callbacks), processing_class=tokenizer)
+    trainer.train()
+    hook.remove()
+    return model, torch.stack(losses), data

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_analysis import make_run, noise
+from helpers import make_run, noise
 
 from layergrad.analysis import AnalysisError
 from layergrad.analysis.checkpoints import IncompatibleCheckpoints, parse_checkpoint
@@ -120,7 +120,7 @@ def test_cli_by_step_and_its_errors(three, capsys):
 def test_callback_run_reported_against_step(tmp_path, tokenizer):
     """A run recorded by LayerGradCallback (steps 0, 2, 4): per-step values from its own modules table."""
     pytest.importorskip("transformers")
-    from test_callback import train
+    from helpers import train
 
     from layergrad.integrations import LayerGradCallback
     from layergrad.store import load_results
