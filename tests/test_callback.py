@@ -13,13 +13,11 @@ import torch
 from conftest import RECORDS, write_json
 
 transformers = pytest.importorskip("transformers")
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
-from layergrad.inputs.data import load_examples  # noqa: E402
-from layergrad.inputs.prompting import encode  # noqa: E402
 from layergrad.integrations import LayerGradCallback  # noqa: E402
 from layergrad.store import load_results  # noqa: E402
-from helpers import items, loss64, train
+from helpers import items, loss64, train  # noqa: E402
 
 
 
