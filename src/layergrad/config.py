@@ -53,6 +53,7 @@ class RunConfig:
     max_length: int | None = 1024  # tokens; longer texts are truncated
     batch_size: int = 8  # examples per padded batch (grouped by length)
     max_batch_tokens: int = 8192  # cap on batch_size x longest sequence in a batch
+    max_memory: str | None = None  # bytes a run may use ("12GB", "12GiB", "500M") or a fraction ("0.8") of the available; None: 0.8
     limit: int | None = None  # first N examples of each data file
     split: str | None = None  # datasets sources (folders, hub ids): the split; default the only one, else train
     subset: str | None = None  # datasets sources: the subset (config name)
@@ -264,6 +265,18 @@ def _shard(v):
     return None
 
 
+def _max_memory(v):
+    if v is None:
+        return None
+    from layergrad.run.memory import parse_bytes
+
+    try:
+        parse_bytes(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _ifd(v):
     if v is None or isinstance(v, bool) or v in vocab.IFD_METHODS:
         return None
@@ -308,6 +321,7 @@ _CHECKS = {
     "max_length": _int_at_least(1, optional=True, none_means="no truncation"),
     "batch_size": _int_at_least(1, optional=False),
     "max_batch_tokens": _int_at_least(1, optional=False),
+    "max_memory": _max_memory,
     "limit": _int_at_least(1, optional=True, none_means="every example"),
     "split": _str(optional=True),
     "subset": _str(optional=True),

@@ -102,6 +102,10 @@ def _add_run(sub) -> None:
     p.add_argument("--max-length", type=int, default=None, help=f"truncate texts to this many tokens (default {D('max_length')})")
     p.add_argument("--batch-size", type=int, default=None, help=f"examples per padded batch (default {D('batch_size')})")
     p.add_argument("--max-batch-tokens", type=int, default=None, help=f"cap on batch size x longest sequence (default {D('max_batch_tokens')})")
+    p.add_argument("--max-memory", default=None, metavar="SIZE|FRACTION",
+                   help="memory the run may use, weights included: 12GB, 12GiB, 500M, or a fraction of the memory "
+                   "available at the start (0.8); batches whose estimated peak exceeds it are split, an example that "
+                   "cannot fit alone is stored as failed without running (default: 0.8 of the available CPU or GPU memory)")
     p.add_argument("--limit", type=int, default=None, help="first N examples of each data file (default: all)")
     p.add_argument("--dtype", default=None, help=f"model dtype: auto, fp32, bf16, fp16, fp64 (default {D('dtype')})")
     p.add_argument("--stats-dtype", choices=sorted(set(vocab.STATS_DTYPES.values())), default=None,
@@ -140,7 +144,7 @@ def _add_run(sub) -> None:
 
 
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
-_PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "limit",
+_PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "max_memory", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
                 "trust_remote_code", "method", "eig_batch", "shard", "revision", "cache_dir",
                 "split", "subset", "data_revision", "adapter", "adapter_params")

@@ -61,6 +61,12 @@ def out_of_memory(n_tokens: int) -> str:
     return f"{OUT_OF_MEMORY}: does not fit alone ({n_tokens} tokens)"
 
 
+def does_not_fit(n_tokens: int, estimate: int, budget: int) -> str:
+    """An example whose estimated peak alone exceeds the memory budget (never run; see :mod:`.memory`)."""
+    gib = 1 << 30
+    return f"{out_of_memory(n_tokens)[:-1]}; estimated {estimate / gib:.2f} GiB > budget {budget / gib:.2f} GiB)"
+
+
 def linalg_failure(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return f"{LINALG}: {first}"
