@@ -25,7 +25,7 @@ from layergrad.inputs.prompting import encode, resolve_mode
 from layergrad.inputs.targets import find_targets
 from layergrad.measure.guard import FiniteGuard
 from layergrad.measure.measurer import Measurer
-from layergrad.run import distributed, faults
+from layergrad.run import distributed, faults, memory
 from layergrad.run.ifd import NoPromptRule, undefined
 from layergrad.run.loss import LOSS_RULE
 from layergrad.run.plan import Batch, pad_id_of, plan_batches, shard_batches
@@ -118,12 +118,16 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
         cost = lambda part: len(part) * max(encoded[k].n_tokens for k in part)  # noqa: E731
         todo = [[k for k in b.items if examples[k].id not in done] for b in batches]
         todo = [items for items in todo if items]
+        fits = _memory_plan(cfg, runner, model, targets, encoded, note)
         main_rank = world is None or world.is_main
         computed = 0
         with tqdm(total=sum(map(len, todo)), unit="ex", desc="layergrad", disable=not cfg.progress or not main_rank,
                   dynamic_ncols=True) as bar, runner.hooks():
             for items in todo:
-                pieces = backoff.run(items, compute, fail, cost)
+                parts, too_big = fits(items)
+                pieces = [fail(k, reason) for k, reason in too_big]  # never run: nothing is allocated for them
+                for part in parts:
+                    pieces += backoff.run(part, compute, fail, cost)
                 store.write_part(*([r for p in pieces for r in p[i]] for i in range(4)))
                 computed += len(items)
                 bar.update(len(items))
@@ -134,6 +138,50 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
         store.close()  # the writer's lock
     rank, size = (world.rank, world.size) if world else (0, 1)
     return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, rank, size)
+
+
+def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, note):
+    """``fits(items) -> (parts, too_big)``: a planned batch split in halves (as :class:`~.faults.Backoff`
+    does) until each part's estimated peak (:func:`.memory.estimate_batch_bytes`) is within the budget
+    (``--max-memory``; default a fraction of what is available now, plus the loaded weights), and the
+    examples that exceed it alone, with their reason. The global plan (and sharding) is untouched: the
+    split depends only on the batch and the budget. No budget (the available memory unknown): no split.
+    """
+    shape = memory.model_shape_of(model)
+    budget = memory.budget_bytes(cfg.max_memory, runner.device, resident=shape.param_bytes)
+    if budget is None:
+        note("layergrad: the available memory is unknown here; batches are not planned under a memory budget "
+             "(pass --max-memory to set one)")
+        return lambda items: ([items], [])
+    stats_itemsize = getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]).itemsize
+    batched = cfg.eig_batch == "on" or (cfg.eig_batch == "auto" and torch.device(runner.device).type == "cuda")
+    threads = torch.get_num_threads()
+    queue = Measurer.eig_queue_bytes if batched else 0  # the batched path's queue of side matrices
+
+    def estimate(part) -> int:
+        n, t = len(part), max(encoded[k].n_tokens for k in part)
+        n_loss = sum(max(1, encoded[k].n_response) for k in part)
+        return memory.estimate_batch_bytes(n, t, shape, targets, stats_itemsize, gather=runner.gather,
+                                           threads=n if batched else threads, n_loss=n_loss, queue_bytes=queue)
+
+    def fits(items):
+        parts, too_big, stack = [], [], [list(items)]
+        while stack:
+            part = stack.pop()
+            e = estimate(part)
+            if e <= budget:
+                parts.append(part)
+            elif len(part) == 1:
+                k = part[0]
+                too_big.append((k, faults.does_not_fit(encoded[k].n_tokens, e, budget)))
+                note(f"layergrad: an example of {encoded[k].n_tokens} tokens does not fit the memory budget alone "
+                     f"(estimated {memory.gib(e)} GiB > {memory.gib(budget)} GiB); stored as failed without running it")
+            else:
+                h = len(part) // 2
+                stack += [part[h:], part[:h]]  # the first half first: parts stay in order
+        return parts, too_big
+
+    return fits
 
 
 def _runner(cfg: RunConfig, model, targets, tok, ifd_rule, n_layers: int) -> BatchRunner:
