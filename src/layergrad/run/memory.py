@@ -188,7 +188,7 @@ def parse_bytes(text) -> tuple[str, float]:
     value = float(m.group(1)) * (10 ** int(m.group(2)) if m.group(2) else 1)
     if not unit and value <= 1:
         if value <= 0:
-            raise ValueError(f"a fraction of the available memory must be > 0, got {text!r}")
+            raise ValueError(f"a fraction of the available memory must be > 0 (or give a size such as 12GB), got {text!r}")
         return "fraction", value
     size = value * _UNITS[unit]
     if size < 1:
