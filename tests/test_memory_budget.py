@@ -140,3 +140,18 @@ def test_bad_max_memory_exits_2_with_a_message(tmp_path, records, capsys, bad):
     assert code == 2 and "Traceback" not in err
     assert "max_memory (--max-memory)" in err and repr(bad) in err and "12GB" in err
     assert not out.exists()
+
+
+def test_the_default_budget_splits_batches_but_never_refuses_an_example(tmp_path, tokenizer, monkeypatch, capsys):
+    """Without --max-memory the (conservative) estimate only splits batches: an example over the default
+    budget alone still runs (a real out-of-memory error is the back-off's), with a note saying so."""
+    from layergrad.run import memory
+
+    monkeypatch.setattr("torch.get_num_threads", lambda: 1)
+    model = make_model("llama", len(tokenizer))
+    records = MANY[:5] + [LONG]
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 1)  # a default budget below every estimate
+    cfg = config(tmp_path, records, out="default", batch_size=8, max_batch_tokens=10_000, modules="attn")
+    s = engine.run(cfg, loaded=loaded(model, tokenizer))
+    assert s.status_counts == {"ok": 6}
+    assert "over the default memory budget" in capsys.readouterr().err
