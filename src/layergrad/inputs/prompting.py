@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from layergrad.inputs.data import Example
 from layergrad.errors import LayergradError
 from layergrad.vocab import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
-from layergrad.vocab import SYSTEM_PROMPT_WORDS as SYSTEM_WORDS  # noqa: F401 - ``--system-prompt`` words, no text
 from layergrad.vocab import TURNS
 
 PROMPT_MODES = ("base", "chat")

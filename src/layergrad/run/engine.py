@@ -19,7 +19,7 @@ import torch
 from layergrad import vocab
 from layergrad.config import RunConfig, parse_shard
 from layergrad.inputs.data import DataError
-from layergrad.inputs.dataset import data_fingerprint, load_data  # noqa: F401  (load_data: old engine API)
+from layergrad.inputs.dataset import data_fingerprint, load_data
 from layergrad.inputs.models import refuse_quantized
 from layergrad.inputs.prompting import encode, resolve_mode
 from layergrad.inputs.targets import find_targets
