@@ -25,28 +25,31 @@ from pathlib import Path
 
 SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
              num_key_value_heads=8)  # ~1.2B parameters with a 49152-token vocabulary
+#: ``--dry-run``: the same checks on the CPU with a small model, before the one GPU call (the OOM check needs CUDA)
+DRY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
-def build_model(folder: Path) -> int:
+def build_model(folder: Path, shape: dict = SHAPE, device: str = "cuda") -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     tok = AutoTokenizer.from_pretrained(os.environ["LAYERGRAD_BENCH_TOKENIZER"], local_files_only=True)
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=False,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **SHAPE)
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **shape)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     del model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return n
 
 
 def run_args(a, model: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--model", str(model), "--data", a.data, "--out", str(out), "--device", "cuda", "--modules", "all",
+    return ["run", "--model", str(model), "--data", a.data, "--out", str(out), "--device", a.device, "--modules", "all",
             "--ifd", "--cosine", "--limit", str(a.limit), "--batch-size", "8", "--no-progress", *extra]
 
 
@@ -84,7 +87,11 @@ def main(argv=None) -> int:
     p.add_argument("--oom-gb", type=float, default=9.0, help="the allocator's cap in check 2 (weights ~2.4 GB)")
     p.add_argument("--timeout", type=float, default=240)
     p.add_argument("--checks", default="kill,oom,device_map,eig_batch")
+    p.add_argument("--dry-run", action="store_true", help="on the CPU with a small model, without the OOM check (which needs CUDA)")
     a = p.parse_args(argv)
+    a.device = "cpu" if a.dry_run else "cuda"
+    if a.dry_run:
+        a.checks = ",".join(c for c in a.checks.split(",") if c != "oom")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {}
@@ -92,7 +99,8 @@ def main(argv=None) -> int:
     model = work / "model-1b"
     t0 = time.perf_counter()
     if not (model / "config.json").exists():
-        res["model"] = {"parameters": build_model(model), "shape": SHAPE, "dtype": "bfloat16"}
+        shape = DRY_SHAPE if a.dry_run else SHAPE
+        res["model"] = {"parameters": build_model(model, shape, a.device), "shape": shape, "dtype": "bfloat16"}
     res["model_build_s"] = time.perf_counter() - t0
     save()
     checks = a.checks.split(",")

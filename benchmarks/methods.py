@@ -84,6 +84,11 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+#: The statistics (d), (q) and (u) are compared on against the float64 reference (r): the nuclear norm (a sum
+#: over every value), the spectral norm s_1 and the effective rank (which weighs the small values).
+COMPARED = ("nuclear", "spectral", "effective_rank")
+
+
 def runner_method(model, targets, pad_id: int, measure: bool, reference: bool = False, method: str = "auto",
                   eig_batch: str = "auto"):
     """``c`` (``measure=False``), ``d``, ``u`` (``eig_batch="off"``), or ``r`` (``reference``): the engine's batch runner."""
@@ -95,11 +100,12 @@ def runner_method(model, targets, pad_id: int, measure: bool, reference: bool = 
             seconds, (loss, measured) = _timed(lambda: runner.run(encs))
         results = measured.modules
         payload = {}
-        if measure:
+        if measure:  # (position, module): the nuclear norm (as the paper's method returns it); then two more statistics
             for name, r in results.items():
-                nuc = r.stats["nuclear"]
-                for b, pos in enumerate(positions):
-                    payload[(pos, name)] = float(nuc[b])
+                for stat in COMPARED:
+                    vals = r.stats[stat]
+                    for b, pos in enumerate(positions):
+                        payload[(pos, name) if stat == "nuclear" else (pos, name, stat)] = float(vals[b])
         del results, runner
         return seconds, payload
 

@@ -219,9 +219,11 @@ def gpu_table(gpu: dict) -> list[str]:
     """Milliseconds per example; memory and accuracy columns only where some run recorded them."""
     rows = gpu_rows(gpu)
     full = any(not r["t"].get("from_logs") for r in rows)
-    head = "| model | modules | examples | (a) ms/ex | (b) ms/ex | (c) ms/ex | (d) ms/ex | (q) ms/ex | (a)/(d) | (d)/(b) | (d)/(c) | (q)/(b) |"
+    head = ("| model | modules | examples | (a) ms/ex | (b) ms/ex | (c) ms/ex | (d) ms/ex | (q) ms/ex | (u) ms/ex | (a)/(d) | (d)/(b) "
+            "| (d)/(c) | (q)/(b) | (u)/(d) |")
     if full:
-        head += " peak GB (b) | peak GB (d) | (d)/(b) peak | max rel. diff (d) vs (r) | (d) vs (a) | (q) vs (r) |"
+        head += (" peak GB (b) | peak GB (d) | (d)/(b) peak | max rel. diff (d) vs (r): nuclear, s_1, eff. rank | (d) vs (a) "
+                 "| (q) vs (r) | (u) vs (r) |")
     out = [head, "| --- " * head[1:-1].count("|") + "| --- |"]
     for r in rows:
         t = r["t"]
@@ -229,12 +231,16 @@ def gpu_table(gpu: dict) -> list[str]:
                  f"{t['n_examples']} ex: " + ", ".join(f"{n} x max {m} tok" for n, m in t["batches_logged"]))
         paper = f" (on {r['n_paper']})" if r["n_paper"] else ""
         line = (f"| {r['config']} | {r['modules']} | {shown} | {_ms(r['a'])}{paper} | {_ms(r['b'])} | {_ms(r['c'])} | {_ms(r['d'])} "
-                f"| {_ms(r['q'])} | {_f(r['a/d'], '{:.0f}')} | {_f(r['d/b'], '{:.1f}')} | {_f(r['d/c'], '{:.1f}')} | {_f(r['q/b'], '{:.1f}')} |")
+                f"| {_ms(r['q'])} | {_ms(r['u'])} | {_f(r['a/d'], '{:.0f}')} | {_f(r['d/b'], '{:.1f}')} | {_f(r['d/c'], '{:.1f}')} "
+                f"| {_f(r['q/b'], '{:.1f}')} | {_f(r['u/d'], '{:.1f}')} |")
         if full:
             ref, acc = r["ref"], r["acc"]
+            by = ref.get("by_stat") or {}
+            stats = (", ".join(_f(by.get(k), "{:.1e}") for k in ("nuclear", "spectral", "effective_rank")) if by
+                     else _f(ref.get("max_rel_diff"), "{:.1e}"))
             line += (f" {_f(r['peak_b'], '{:.1f}')} | {_f(r['peak_d'], '{:.1f}')} | {_f(r['mem'])} "
-                     f"| {_f(ref.get('max_rel_diff'), '{:.1e}')} | {_f(acc.get('max_rel_diff'), '{:.1e}')} "
-                     f"| {_f(r['ref_q'].get('max_rel_diff'), '{:.1e}')} |")
+                     f"| {stats} | {_f(acc.get('max_rel_diff'), '{:.1e}')} "
+                     f"| {_f(r['ref_q'].get('max_rel_diff'), '{:.1e}')} | {_f(r['ref_u'].get('max_rel_diff'), '{:.1e}')} |")
         out.append(line)
     return out
 
@@ -248,7 +254,8 @@ def gpu_section(gpu: dict) -> list[str]:
         L.append(f"- Date: {meta.get('started')} ({meta.get('minutes', 0):.0f} minutes). Command: `{meta.get('command')}`.")
     for config, t in gpu.get("timing", {}).items():
         L.append(f"- `{config}`: {t['description']}; {t['prompt_mode']} prompts; data: {t['source']}"
-                 + (f"; model weights {_f(t.get('model_gpu_gb'), '{:.1f}')} GB on the GPU." if "model_gpu_gb" in t else "."))
+                 + (f"; model weights {_f(t.get('model_gpu_gb'), '{:.1f}')} GB on the GPU" if "model_gpu_gb" in t else "")
+                 + (f"; (r) on {t['reference_layers']} evenly spaced layers." if t.get("reference_layers") else "."))
         if t.get("from_logs"):
             L.append(f"  Timings rebuilt from the worker logs {', '.join(f'`{x}`' for x in t['logs'])} "
                      f"({sum(x is not None for x in t['times'].get('b', []))} round(s) of (b)): the runs reached their time limits before writing their "
@@ -258,7 +265,10 @@ def gpu_section(gpu: dict) -> list[str]:
     L += ["", "Methods as on the CPU, statistics in float32 from the model's activations (bf16 for `llama8b`); peak GB: the CUDA "
           "allocator's high-water mark while the method ran (`torch.cuda.max_memory_allocated`, weights included). "
           "(r): float64 statistics by the QR path from the same captured inputs and output gradients (untimed); "
-          "(d) vs (r) is therefore the error of layergrad's float32 statistics on the GPU. (d) vs (a): against the paper's "
+          "(d) vs (r) is therefore the error of layergrad's float32 statistics on the GPU (largest relative difference of "
+          "the nuclear norm, the spectral norm s_1 and the effective rank, over the examples and the modules (r) ran on: "
+          "every layer, or as many evenly spaced layers as the run's `--reference-layers` says). (u): (d) with the "
+          "eigenproblems solved one example and module at a time (`eig_batch=off`, as before batching). (d) vs (a): against the paper's "
           "method, whose dense weight gradient a bf16 model returns in bf16 (each entry rounded to 8 bits), so "
           "that column is mostly (a)'s own rounding. (q): (d) with the QR path forced for every module (float32 "
           "`torch.linalg.qr` and `svdvals` of the small core) instead of the `auto` choice made from CPU costs.", ""]

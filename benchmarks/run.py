@@ -86,6 +86,8 @@ def main(argv=None) -> int:
                    "configuration (peak memory from the CUDA allocator) and the results go to --json, for --add-gpu")
     p.add_argument("--gpu-methods", default="b,c,d,r", help="GPU: methods besides (a); add q for the QR path forced, u for the eigenproblems per example "
                    "(r, the float64 reference, runs once, untimed; it is the slowest)")
+    p.add_argument("--reference-layers", type=int, default=0, help="GPU: the float64 reference (r) on this many evenly spaced "
+                   "layers of the largest selection (default 0: every layer); (d), (q), (u) are compared on those")
     p.add_argument("--paper-modules", default=None, help="GPU: the selections (a) runs on (default: all of --modules)")
     p.add_argument("--dtype", default=None, help="model dtype (default: each configuration's own: float32, llama8b bfloat16)")
     p.add_argument("--render", metavar="MD_OR_JSON", default=None,
@@ -205,6 +207,7 @@ def gpu_main(a, configs: list[str], common: list[str], plan: dict) -> int:
         paper = a.paper_examples if a.paper_examples is not None else 1
         res, err = worker(["timing", "--config", config, *common, "--rounds", str(plan["rounds"]),
                            "--paper-examples", str(paper), "--methods", a.gpu_methods + (",a" if paper > 0 else ""),
+                           "--reference-layers", str(a.reference_layers),
                            *(["--paper-modules", a.paper_modules] if a.paper_modules else [])], a.threads, a.timeout)
         if err:
             gpu["errors"].append(f"timing {config}: {err}")

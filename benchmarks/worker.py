@@ -79,13 +79,27 @@ def paper_positions(examples, k: int) -> list[int]:
     return out
 
 
-def build_methods(wl, modules: list[str], keys: list[str], paper_modules: list[str] | None = None):
+def sample_layers(targets, k: int):
+    """The targets of ``k`` evenly spaced layers, the first and the last included, and those outside the layer
+    stack (``k`` <= 0: all)."""
+    layers = sorted({t.layer for t in targets if t.layer >= 0})
+    if k <= 0 or k >= len(layers):
+        return targets
+    keep = {layers[round(j * (len(layers) - 1) / (k - 1))] for j in range(k)} if k > 1 else {layers[0]}
+    return [t for t in targets if t.layer < 0 or t.layer in keep]
+
+
+def build_methods(wl, modules: list[str], keys: list[str], paper_modules: list[str] | None = None,
+                  reference_layers: int = 0):
     from layergrad.run.plan import pad_id_of
     from layergrad.inputs.targets import find_targets
 
     pad_id = pad_id_of(wl.tokenizer)
     targets = {m: find_targets(wl.model, m) for m in sorted(set(modules) | {"all"})}
     runs = {}
+    # (r), untimed and slow on a GPU (float64 QR per module), runs once, on the largest selection only: every
+    # other selection's modules are among its modules, so each (d), (q), (u) is compared on the same values.
+    largest = max(modules, key=lambda m: len(targets[m])) if modules else None
     if "b" in keys:
         runs["b"] = M.train_step(wl.model, pad_id)
     if "hf" in keys:
@@ -99,8 +113,9 @@ def build_methods(wl, modules: list[str], keys: list[str], paper_modules: list[s
             runs[f"q:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, method="factored")
         if "u" in keys:  # the eigenproblems one example at a time, as before issue 16 (on CUDA, "d" batches them)
             runs[f"u:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, eig_batch="off")
-        if "r" in keys:
-            runs[f"r:{m}"] = M.runner_method(wl.model, targets[m], pad_id, measure=True, reference=True)
+        if "r" in keys and m == largest:
+            runs[f"r:{m}"] = M.runner_method(wl.model, sample_layers(targets[m], reference_layers), pad_id, measure=True,
+                                             reference=True)
         if "a" in keys and (paper_modules is None or m in paper_modules):
             runs[f"a:{m}"] = M.paper_method(wl.model, targets[m])
     return runs, {m: len(t) for m, t in targets.items()}
@@ -111,6 +126,29 @@ def build_methods(wl, modules: list[str], keys: list[str], paper_modules: list[s
 # ---------------------------------------------------------------------------------------
 
 
+def compare_to_reference(values: dict[str, dict]) -> dict[str, dict]:
+    """Every (d), (q), (u) against the float64 reference (r), on the values both have.
+
+    ``values``: method key (``d:attn``, ``r:all``, ...) -> payload (``(position, module)``: nuclear norm,
+    ``(position, module, stat)``: another statistic). Returns, per ``attn`` (for ``d:attn``) or ``u:attn``,
+    the largest relative difference over all statistics and ``by_stat``; values undefined on either side
+    (NaN, a zero gradient) or zero in (r) are left out, ``n_values`` counts the values both have.
+    """
+    ref = next((v for k, v in values.items() if k.startswith("r:")), None)
+    out: dict[str, dict] = {}
+    for k in [k for k in values if ref is not None and k.startswith(("d:", "q:", "u:"))]:
+        which, m = k.split(":", 1)
+        got = values[k]
+        by_stat: dict[str, float] = {}
+        for key, v in ref.items():
+            if key in got and v != 0 and v == v and got[key] == got[key]:
+                stat = key[2] if len(key) == 3 else "nuclear"
+                by_stat[stat] = max(by_stat.get(stat, 0.0), abs(got[key] - v) / abs(v))
+        out[m if which == "d" else k] = {"max_rel_diff": max(by_stat.values()) if by_stat else None,
+                                         "n_values": sum(1 for key in ref if key in got), "by_stat": by_stat}
+    return out
+
+
 def timing(a) -> dict:
     def save(partial: dict) -> None:  # a timeout or a kill keeps every round measured so far
         partial["env"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -119,7 +157,8 @@ def timing(a) -> dict:
     wl, examples, encs, mode, batches, source = setup(a)
     modules = a.modules.split(",")
     keys = a.methods.split(",")
-    runs, n_targets = build_methods(wl, modules, keys, a.paper_modules.split(",") if a.paper_modules else None)
+    runs, n_targets = build_methods(wl, modules, keys, a.paper_modules.split(",") if a.paper_modules else None,
+                                    a.reference_layers)
     batched = [k for k in runs if not k.startswith("a:")]
     paper = [k for k in runs if k.startswith("a:")]
     ppos = paper_positions(examples, a.paper_examples) if paper else []
@@ -157,13 +196,7 @@ def timing(a) -> dict:
             ref, got = paper_values[k], d_values.get(f"d:{m}", {})
             diffs = [abs(got[key] - v) / abs(v) for key, v in ref.items() if key in got and v != 0]
             accuracy[m] = {"max_rel_diff": max(diffs) if diffs else None, "n_values": len(diffs)}
-        reference = {}
-        for k in [k for k in d_values if k.startswith("r:")]:
-            m = k.split(":", 1)[1]
-            for which in ("d", "q", "u"):
-                ref, got = d_values[k], d_values.get(f"{which}:{m}", {})
-                diffs = [abs(got[key] - v) / abs(v) for key, v in ref.items() if key in got and v != 0]
-                reference[m if which == "d" else f"{which}:{m}"] = {"max_rel_diff": max(diffs) if diffs else None, "n_values": len(diffs)}
+        reference = compare_to_reference(d_values)
         return {
             "kind": "timing",
             "config": a.config,
@@ -183,6 +216,7 @@ def timing(a) -> dict:
             "paper": paper_times,
             "accuracy": accuracy,
             "reference": reference,  # (d) against (r), float64 statistics of the same captures
+            "reference_layers": a.reference_layers,  # (r) on this many evenly spaced layers (0: all)
             "device": a.device,
             "gpu": torch.cuda.get_device_name(0) if cuda else None,
             "peak_gpu_gb": peak_gpu if cuda else None,
@@ -260,6 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--paper-examples", type=int, default=2)
+    p.add_argument("--reference-layers", type=int, default=0, help="(r) on this many evenly spaced layers (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
