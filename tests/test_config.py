@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, save_model, write_json
 from layergrad import cli
 from layergrad.cli import main
+from layergrad.cli import run as cli_run
 from layergrad.config import NO_FLAG, RunConfig
 from layergrad.errors import ConfigError, LayergradError
 
@@ -120,7 +121,7 @@ def test_config_value_problem_names_the_file(tmp_path, data, capsys):
 
 def _config_of(argv):
     a = cli.build_parser().parse_args(["run", *argv])
-    return cli._run_config(a)[0]
+    return cli_run._run_config(a)[0]
 
 
 def test_config_run_table_is_accepted_and_flags_override_it(tmp_path, data):
@@ -230,7 +231,7 @@ def test_every_runconfig_field_has_a_run_flag_or_a_documented_reason():
     names = {f.name for f in fields(RunConfig)}
     assert not (names - dests - set(NO_FLAG)), "fields without a flag: add one, or a reason in config.NO_FLAG"
     assert set(NO_FLAG) <= names
-    assert set(cli._PLAIN_FLAGS) <= names and set(cli._PLAIN_FLAGS) <= dests
+    assert set(cli_run._PLAIN_FLAGS) <= names and set(cli_run._PLAIN_FLAGS) <= dests
 
 
 def test_help_texts_state_the_fields_defaults():

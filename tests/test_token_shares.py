@@ -272,7 +272,8 @@ def test_merge_keeps_the_shares(tmp_path, tokenizer):
 
 
 def test_token_shares_flag_reaches_the_config(tmp_path):
-    from layergrad.cli import _run_config, build_parser
+    from layergrad.cli import build_parser
+    from layergrad.cli.run import _run_config
 
     args = build_parser().parse_args(["run", "--data", "d.json", "--out", "o", "--token-shares"])
     assert _run_config(args)[0].token_shares is True
