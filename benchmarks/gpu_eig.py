@@ -4,7 +4,11 @@ For each size ``M`` (the size classes of ``spectra.batched``) and stack size ``B
 ``eigvalsh`` one matrix a call: the per-example path), ``torch`` (one batched call; torch loops inside for
 M > 32) and ``cupy`` (CuPy's cuSOLVER batched solver), milliseconds per matrix (median of 3 after a
 warm-up, CUDA-synchronised wall clock), and each backend's largest error against float64 LAPACK on the
-CPU (relative to the largest eigenvalue). Also: a stack of ``m``-sized matrices padded to its class
+CPU (relative to the largest eigenvalue). With ``--dtypes float64,float32`` (the default) each row also times
+the batched backends (``torch``, ``cupy``) on the same matrices rounded to float32 (keys ``*_f32_*``): the
+speed a float32 eigensolver would give on GPUs with weak FP64. Its eigenvalue error ``e`` (relative to the
+largest) means singular values off by up to ``sqrt(e) * s_1``: ~2e-4 s_1 for the small ones, which is why
+layergrad does not use it (BENCHMARKS.md, "Precision of float32 routes on real gradients"). Also: a stack of ``m``-sized matrices padded to its class
 against the same stack unpadded, to set SIZE_CLASS growth. Results go to ``--json`` after every row.
 
     PYTHONPATH=src python3 benchmarks/gpu_eig.py --json $OUT/gpu_eig.json --budget-s 150
@@ -41,9 +45,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True)
     p.add_argument("--sizes", default="64,128,256,384,512,768,1024")
     p.add_argument("--stacks", default="1,8,64,256")
+    p.add_argument("--dtypes", default="float64,float32",
+                   help="float64 (the Gram path's), and float32 rows of the batched backends for comparison")
     p.add_argument("--budget-s", type=float, default=150.0, help="stop starting new rows after this many seconds")
     a = p.parse_args(argv)
     start = time.perf_counter()
+    dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
+    if not set(dtypes) <= {"float64", "float32"}:
+        p.error(f"--dtypes: float64 and/or float32, not {a.dtypes!r}")
     have_cupy = B._cupy() is not None
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cupy": None, "rows": [], "padding": []}
     if have_cupy:
@@ -62,13 +71,20 @@ def main(argv=None) -> int:
                         "torch": lambda: B.eigvalsh_stack(S, "torch")}
             if have_cupy:
                 backends["cupy"] = lambda: B.eigvalsh_stack(S, "cupy")
+            if "float32" in dtypes:
+                S32 = S.float()
+                backends["torch_f32"] = lambda: B.eigvalsh_stack(S32, "torch")
+                if have_cupy:
+                    backends["cupy_f32"] = lambda: B.eigvalsh_stack(S32, "cupy")
             for name, fn in backends.items():
                 if name == "loop" and n * M > 64 * 1024:  # the loop is the slow one: keep it short
+                    continue
+                if "float64" not in dtypes and not name.endswith("_f32"):
                     continue
                 sec = _time(fn)
                 w = fn()
                 w = torch.stack(w) if isinstance(w, list) else w
-                err = ((w[: want.shape[0]].cpu() - want).abs().amax(-1) / want[..., -1]).max().item()
+                err = ((w[: want.shape[0]].cpu().double() - want).abs().amax(-1) / want[..., -1]).max().item()
                 row[f"{name}_ms_per_matrix"] = 1e3 * sec / n
                 row[f"{name}_max_rel_err"] = err
             res["rows"].append(row)
