@@ -199,6 +199,28 @@ def qr_route(dt):
     return f
 
 
+def qr32_core_svd64(X, D, r):
+    """Diagnostic: float32 QR factors, their core multiplied and its SVD in float64 (where the floor is)."""
+    RX, RD = svd.r_factor(X.unsqueeze(0)), svd.r_factor(D.unsqueeze(0))
+    return torch.linalg.svdvals(svd.core(RX.double(), RD.double()))[0, :r]
+
+
+def qr32_refined(X, D, r):
+    """Float32 QR and float32 SVD of the core, then the singular values refined by float64 products only
+    (the first step of Ogita and Aishima's refinement, 2020): with ``T = U^T C V``, ``R = I - U^T U``,
+    ``S = I - V^T V`` in float64, ``s_k = T_kk / (1 - (R_kk + S_kk) / 2)``: second-order accurate for values
+    separated by more than the float32 SVD's error ``~u32 s_1``; within such a cluster the float32 singular
+    vectors mix and the values are averages over it."""
+    RX, RD = svd.r_factor(X.unsqueeze(0))[0], svd.r_factor(D.unsqueeze(0))[0]
+    C32 = RD @ RX.mT
+    U, _, Vh = torch.linalg.svd(C32, full_matrices=False)
+    U, V, C = U.double(), Vh.mT.double(), RD.double() @ RX.double().mT
+    T = (U.mT @ C @ V).diagonal()
+    R = 1 - (U * U).sum(0)  # diag(I - U^T U)
+    S = 1 - (V * V).sum(0)
+    return (T / (1 - (R + S) / 2)).abs().sort(descending=True).values[:r]
+
+
 def dense32(X, D, r):
     return torch.linalg.svdvals(D.mT @ X)[:r].to(F64)
 
@@ -211,6 +233,30 @@ def f64_cost(X, D, r, shared=1):
     T, i = X.shape
     side = methods.gram_side(T, i, D.shape[-1], x_shared_by=shared)
     return svd.gram_svdvals(X, D, side)
+
+
+def distinct_rows(X, D):
+    """``(X', D')`` with ``D'^T X' = D^T X`` and no two rows of ``X'`` (then of ``D'``) equal: tokens with the
+    same input row merged by summing their output-gradient rows (and the other way), sums in float64. Its
+    ``nonzero_terms`` bounds the rank exactly where repeated tokens lower it (layer 0's q, k, v; the tied
+    head's one-hot rows)."""
+    Xu, inv = torch.unique(X, dim=0, return_inverse=True)
+    Du = torch.zeros(Xu.shape[0], D.shape[1], dtype=F64).index_add_(0, inv, D.double())
+    Du, inv = torch.unique(Du, dim=0, return_inverse=True)
+    Xu = torch.zeros(Du.shape[0], X.shape[1], dtype=F64).index_add_(0, inv, Xu.double())
+    return Xu, Du
+
+
+def merged(route, dt):
+    """``route`` on :func:`distinct_rows` (in ``dt``), its values past the merged rank bound exact zeros."""
+    def f(X, D, r, shared=1):
+        Xu, Du = (A.to(dt) for A in distinct_rows(X, D))
+        k = min(int(svd.nonzero_terms(Xu, Du)), r)
+        s = route(Xu, Du, min(Xu.shape[0], r)) if route is not f64_cost else f64_cost(Xu, Du, min(Xu.shape[0], r), shared)
+        out = torch.zeros(r, dtype=F64)
+        out[:k] = s[:k]
+        return out
+    return f
 
 
 def candidates() -> dict:
@@ -226,9 +272,13 @@ def candidates() -> dict:
         for nd, name in ((F32, "f32"), (F64, "f64")):
             c[f"ritz {side} {name}"] = ritz_route(side, nd)
     c["qr f32"] = qr_route(F32)
+    c["qr f32, core svd f64"] = qr32_core_svd64
+    c["qr f32, svd refined f64"] = qr32_refined
     c["qr f64"] = qr_route(F64)
     c["dense f32"] = dense32
     c["dense f64->f32 svd"] = dense64_svd32
+    c["f64 gram cost, distinct rows"] = None  # filled per case (needs `shared`)
+    c["qr f32, distinct rows"] = merged(qr_route(F32), F32)
     return c
 
 
@@ -294,6 +344,8 @@ def main(argv=None) -> int:
                 continue  # an (m, m) eigenproblem of the output head's 49,152 rows: not a candidate there
             if name == "f64 gram cost":
                 fn = lambda X, D, r, sh=c["shared"]: f64_cost(X, D, r, sh)  # noqa: E731
+            elif name == "f64 gram cost, distinct rows":
+                fn = lambda X, D, r, sh=c["shared"]: merged(f64_cost, F64)(X, D, r, sh)  # noqa: E731
             times = []
             for _ in range(a.reps):
                 t1 = time.perf_counter()

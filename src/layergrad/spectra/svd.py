@@ -215,3 +215,67 @@ def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None,
         S = G @ G.mT if o <= i else G.mT @ G
     s = sqrt_eigvalsh(S, k)
     return torch.cat([s, s.new_zeros(r - k)]) if k < r else s
+
+
+# ---------------------------------------------------------------------------------------
+# The float32 route (RunConfig.gram_precision = "float32-qr"): distinct rows, then float32 QR
+# ---------------------------------------------------------------------------------------
+#
+# Opt-in, for GPUs whose FP64 runs at 1/32-1/64 of FP32. Two exact steps, then float32 throughout:
+#
+# 1. Distinct rows (:func:`distinct_rows`): tokens whose input rows are equal are merged by summing their
+#    output-gradient rows, then tokens whose (summed) output-gradient rows are equal by summing their input
+#    rows; ``D'^T X' = D^T X`` exactly (the sums in float64, rounded once to float32). The merged example's
+#    ``nonzero_terms`` then bounds the rank where repeated tokens lower it (layer 0's q, k, v, whose input is
+#    a function of the token id; a tied head's one-hot rows), so those values are exact zeros instead of
+#    rounding noise: without this step every float32 route left ~1e-7 s_1 on each of hundreds of them and
+#    effective ranks off by up to 3.6e-6.
+# 2. The ``factored`` way in float32: Householder QR of ``X'^T`` and ``D'^T`` (backward stable token by
+#    token, so rows of very different scales cost nothing) and ``svdvals`` of the small core. No matrix is
+#    squared: the error is the float32 floor, ~10 u32 s_1 per value, not sqrt(u32) s_1.
+#
+# Measured (benchmarks/precision.py, BENCHMARKS.md: SmolLM2-135M on GSM8K, layers 0, 15, 29 and the tied
+# head, 88 module-examples, against float64 svdvals of the dense G): every singular value within 5.0e-7 s_1,
+# nuclear norm, effective rank, stable rank, top-1 share, spectral and Frobenius norm within 5.1e-7 relative,
+# min_sigma within 1e-9 s_1. The float64 Gram path (the default): 1.4e-8 s_1 and 1.5e-6 on effective ranks.
+
+
+def distinct_rows(X: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X', D')`` float64, ``(t', i), (t', o)`` with ``D'^T X' = D^T X`` and no two rows of ``D'`` equal:
+    rows of ``D`` whose rows of ``X`` are equal summed, then rows of ``X`` whose summed rows of ``D`` are
+    equal summed. Zero (padding) rows merge into at most one zero row."""
+    dt = torch.float64
+    Xu, inv = torch.unique(X, dim=0, return_inverse=True)
+    Du = torch.zeros((Xu.shape[0], D.shape[-1]), dtype=dt, device=D.device).index_add_(0, inv, D.to(dt))
+    Du, inv = torch.unique(Du, dim=0, return_inverse=True)
+    Xu = torch.zeros((Du.shape[0], X.shape[-1]), dtype=dt, device=X.device).index_add_(0, inv, Xu.to(dt))
+    return Xu, Du
+
+
+def float32_qr_svdvals(X: Tensor, D: Tensor) -> Tensor:
+    """Singular values of ``G = D^T X`` by the float32 route: ``(t, i), (t, o) -> (min(t, i, o),)`` for one
+    example, or ``(n, t, i), (n, t, o) -> (n, min(t, i, o))`` for a padded batch (zero padding rows);
+    float64 tensors holding float32 results, descending. Values past the merged example's
+    ``nonzero_terms`` (after :func:`distinct_rows`) are exact zeros.
+    """
+    if X.dim() == 2:
+        return float32_qr_svdvals(X.unsqueeze(0), D.unsqueeze(0))[0]
+    n, t, i = X.shape
+    o = D.shape[-1]
+    r = min(t, i, o)
+    parts = [distinct_rows(X[b], D[b]) for b in range(n)]
+    T = max([p[0].shape[0] for p in parts], default=0)
+    out = torch.zeros((n, r), dtype=torch.float64, device=X.device)
+    if T == 0 or r == 0:
+        return out
+    Xp = torch.zeros((n, T, i), dtype=torch.float32, device=X.device)
+    Dp = torch.zeros((n, T, o), dtype=torch.float32, device=D.device)
+    for b, (Xb, Db) in enumerate(parts):
+        Xp[b, : Xb.shape[0]] = Xb
+        Dp[b, : Db.shape[0]] = Db
+    k = nonzero_terms(Xp, Dp).clamp(max=r)  # (n,)
+    s = factored_svdvals(Xp, Dp).to(torch.float64)  # (n, min(o, i, T)), T <= t
+    m = min(r, s.shape[-1])
+    keep = torch.arange(m, device=s.device) < k.to(s.device).unsqueeze(-1)
+    out[:, :m] = torch.where(keep, s[:, :m], torch.zeros((), dtype=s.dtype, device=s.device))
+    return out
