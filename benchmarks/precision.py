@@ -43,6 +43,16 @@ of the factors' size cancels in their product; reported per module):
     route goes below that floor.
 ``dense f32``
     ``svdvals`` of ``G`` formed in float32: ``~u32 * || |D|^T |X| || + u32 s_1`` per value.
+``f64 gram cost, distinct rows``
+    Diagnostic: today's path after :func:`~layergrad.spectra.svd.distinct_rows` (repeated token rows merged
+    exactly, so values that are exact zeros come out as zeros rather than ``sqrt(u64) s_1`` noise).
+``float32-qr``
+    :func:`layergrad.spectra.svd.float32_qr_svdvals` (``--gram-precision float32-qr``): ``distinct_rows``, then
+    ``qr f32``. The merge removes the hundreds of values that are exact zeros (layer 0's q, k, v, whose input
+    is a function of the token id; the tied head's one-hot rows) from the float32 floor's reach.
+``qr f32, core svd f64`` / ``qr f32, svd refined f64``
+    Diagnostics: the float32 QR factors with the core's SVD in float64, and with the float32 SVD's values
+    refined by float64 products (Ogita-Aishima's first step): how much of ``qr f32``'s error is the SVD's.
 ``dense f64->f32 svd``
     ``G`` formed in float64, rounded to float32 and its SVD in float32: ``~c u32 * s_1``: how good a float32
     SVD of the exact matrix is (the floor of every float32 route; this one's product is float64).
@@ -235,16 +245,7 @@ def f64_cost(X, D, r, shared=1):
     return svd.gram_svdvals(X, D, side)
 
 
-def distinct_rows(X, D):
-    """``(X', D')`` with ``D'^T X' = D^T X`` and no two rows of ``X'`` (then of ``D'``) equal: tokens with the
-    same input row merged by summing their output-gradient rows (and the other way), sums in float64. Its
-    ``nonzero_terms`` bounds the rank exactly where repeated tokens lower it (layer 0's q, k, v; the tied
-    head's one-hot rows)."""
-    Xu, inv = torch.unique(X, dim=0, return_inverse=True)
-    Du = torch.zeros(Xu.shape[0], D.shape[1], dtype=F64).index_add_(0, inv, D.double())
-    Du, inv = torch.unique(Du, dim=0, return_inverse=True)
-    Xu = torch.zeros(Du.shape[0], X.shape[1], dtype=F64).index_add_(0, inv, Xu.double())
-    return Xu, Du
+distinct_rows = svd.distinct_rows
 
 
 def merged(route, dt):
@@ -278,7 +279,7 @@ def candidates() -> dict:
     c["dense f32"] = dense32
     c["dense f64->f32 svd"] = dense64_svd32
     c["f64 gram cost, distinct rows"] = None  # filled per case (needs `shared`)
-    c["qr f32, distinct rows"] = merged(qr_route(F32), F32)
+    c["float32-qr"] = lambda X, D, r: svd.float32_qr_svdvals(X, D)  # the library's route (--gram-precision float32-qr)
     return c
 
 
