@@ -83,22 +83,22 @@ def factored_svdvals(X: Tensor, D: Tensor, R_X: Tensor | None = None) -> Tensor:
 # Float32 Gram matrices are not enough: on the same gradients they were off by up to 1e-5 relative,
 # with Cholesky breakdowns.
 #
-# No float32 mode (issue 16, item 3; BENCHMARKS.md, "Precision of float32 routes on real gradients";
-# benchmarks/precision.py: SmolLM2 on GSM8K, layers 0, 15, 29 and the tied head, 88 cases, against float64
-# svdvals of the dense G). The bar was every statistic within 1e-6 relative and every value within 1e-6 s_1
-# with the heavy work in float32; nothing meets it:
+# Float32 routes (issue 16, item 3; BENCHMARKS.md, "Precision of float32 routes on real gradients";
+# benchmarks/precision.py: SmolLM2 on GSM8K, layers 0, 15, 29 and the tied head, 132 cases, against float64
+# svdvals of the dense G). The bar: every statistic within 1e-6 relative and every value within 1e-6 s_1,
+# with the heavy work in float32.
 #   * a squared matrix through float32 anywhere (the products, or the eigensolver alone) leaves
 #     sqrt(u32) s_1 = 2.4e-4 s_1: measured 1e-4 to 4e-4 s_1 on the small values, nuclear norms to 3e-3,
-#     effective ranks to 3e-2 (8e-2 on the tied head's token side, whose X X^T mixes two scales);
+#     effective ranks to 3e-2 (1e-1 on the tied head's token side, whose X X^T mixes two scales);
 #   * Ritz values ||G^T v_k|| from float32 eigenvectors, even in float64: 3e-4 to 7e-4 s_1 (every
 #     s_k < 2.4e-4 s_1 is in one cluster of width u32 s_1^2, whose float32 eigenvectors mix freely);
-#   * unsquared float32 (QR core = the "factored" way, dense SVD): the float32 floor, ~10 u32 s_1:
-#     6e-7 s_1 in the decoder layers, 1.5e-6 on the head, effective rank to 3.6e-6 (hundreds of
-#     near-zero values each carrying the floor); a float32 SVD of the exact G does no better.
-# Float32 QR ("factored" with float32 statistics) is the best float32 route, within 1.5e-6 on every
-# statistic but the effective rank. A float32 mode meeting the bar would need products exact in float32
-# units (Ozaki splitting) and a float64-quality eigensolver by products only (float32 eigh refined as
-# Ogita-Aishima, with a float64 solve of the small-eigenvalue cluster).
+#   * unsquared float32 (QR core = the "factored" way, dense SVD): the float32 floor, ~10 u32 s_1, 6e-7 s_1
+#     in the decoder layers and 1.5e-6 on the head, effective rank to 3.6e-6 (hundreds of exact zeros, from
+#     repeated tokens, each carrying the floor);
+#   * the same after merging repeated token rows exactly (float32_qr_svdvals below): 5.0e-7 s_1 and 5.1e-7
+#     on every statistic. The one route that meets the bar: the opt-in RunConfig.gram_precision="float32-qr".
+# Float32 Gram matrices stay out: the default remains float64 (GRAM_DTYPE), whose own effective ranks are off
+# by up to 1.5e-6 from the same exact zeros (merging would bring that to 1.1e-7, but would change its numbers).
 
 GRAM_DTYPE = torch.float64
 GRAM_SIDES = ("token", "out", "in", "product")
