@@ -313,6 +313,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--reps", type=int, default=1, help="timed repetitions per case (medians)")
+    p.add_argument("--routes", default=None, help="comma list of routes to measure (default: all); 'f64 gram cost' is "
+                   "always measured (the time base)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -322,6 +324,12 @@ def main(argv=None) -> int:
         return 0
     log(f"captured {len(cases)} cases in {time.perf_counter() - t0:.0f} s")
     cands = candidates()
+    if a.routes:
+        want = {"f64 gram cost"} | {w.strip() for w in a.routes.split(",") if w.strip()}
+        unknown = want - set(cands)
+        if unknown:
+            p.error(f"--routes: unknown {sorted(unknown)}; choose from {list(cands)}")
+        cands = {k: v for k, v in cands.items() if k in want}
     worst = {name: {} for name in cands}
     secs = {name: 0.0 for name in cands}
     per_case = []
@@ -358,7 +366,8 @@ def main(argv=None) -> int:
             for key, v in e.items():
                 worst[name][key] = max(worst[name].get(key, 0.0), v)
         per_case.append(row)
-        brief = ", ".join(f"{n} {row['err'][n]['sv']:.1e}" for n in ("f64 gram cost", "qr f32", "f32 gram token") if n in row["err"])
+        brief = ", ".join(f"{n} {row['err'][n]['sv']:.1e}" for n in ("f64 gram cost", "float32-qr", "qr f32", "f32 gram token")
+                          if n in row["err"])
         log(f"{ci + 1}/{len(cases)} {c['name']} T={T}: kappa {kappa:.1f}, s_k/s_1 {row['smin_over_s1']:.1e}; {brief}")
     base = secs["f64 gram cost"]
     summary = {name: dict(worst[name], time_vs_f64_gram=secs[name] / base) for name in cands if worst[name]}
