@@ -48,8 +48,11 @@ of the factors' size cancels in their product; reported per module):
     exactly, so values that are exact zeros come out as zeros rather than ``sqrt(u64) s_1`` noise).
 ``float32-qr``
     :func:`layergrad.spectra.svd.float32_qr_svdvals` (``--gram-precision float32-qr``): ``distinct_rows``, then
-    ``qr f32``. The merge removes the hundreds of values that are exact zeros (layer 0's q, k, v, whose input
-    is a function of the token id; the tied head's one-hot rows) from the float32 floor's reach.
+    ``qr f32``, then its 16 largest values refined by one float64 Rayleigh-Ritz step through the float32 factors.
+    The merge removes the hundreds of values that are exact zeros (layer 0's q, k, v, whose input is a function
+    of the token id; the tied head's one-hot rows) from the float32 floor's reach; the refinement removes the
+    float32 SVD's share of the largest values' error (spectral norm, stable rank, top-1 share), second order
+    in the vectors' error, leaving the float32 QR's backward error.
 ``qr f32, core svd f64`` / ``qr f32, svd refined f64``
     Diagnostics: the float32 QR factors with the core's SVD in float64, and with the float32 SVD's values
     refined by float64 products (Ogita-Aishima's first step): how much of ``qr f32``'s error is the SVD's.

@@ -28,7 +28,7 @@ EIG_BATCH: tuple[str, ...] = ("auto", "on", "off")
 #: The arithmetic of the float32 statistics' path (``RunConfig.gram_precision``): ``float64`` (the default:
 #: Gram matrices and eigensolver in float64, each value within ~1e-8 s_1) or ``float32-qr`` (opt-in, for
 #: GPUs with weak FP64: distinct token rows merged exactly, then QR and SVD in float32; measured within
-#: 5e-7 s_1 and 5e-7 relative on every statistic, BENCHMARKS.md). Changes the numbers: part of a run's identity.
+#: 4.6e-7 s_1 and 4.6e-7 relative on every statistic, BENCHMARKS.md). Changes the numbers: part of a run's identity.
 GRAM_PRECISIONS: tuple[str, ...] = ("float64", "float32-qr")
 
 #: Model dtype names -> canonical torch name (``"auto"``: fp32 on CPU, the checkpoint's dtype elsewhere).

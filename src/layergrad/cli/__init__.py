@@ -132,8 +132,9 @@ def _add_run(sub) -> None:
     p.add_argument("--gram-precision", choices=list(vocab.GRAM_PRECISIONS), default=None,
                    help="arithmetic of the float32 statistics: float64 (Gram matrices and eigensolver in float64, each "
                    "singular value within ~1e-8 of the largest) or float32-qr (for GPUs with weak FP64: repeated token "
-                   "rows merged exactly, then QR and SVD in float32; measured on SmolLM2 within 5e-7 of the largest "
-                   f"singular value and 5e-7 relative on every statistic; see BENCHMARKS.md); default {D('gram_precision')}")
+                   "rows merged exactly, then QR and SVD in float32, the largest values refined in float64; measured on SmolLM2 "
+                   f"within 4.6e-7 of the largest singular value and 4.6e-7 relative on every statistic; see BENCHMARKS.md); "
+                   f"default {D('gram_precision')}")
     p.add_argument("--shard", default=None, help="i/N: take shard i of N (job arrays); merge with 'layergrad merge'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (neither the run's nor the model loading's)")
     # the paper's flags (drop-in mode)
