@@ -28,6 +28,7 @@ CHANGES = {
     "cosine": ({"cosine": True}, {}),
     "ifd": ({"ifd": True}, {}),
     "token_shares": ({"token_shares": True}, {}),
+    "gram_precision": ({"gram_precision": "float32-qr"}, {}),  # the float32 route (tests/test_gram_precision.py)
     "loss_rule": ({}, {}),  # a new loss definition (engine.LOSS_RULE)
     "schema_version": ({}, {}),  # rows that mean something else (store/schema.py)
     "model_revision": ({}, {"revision": "0123abcd"}),  # a hub model at another commit

@@ -16,6 +16,11 @@ settings. ``method="auto"`` resolves per module (``measure.Measurer.resolve_meth
   module's shape (``spectral.choose_method``), batched, in float64.
 
 An explicit ``method`` (``gram``, ``factored``, ``dense``) is used for every module.
+
+``gram_precision`` sets the arithmetic of the ``gram`` family (float32 statistics): ``float64`` (the
+default) or ``float32-qr`` (opt-in, for GPUs with weak FP64: repeated token rows merged exactly, then QR
+and SVD in float32; ``spectra.svd.float32_qr_svdvals``). It changes the numbers (by ~5e-7 relative,
+measured in BENCHMARKS.md), so it is part of a run's identity; with float64 statistics it has no effect.
 """
 from __future__ import annotations
 
@@ -73,6 +78,7 @@ class RunConfig:
     reference: bool = False  # the paper's tokenisation rule (drop-in compatibility)
     method: str = "auto"  # vocab.METHODS: auto | gram | factored | dense (auto: see the module docstring)
     eig_batch: str = "auto"  # vocab.EIG_BATCH: the Gram path's eigenproblems batched (auto: on CUDA; exact either way)
+    gram_precision: str = "float64"  # vocab.GRAM_PRECISIONS: float64 | float32-qr (float32 statistics' arithmetic)
     shard: str | None = None  # "i/N": this process takes shard i of N
     progress: bool = True
     fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages, text
@@ -341,6 +347,7 @@ _CHECKS = {
     "reference": _bool,
     "method": _one_of(vocab.METHODS, what="method"),
     "eig_batch": _one_of(vocab.EIG_BATCH, what="eig_batch value"),
+    "gram_precision": _one_of(vocab.GRAM_PRECISIONS, what="gram precision"),
     "shard": _shard,
     "progress": _bool,
     "fields": _fields,

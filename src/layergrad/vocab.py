@@ -25,6 +25,12 @@ METHODS: tuple[str, ...] = ("auto", "gram", "factored", "dense")
 #: ``auto`` on CUDA, per example on a CPU. Exact either way, so not part of a run's identity.
 EIG_BATCH: tuple[str, ...] = ("auto", "on", "off")
 
+#: The arithmetic of the float32 statistics' path (``RunConfig.gram_precision``): ``float64`` (the default:
+#: Gram matrices and eigensolver in float64, each value within ~1e-8 s_1) or ``float32-qr`` (opt-in, for
+#: GPUs with weak FP64: distinct token rows merged exactly, then QR and SVD in float32; measured within
+#: 4.6e-7 s_1 and 4.6e-7 relative on every statistic, BENCHMARKS.md). Changes the numbers: part of a run's identity.
+GRAM_PRECISIONS: tuple[str, ...] = ("float64", "float32-qr")
+
 #: Model dtype names -> canonical torch name (``"auto"``: fp32 on CPU, the checkpoint's dtype elsewhere).
 DTYPES: dict[str, str] = {
     "auto": "auto",

@@ -104,6 +104,12 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=list(vocab.METHODS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--eig-batch", choices=list(vocab.EIG_BATCH), default=None,
                    help=f"solve the eigenproblems of a batch's examples and modules together (auto: on CUDA; default {D('eig_batch')})")
+    p.add_argument("--gram-precision", choices=list(vocab.GRAM_PRECISIONS), default=None,
+                   help="arithmetic of the float32 statistics: float64 (Gram matrices and eigensolver in float64, each "
+                   "singular value within ~1e-8 of the largest) or float32-qr (for GPUs with weak FP64: repeated token "
+                   "rows merged exactly, then QR and SVD in float32, the largest values refined in float64; measured on SmolLM2 "
+                   f"within 4.6e-7 of the largest singular value and 4.6e-7 relative on every statistic; see BENCHMARKS.md); "
+                   f"default {D('gram_precision')}")
     p.add_argument("--shard", default=None, help="i/N: take shard i of N (job arrays); merge with 'layergrad merge'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (neither the run's nor the model loading's)")
     # the paper's flags (drop-in mode)
@@ -121,7 +127,7 @@ def add_parser(sub) -> None:
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "max_memory", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
-                "trust_remote_code", "method", "eig_batch", "shard", "revision", "cache_dir",
+                "trust_remote_code", "method", "eig_batch", "gram_precision", "shard", "revision", "cache_dir",
                 "split", "subset", "data_revision", "adapter", "adapter_params")
 
 

@@ -13,6 +13,11 @@ Two computations (``method``):
   padding rows zeroed, in ``stats_dtype``, by QR factors or the dense gradient
   (:func:`~layergrad.spectra.methods.choose_method`); their error is ``u * s_1``, which float64 statistics keep.
 
+With ``gram_precision="float32-qr"`` (opt-in, for GPUs with weak FP64) the gram family computes each
+example's values by :func:`~layergrad.spectra.svd.float32_qr_svdvals` instead (repeated token rows merged
+exactly, then QR and SVD in float32; result rows say ``method = float32-qr``): per example over its real
+tokens, or for the whole padded batch at once where the eigenproblems would be batched (``eig_batch``).
+
 The Gram path's eigenproblems are solved either per example (the CPU default: examples in parallel on
 CPU threads, each over its real tokens) or batched (``eig_batch``: ``auto`` turns it on for CUDA tensors,
 where one float64 ``eigvalsh`` call costs milliseconds of latency whatever its size): each module's
@@ -41,6 +46,7 @@ from layergrad.measure.sink import Measured
 
 COSINE_PAIRS = ("next_layer", "q_o", "k_v")
 EIG_BATCH = vocab.EIG_BATCH  # the Gram path's eigenproblems batched: auto (on CUDA) | on | off
+GRAM_PRECISIONS = vocab.GRAM_PRECISIONS  # the gram family's arithmetic: float64 | float32-qr
 
 
 @dataclass
@@ -63,6 +69,7 @@ class Measurer:
     eig_batch: str = "auto"  # auto | on | off: the Gram path batched over examples and modules (auto: on CUDA)
     eig_queue_bytes: int = 1 << 30  # batched: side matrices queued before a solve (memory bound)
     token_shares: bool = False  # per-token parts of ||G||^2 per (layer, role group): Measured.shares
+    gram_precision: str = "float64"  # vocab.GRAM_PRECISIONS: the gram family's arithmetic (float32-qr: svd.float32_qr_svdvals)
     results: dict[str, ModuleResult] = field(default_factory=dict)
     cosines: list[tuple[str, str, str, Tensor]] = field(default_factory=list)  # (kind, a, b, (n,))
 
@@ -127,9 +134,13 @@ class Measurer:
         o, i = target.out_features, target.in_features
         shared = max(self._consumers.get(x_key, 1), 1)  # 0 or absent: captured after begin (reentrant recomputation)
         method = self.resolve_method(t, i, o, shared)
+        if self.gram_precision not in GRAM_PRECISIONS:
+            raise ValueError(f"unknown gram_precision {self.gram_precision!r}; choose one of {', '.join(GRAM_PRECISIONS)}")
+        if method == "gram" and self.gram_precision == "float32-qr":
+            method = "float32-qr"  # the gram family in float32 (the result rows say so)
         batch_eig = method == "gram" and self.batches_eigenproblems(X.device)
         Xm = Dm = None
-        if method != "gram" or self.elementwise or self.cosine:
+        if method not in ("gram", "float32-qr") or self.elementwise or self.cosine:
             if x_key not in self._xm:
                 self._xm[x_key] = self._masked(X)
             Xm = self._xm[x_key]
@@ -139,6 +150,11 @@ class Measurer:
             S, r, k = self._gram_batched(X, D, x_key, i, o, shared)
         elif method == "gram":
             s = self._gram(X, D, x_key, i, o, shared)
+        elif method == "float32-qr":
+            if self.batches_eigenproblems(X.device):  # the padded batch at once (as the batched Gram path)
+                s = batched.float32_qr_svdvals(self._masked(X, X.dtype), self._masked(D, D.dtype))
+            else:  # example by example over its real tokens (as the per-example Gram path)
+                s = self._gram(X, D, x_key, i, o, shared, route=svd.float32_qr_svdvals)
         elif method == "factored":
             if x_key not in self._rx:
                 self._rx[x_key] = svd.r_factor(Xm)
@@ -153,7 +169,7 @@ class Measurer:
             self._queue.append((result, S, r, k))
             self._queue_bytes += S.numel() * S.element_size()
         else:
-            bound = rank if method == "gram" else torch.minimum(rank, svd.nonzero_terms(Xm, Dm).to("cpu"))  # gram: per example
+            bound = rank if method in ("gram", "float32-qr") else torch.minimum(rank, svd.nonzero_terms(Xm, Dm).to("cpu"))  # gram: per example
             self._fill(result, s, bound)
         if self.elementwise:
             result.elementwise = tuple(v.to("cpu", torch.float64) for v in products.elementwise_stats(Xm, Dm))
@@ -230,8 +246,9 @@ class Measurer:
             self._rows[t] = rows
         return self._rows[t]
 
-    def _gram(self, X: Tensor, D: Tensor, x_key: tuple, i: int, o: int, shared: int) -> Tensor:
-        """``(n, min(t, i, o))`` float64 singular values, example by example over its real tokens."""
+    def _gram(self, X: Tensor, D: Tensor, x_key: tuple, i: int, o: int, shared: int, route=None) -> Tensor:
+        """``(n, min(t, i, o))`` float64 singular values, example by example over its real tokens; ``route``
+        ``(X_b, D_b) -> values`` instead of the float64 Gram sides (``svd.float32_qr_svdvals``)."""
         n, t, _ = X.shape
         r = min(t, i, o)
         rows = self._real_rows(t)
@@ -244,6 +261,9 @@ class Measurer:
             Db = D[b, idx] if isinstance(idx, slice) else D[b].index_select(0, idx.to(D.device))
             T = Xb.shape[0]
             if T == 0:
+                return
+            if route is not None:
+                found[b] = route(Xb, Db)
                 return
             c = cache[b]
             side = methods.gram_side(T, i, o, x_shared_by=shared, have_k_x="K" in c, have_f_x="F" in c)

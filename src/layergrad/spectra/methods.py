@@ -8,6 +8,10 @@ way of the family per module and example (:func:`cheapest`):
 * ``gram`` (float32 statistics: squares in float64, error ``sqrt(u) * s_1 ~ 1e-8 s_1``), one example
   at a time over its real tokens: the sides of :data:`~layergrad.spectra.svd.GRAM_SIDES`.
 
+With ``RunConfig.gram_precision = "float32-qr"`` the ``gram`` family is computed instead by
+:func:`~layergrad.spectra.svd.float32_qr_svdvals` (one way, no sides to choose; the arithmetic is the user's
+choice, not the cost model's).
+
 Each way's cost is an operation count (one example) scaled by constants measured on this kind of
 machine; the costs only decide between ways of computing the same numbers, never what they are.
 Ties go to the way listed first.

@@ -82,6 +82,24 @@ def factored_svdvals(X: Tensor, D: Tensor, R_X: Tensor | None = None) -> Tensor:
 # statistics; float64 statistics keep the QR path, whose error is u * s_1, not sqrt(u) * s_1.
 # Float32 Gram matrices are not enough: on the same gradients they were off by up to 1e-5 relative,
 # with Cholesky breakdowns.
+#
+# Float32 routes (issue 16, item 3; BENCHMARKS.md, "Precision of float32 routes on real gradients";
+# benchmarks/precision.py: SmolLM2 on GSM8K, layers 0, 15, 29 and the tied head, 132 cases, against float64
+# svdvals of the dense G). The bar: every statistic within 1e-6 relative and every value within 1e-6 s_1,
+# with the heavy work in float32.
+#   * a squared matrix through float32 anywhere (the products, or the eigensolver alone) leaves
+#     sqrt(u32) s_1 = 2.4e-4 s_1: measured 1e-4 to 4e-4 s_1 on the small values, nuclear norms to 3e-3,
+#     effective ranks to 3e-2 (1e-1 on the tied head's token side, whose X X^T mixes two scales);
+#   * Ritz values ||G^T v_k|| from float32 eigenvectors, even in float64: 3e-4 to 7e-4 s_1 (every
+#     s_k < 2.4e-4 s_1 is in one cluster of width u32 s_1^2, whose float32 eigenvectors mix freely);
+#   * unsquared float32 (QR core = the "factored" way, dense SVD): the float32 floor, ~10 u32 s_1, 6e-7 s_1
+#     in the decoder layers and 1.5e-6 on the head, effective rank to 3.6e-6 (hundreds of exact zeros, from
+#     repeated tokens, each carrying the floor);
+#   * the same after merging repeated token rows exactly and refining the 16 largest values in float64
+#     (float32_qr_svdvals below): 4.6e-7 s_1 and 4.6e-7 on every statistic over every module of the model
+#     (976 cases). The one route that meets the bar: the opt-in RunConfig.gram_precision="float32-qr".
+# Float32 Gram matrices stay out: the default remains float64 (GRAM_DTYPE), whose own effective ranks are off
+# by up to 1.5e-6 from the same exact zeros (merging would bring that to 1.1e-7, but would change its numbers).
 
 GRAM_DTYPE = torch.float64
 GRAM_SIDES = ("token", "out", "in", "product")
@@ -198,3 +216,103 @@ def gram_svdvals(X: Tensor, D: Tensor, side: str, *, K_X: Tensor | None = None,
         S = G @ G.mT if o <= i else G.mT @ G
     s = sqrt_eigvalsh(S, k)
     return torch.cat([s, s.new_zeros(r - k)]) if k < r else s
+
+
+# ---------------------------------------------------------------------------------------
+# The float32 route (RunConfig.gram_precision = "float32-qr"): distinct rows, then float32 QR
+# ---------------------------------------------------------------------------------------
+#
+# Opt-in, for GPUs whose FP64 runs at 1/32-1/64 of FP32. Two exact steps, then float32 throughout:
+#
+# 1. Distinct rows (:func:`distinct_rows`): tokens whose input rows are equal are merged by summing their
+#    output-gradient rows, then tokens whose (summed) output-gradient rows are equal by summing their input
+#    rows; ``D'^T X' = D^T X`` exactly (the sums in float64, rounded once to float32). The merged example's
+#    ``nonzero_terms`` then bounds the rank where repeated tokens lower it (layer 0's q, k, v, whose input is
+#    a function of the token id; a tied head's one-hot rows), so those values are exact zeros instead of
+#    rounding noise: without this step every float32 route left ~1e-7 s_1 on each of hundreds of them and
+#    effective ranks off by up to 3.6e-6.
+# 2. The ``factored`` way in float32: Householder QR of ``X'^T`` and ``D'^T`` (backward stable token by
+#    token, so rows of very different scales cost nothing) and ``svdvals`` of the small core. No matrix is
+#    squared: the error is the float32 floor, ~10 u32 s_1 per value, not sqrt(u32) s_1.
+# 3. The REFINE_TOP largest values refined by one float64 Rayleigh-Ritz step through the float32 factors
+#    (:func:`_refine_top`: skinny products only), which removes the float32 SVD's share of their error; they
+#    carry the spectral norm, the stable rank and the top-1 share, which were otherwise off by up to 1.5e-6 on
+#    some of the 30 layers' modules.
+#
+# Measured (benchmarks/precision.py, BENCHMARKS.md: SmolLM2-135M on GSM8K, every module of all 30 layers and
+# the tied head, 976 module-examples, against float64 svdvals of the dense G): every singular value within
+# 4.6e-7 s_1, nuclear norm, effective rank, stable rank, top-1 share, spectral and Frobenius norm within 4.6e-7
+# relative, min_sigma within 4e-9 s_1. The float64 Gram path (the default): 1.4e-8 s_1 and 1.5e-6 on effective ranks.
+
+
+def distinct_rows(X: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X', D')`` float64, ``(t', i), (t', o)`` with ``D'^T X' = D^T X`` and no two rows of ``D'`` equal:
+    rows of ``D`` whose rows of ``X`` are equal summed, then rows of ``X`` whose summed rows of ``D`` are
+    equal summed. Zero (padding) rows merge into at most one zero row."""
+    dt = torch.float64
+    Xu, inv = torch.unique(X, dim=0, return_inverse=True)
+    Du = torch.zeros((Xu.shape[0], D.shape[-1]), dtype=dt, device=D.device).index_add_(0, inv, D.to(dt))
+    Du, inv = torch.unique(Du, dim=0, return_inverse=True)
+    Xu = torch.zeros((Du.shape[0], X.shape[-1]), dtype=dt, device=X.device).index_add_(0, inv, Xu.to(dt))
+    return Xu, Du
+
+
+#: How many of the largest singular values :func:`float32_qr_svdvals` refines in float64.
+REFINE_TOP = 16
+
+
+def _refine_top(s: Tensor, C: Tensor, RX: Tensor, RD: Tensor, p: int = REFINE_TOP) -> Tensor:
+    """The ``p`` largest of ``s`` ``(n, m)`` (the float32 singular values of the core ``C = R_D R_X^T``)
+    replaced by a float64 Rayleigh-Ritz step: with ``U_p``, ``V_p`` the float32 SVD's top singular vectors
+    made orthonormal in float64, the singular values of ``U_p^T R_D (R_X^T V_p)`` ``(p, p)``, formed in float64
+    through the factors (O(p t k) operations: skinny products, a ``k x p`` QR and a ``p x p`` SVD), re-sorted.
+
+    A Ritz value's error is second order in the vectors' error (~10 u32 s_1 over the gap to the rest of the
+    spectrum), so what remains is the float32 QR's backward error; values clustered within the top ``p`` are
+    resolved together. These values carry the spectral norm and dominate the Frobenius norm, the stable rank
+    and the top-1 share. The vectors come from a second float32 SVD: ``svdvals`` alone (no vectors) keeps
+    the small values more accurate than an SVD with vectors does, and those carry the effective rank.
+    """
+    p = min(p, s.shape[-1])
+    if p == 0:
+        return s
+    dt = torch.float64
+    U, _, Vh = torch.linalg.svd(C, full_matrices=False)
+    # orthonormal in float64 (float32 vectors are orthonormal only to ~u32 sqrt(k): first order in the values)
+    u, v = torch.linalg.qr(U[..., :p].to(dt)).Q, torch.linalg.qr(Vh[..., :p, :].mT.to(dt)).Q  # (n, kd, p), (n, kx, p)
+    B = u.mT @ (RD.to(dt) @ (RX.to(dt).mT @ v))  # (n, p, p) = U_p^T C V_p in float64
+    out = s.clone()
+    out[..., :p] = torch.linalg.svdvals(B)
+    return out.sort(dim=-1, descending=True).values
+
+
+def float32_qr_svdvals(X: Tensor, D: Tensor) -> Tensor:
+    """Singular values of ``G = D^T X`` by the float32 route: ``(t, i), (t, o) -> (min(t, i, o),)`` for one
+    example, or ``(n, t, i), (n, t, o) -> (n, min(t, i, o))`` for a padded batch (zero padding rows);
+    float64 tensors holding float32 results, descending. Values past the merged example's
+    ``nonzero_terms`` (after :func:`distinct_rows`) are exact zeros.
+    """
+    if X.dim() == 2:
+        return float32_qr_svdvals(X.unsqueeze(0), D.unsqueeze(0))[0]
+    n, t, i = X.shape
+    o = D.shape[-1]
+    r = min(t, i, o)
+    parts = [distinct_rows(X[b], D[b]) for b in range(n)]
+    T = max([p[0].shape[0] for p in parts], default=0)
+    out = torch.zeros((n, r), dtype=torch.float64, device=X.device)
+    if T == 0 or r == 0:
+        return out
+    Xp = torch.zeros((n, T, i), dtype=torch.float32, device=X.device)
+    Dp = torch.zeros((n, T, o), dtype=torch.float32, device=D.device)
+    for b, (Xb, Db) in enumerate(parts):
+        Xp[b, : Xb.shape[0]] = Xb
+        Dp[b, : Db.shape[0]] = Db
+    k = nonzero_terms(Xp, Dp).clamp(max=r)  # (n,)
+    RX, RD = r_factor(Xp), r_factor(Dp)  # float32 Householder QR
+    C = core(RX, RD)  # (n, kd, kx) float32
+    s = torch.linalg.svdvals(C).to(torch.float64)  # (n, min(o, i, T)): no vectors (the values are more accurate so)
+    s = _refine_top(s, C, RX, RD)
+    m = min(r, s.shape[-1])
+    keep = torch.arange(m, device=s.device) < k.to(s.device).unsqueeze(-1)
+    out[:, :m] = torch.where(keep, s[:, :m], torch.zeros((), dtype=s.dtype, device=s.device))
+    return out

@@ -34,6 +34,7 @@ IDENTITY_KEYS = (
     "ifd",
     "loss_rule",
     "token_shares",  # a run with and without shares parts would mix examples that have them and ones that don't
+    "gram_precision",  # float64 | float32-qr: the float32 statistics' arithmetic (different numbers, ~5e-7 relative)
 )
 
 #: What an identity key means in a manifest written before the key existed (a function of that manifest,
@@ -41,6 +42,7 @@ IDENTITY_KEYS = (
 #: default system prompt but ``messages`` records the template's: no value of today matches it.
 IDENTITY_DEFAULTS = {
     "token_shares": False,
+    "gram_precision": "float64",  # every run before the option
     "turns": "last",
     "system_prompt": lambda m: DEFAULT_SYSTEM_PROMPT if str(m.get("prompt_mode", "")).endswith("base")
     else "unrecorded (a run before --system-prompt: Alpaca records the default, messages records the template's)",
@@ -101,6 +103,7 @@ def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: s
         "ifd_rule": ifd_rule,
         "loss_rule": loss_rule,
         "token_shares": cfg.token_shares,
+        "gram_precision": cfg.gram_precision,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
@@ -120,6 +123,7 @@ _OPTION = {
     "ifd": ("--ifd", lambda v: str(v) if v else "off"),
     "loss_rule": ("the loss definition (the layergrad version that wrote the run)", None),
     "limit": ("--limit", lambda v: "none" if v is None else str(v)),
+    "gram_precision": ("--gram-precision", None),
 }
 
 

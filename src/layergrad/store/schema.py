@@ -89,7 +89,7 @@ MODULES = pa.schema(
         pa.field("m_mean", pa.float64()),  # mean of G's entries (reference mode / --elementwise; else null)
         pa.field("m_max", pa.float64()),  # largest entry of G (same)
         pa.field("m_min", pa.float64()),  # smallest entry of G (same)
-        pa.field("method", pa.string()),  # gram | factored | dense: how the singular values were computed
+        pa.field("method", pa.string()),  # gram | float32-qr | factored | dense: how the singular values were computed
         pa.field("tied_with", pa.string()),  # module path of the input embedding sharing this weight (null: untied)
         pa.field("reason", pa.string()),  # why some metrics are NaN (zero gradient), null when all are defined
     ]
