@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Issue 16's GPU checks in ONE call on a lent H200, results saved as they come under $OUT. A task's device time
 # is 15 minutes in all, the machine's start included, so the steps are bounded to about 9 minutes together.
-# First, here: benchmarks/gpu_prepare.sh (fills .gpu/), and the CPU dry runs of steps 2 and 3 (they catch a
+# First, here: benchmarks/gpu_prepare.sh (fills .gpu/), and the CPU dry runs of steps 2, 3 and 4 (they catch a
 # broken argument before the GPU's time is spent):
 #   LAYERGRAD_BENCH_TOKENIZER=$PWD/.gpu/tokenizer PYTHONPATH=src .venv/bin/python benchmarks/gpu_run_checks.py \
 #       --dry-run --data .gpu/data/gsm8k_train_with_cot.json --work /tmp/lgdry --json /tmp/lgdry.json --limit 4
 #   PYTHONPATH=src .venv/bin/python benchmarks/worker.py timing --config default --modules attn,all --per-file 1 \
 #       --batch-size 2 --methods b,c,d,u,r --rounds 1 --paper-examples 0 --reference-layers 3 --out /tmp/w.json
+#   PYTHONPATH=src .venv/bin/python benchmarks/gpu_eig.py --device cpu --sizes 64 --stacks 1,8 --route-sizes 64 \
+#       --route-width 128 --json /tmp/eig.json
 # Then, with the device tool:
 #   run(command="bash benchmarks/gpu_checks.sh", carry=[".gpu"], timeout_s=600)
 # Steps, most needed first (each bounded by `timeout`, so a slow one cannot eat the next one's time):

@@ -32,14 +32,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from layergrad.spectra import batched as B  # noqa: E402
 
 
+DEV = "cuda"  # main(): --device (cpu: a dry run of the script before the one GPU call)
+
+
+def _sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
 def _time(fn, reps=3):
     fn()
-    torch.cuda.synchronize()
+    _sync()
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         out.append(time.perf_counter() - t0)
     return statistics.median(out)
 
@@ -54,13 +62,16 @@ def main(argv=None) -> int:
     p.add_argument("--route-width", type=int, default=1024, help="features i = o of the route rows' X and D")
     p.add_argument("--route-sizes", default="128,256,512", help="tokens t of the route rows")
     p.add_argument("--budget-s", type=float, default=150.0, help="stop starting new rows after this many seconds")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run (small --sizes/--stacks/--route-sizes)")
     a = p.parse_args(argv)
+    global DEV
+    DEV = a.device
     start = time.perf_counter()
     dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     if not set(dtypes) <= {"float64", "float32"}:
         p.error(f"--dtypes: float64 and/or float32, not {a.dtypes!r}")
     have_cupy = B._cupy() is not None
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cupy": None, "rows": [], "route": [],
+    res = {"device": torch.cuda.get_device_name() if DEV == "cuda" else DEV, "torch": torch.__version__, "cupy": None, "rows": [], "route": [],
            "padding": []}
     if have_cupy:
         res["cupy"] = B._cupy().__version__
@@ -71,7 +82,7 @@ def main(argv=None) -> int:
             if n * M * M * 8 > 2 * B.STACK_BYTES or time.perf_counter() - start > 0.6 * a.budget_s:
                 continue
             A = torch.randn(n, M, M // 2, dtype=torch.float64, generator=g)  # rank M/2: half the eigenvalues are 0
-            S = (A @ A.mT).cuda()
+            S = (A @ A.mT).to(DEV)
             want = torch.linalg.eigvalsh(S[: min(n, 8)].cpu())
             row = {"M": M, "B": n}
             backends = {"loop": lambda: [torch.linalg.eigvalsh(S[b]) for b in range(n)],
@@ -105,8 +116,8 @@ def main(argv=None) -> int:
         for n in (8, 64):
             if n * t * t * 8 * 4 > 2 * B.STACK_BYTES or time.perf_counter() - start > 0.8 * a.budget_s:
                 continue
-            X = torch.randn(n, t, W, generator=g).cuda()
-            Dm = (torch.randn(n, t, W, generator=g) * torch.logspace(0, -4, W)).cuda()  # a spectrum over decades
+            X = torch.randn(n, t, W, generator=g).to(DEV)
+            Dm = (torch.randn(n, t, W, generator=g) * torch.logspace(0, -4, W)).to(DEV)  # a spectrum over decades
             want = torch.linalg.svdvals(Dm[0].cpu().double().mT @ X[0].cpu().double())[: min(t, W)]
             row = {"t": t, "i": W, "o": W, "B": n}
             for name, fn in {"float64_gram_token": lambda: B.batched_gram_svdvals(X, Dm, "token"),
@@ -122,9 +133,9 @@ def main(argv=None) -> int:
             break
         n = 64
         A = torch.randn(n, m, m, dtype=torch.float64, generator=g)
-        S = (A @ A.mT).cuda()
+        S = (A @ A.mT).to(DEV)
         M = B.size_class(m)
-        P = torch.zeros(n, M, M, dtype=torch.float64, device="cuda")
+        P = torch.zeros(n, M, M, dtype=torch.float64, device=DEV)
         P[:, :m, :m] = S
         row = {"m": m, "M": M, "B": n}
         for name in (["cupy"] if have_cupy else []) + ["torch"]:
