@@ -17,10 +17,9 @@ import pytest
 import torch
 
 from conftest import make_model
-from helpers import MANY, config, loaded, tree_digest
+from helpers import MANY, config, loaded, measure_shared, padding_mask, tree_digest
 from layergrad.inputs.targets import Target
 from layergrad.measure.measurer import Measurer
-from layergrad.spectra import batched as B
 from layergrad.spectra import svd
 
 TOL = 3e-6  # per singular value, relative to s_1 (float32 floor ~10 u32 = 6e-7; a float32 Gram: ~2e-4)
@@ -105,14 +104,7 @@ def _padded(lengths, t, i, o, pad, seed):
     n = len(lengths)
     X, D = torch.randn(n, t, i, generator=g), torch.randn(n, t, o, generator=g)
     X[:, 3] = X[:, 1]  # a repeated token in every example
-    mask = torch.zeros(n, t, dtype=torch.bool)
-    for b, L in enumerate(lengths):
-        if pad == "right":
-            mask[b, :L] = True
-        elif pad == "left":
-            mask[b, t - L:] = True
-        else:
-            mask[b, torch.randperm(t, generator=g)[:L]] = True
+    mask = padding_mask(lengths, t, pad, g)
     return X * mask.unsqueeze(-1), D * mask.unsqueeze(-1), mask
 
 
@@ -121,7 +113,7 @@ def _padded(lengths, t, i, o, pad, seed):
 def test_padded_batch_equals_the_oracle_per_example(pad, t, i, o):
     lengths = [t, t // 2, 1, 0]
     X, D, mask = _padded(lengths, t, i, o, pad, seed=6)
-    s = B.float32_qr_svdvals(X, D)
+    s = svd.float32_qr_svdvals(X, D)
     r = min(t, i, o)
     assert s.shape == (len(lengths), r)
     for b, L in enumerate(lengths):
@@ -138,11 +130,8 @@ def test_padded_batch_equals_the_oracle_per_example(pad, t, i, o):
 
 
 def _measure(targets, X, Ds, mask, eig_batch, precision):
-    meas = Measurer(stats_dtype=torch.float32, spectrum_k=None, eig_batch=eig_batch, gram_precision=precision)
-    meas.begin(mask, {("x",): len(targets)}, {})
-    for tg, Dt in zip(targets, Ds):
-        meas.accept(tg, X, Dt, ("x",))
-    return meas.finish().modules
+    return measure_shared(Measurer(stats_dtype=torch.float32, spectrum_k=None, eig_batch=eig_batch, gram_precision=precision),
+                          targets, X, Ds, mask)
 
 
 @pytest.mark.parametrize("eig_batch", ["off", "on"])

@@ -152,7 +152,7 @@ class Measurer:
             s = self._gram(X, D, x_key, i, o, shared)
         elif method == "float32-qr":
             if self.batches_eigenproblems(X.device):  # the padded batch at once (as the batched Gram path)
-                s = batched.float32_qr_svdvals(self._masked(X, X.dtype), self._masked(D, D.dtype))
+                s = svd.float32_qr_svdvals(self._batch_input(X, x_key), self._masked(D, D.dtype))
             else:  # example by example over its real tokens (as the per-example Gram path)
                 s = self._gram(X, D, x_key, i, o, shared, route=svd.float32_qr_svdvals)
         elif method == "factored":
@@ -204,15 +204,21 @@ class Measurer:
             raise ValueError(f"unknown eig_batch {self.eig_batch!r}; choose one of {', '.join(EIG_BATCH)}")
         return self.eig_batch == "on" or (self.eig_batch == "auto" and device.type == "cuda")
 
+    def _batch_input(self, X: Tensor, x_key: tuple) -> Tensor:
+        """The padded batch's input ``X`` with its padding rows zeroed, in its own dtype: masked once per
+        shared input (q, k, v), kept with the input's batched Gram factors until its last consumer."""
+        c = self._bgrams.setdefault(x_key, {})
+        if "X" not in c:
+            c["X"] = self._masked(X, X.dtype)
+        return c["X"]
+
     def _gram_batched(self, X: Tensor, D: Tensor, x_key: tuple, i: int, o: int, shared: int) -> tuple[Tensor, int, Tensor]:
         """The side matrices ``S`` ``(n, m, m)`` of the padded batch, ``r = min(t, i, o)`` and each example's
         ``k`` ``(n,)`` (values past it are exact zeros), to be solved later. As the per-example path, from
         the captured values in their own dtype (padding rows zeroed), squared in float64."""
         t = X.shape[-2]
         c = self._bgrams.setdefault(x_key, {})
-        if "X" not in c:
-            c["X"] = self._masked(X, X.dtype)
-        Xm, Dm = c["X"], self._masked(D, D.dtype)
+        Xm, Dm = self._batch_input(X, x_key), self._masked(D, D.dtype)
         side = methods.gram_side(t, i, o, x_shared_by=shared, have_k_x="K" in c, have_f_x="F" in c)
         if side in ("token", "out") and "K" not in c:
             c["K"] = batched.gram_batched(Xm)  # (n, t, t)

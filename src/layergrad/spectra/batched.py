@@ -20,10 +20,9 @@ BENCHMARKS.md, section GPU) and torch loops over a batch for ``n > 32`` (pytorch
 extra ``layergrad[gpu]``; zero-copy via DLPack) and otherwise to ``torch.linalg.eigvalsh`` (the
 CPU, and the fallback).
 
-The float32 route (``gram_precision="float32-qr"``) has no eigenproblems: for a padded batch it is
-:func:`~layergrad.spectra.svd.float32_qr_svdvals` itself (re-exported here; one implementation for both
-paths), which merges each example's repeated rows (padding rows merge into one zero row) and runs one batched
-float32 QR and SVD.
+The float32 route (``gram_precision="float32-qr"``) has no eigenproblems: a padded batch goes to
+:func:`~layergrad.spectra.svd.float32_qr_svdvals` as it is (one implementation for both paths), which merges
+each example's repeated rows (padding rows merge into one zero row) and runs one batched float32 QR and SVD.
 """
 from __future__ import annotations
 
@@ -32,11 +31,10 @@ import os
 import torch
 from torch import Tensor
 
-from layergrad.spectra.svd import GRAM_DTYPE, GRAM_SIDES, float32_qr_svdvals, nonzero_terms
+from layergrad.spectra.svd import GRAM_DTYPE, GRAM_SIDES, nonzero_terms
 
 __all__ = ["size_class", "eigvalsh_stack", "sqrt_eigvalsh_batched", "solve_stacks", "gram_batched",
-           "psd_factor_batched", "gram_matrices", "batched_gram_svdvals", "EIG_BACKENDS",
-           "float32_qr_svdvals"]
+           "psd_factor_batched", "gram_matrices", "batched_gram_svdvals", "EIG_BACKENDS"]
 
 # Size classes and stack sizes. To be set from the GPU measurement (benchmarks/gpu_eig.py, in
 # benchmarks/gpu_checks.sh); until then: classes 2^k and 1.5 * 2^k from SIZE_CLASS_MIN (padding adds less
