@@ -21,17 +21,7 @@ from layergrad.inputs.prompting import encode
 from layergrad.measure import oracle
 from layergrad.run import engine
 from layergrad.store import RunStore, load_results
-import hashlib
-import json
-import numpy as np
-import pytest
-import torch
-from conftest import RECORDS, make_model, write_json
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
-from layergrad.inputs.data import load_examples  # noqa: E402
-from layergrad.inputs.prompting import encode  # noqa: E402
-from layergrad.integrations import LayerGradCallback  # noqa: E402
-from layergrad.store import load_results  # noqa: E402
+from transformers import Trainer, TrainingArguments
 
 
 ALPACA = [
@@ -403,3 +393,26 @@ def train(tmp_path, tokenizer, *, dtype="float32", ga=1, steps=4, callbacks=(), 
     trainer.train()
     hook.remove()
     return model, torch.stack(losses), data
+
+
+def padding_mask(lengths, t: int, pad: str = "right", g: torch.Generator | None = None, dtype=torch.bool) -> torch.Tensor:
+    """``(n, t)``: example ``b``'s ``lengths[b]`` real tokens at the right, at the left, or ``scattered``
+    (positions drawn from ``g``) of ``t``."""
+    mask = torch.zeros(len(lengths), t, dtype=dtype)
+    for b, L in enumerate(lengths):
+        if pad == "right":
+            mask[b, :L] = True
+        elif pad == "left":
+            mask[b, t - L :] = True
+        else:  # scattered
+            mask[b, torch.randperm(t, generator=g)[:L]] = True
+    return mask
+
+
+def measure_shared(meas, targets, X, Ds, mask) -> dict:
+    """Drive a sink by hand: every target reads the one input ``X`` (key ``("x",)``), target ``j`` the output
+    gradients ``Ds[j]``; the finished modules by name."""
+    meas.begin(mask, {("x",): len(targets)}, {})
+    for tg, Dt in zip(targets, Ds):
+        meas.accept(tg, X, Dt, ("x",))
+    return meas.finish().modules

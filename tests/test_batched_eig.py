@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from helpers import measure_shared, padding_mask
 from layergrad import spectra as S
 from layergrad.inputs.targets import Target
 from layergrad.measure.measurer import Measurer
@@ -24,14 +25,7 @@ def _batch(lengths, t, i, o, seed, pad="right", dtype=torch.float64):
     n = len(lengths)
     X = torch.randn(n, t, i, dtype=torch.float64, generator=g)
     D = torch.randn(n, t, o, dtype=torch.float64, generator=g)
-    mask = torch.zeros(n, t, dtype=torch.bool)
-    for b, L in enumerate(lengths):
-        if pad == "right":
-            mask[b, :L] = True
-        elif pad == "left":
-            mask[b, t - L :] = True
-        else:  # scattered
-            mask[b, torch.randperm(t, generator=g)[:L]] = True
+    mask = padding_mask(lengths, t, pad, g)
     X, D = X * mask.unsqueeze(-1), D * mask.unsqueeze(-1)
     return X.to(dtype), D.to(dtype), mask
 
@@ -144,12 +138,8 @@ def test_solver_falls_back_to_torch_without_cupy(monkeypatch):
 
 
 def _measure(targets, X, D, mask, eig_batch, queue_bytes=1 << 30):
-    meas = Measurer(stats_dtype=torch.float32, spectrum_k=None, method="gram", eig_batch=eig_batch,
-                    eig_queue_bytes=queue_bytes)
-    meas.begin(mask, {("x",): len(targets)}, {})
-    for tg, Dt in zip(targets, D):
-        meas.accept(tg, X, Dt, ("x",))
-    return meas.finish().modules
+    return measure_shared(Measurer(stats_dtype=torch.float32, spectrum_k=None, method="gram", eig_batch=eig_batch,
+                                   eig_queue_bytes=queue_bytes), targets, X, D, mask)
 
 
 @pytest.mark.parametrize("queue_bytes", [1 << 30, 0], ids=["one-solve", "solve-per-module"])
