@@ -24,9 +24,11 @@ per-layer noise of 10% and 30% of the level.
 
 Comparison of two groups: the difference ``theta_b - theta_a`` with its jackknife standard error
 (paired: leaving one pair out; independent: ``sqrt(se_a^2 + se_b^2)`` with ``min(n_a, n_b) - 1``
-degrees of freedom, conservative); "more even" when the whole 95% interval of the difference is
-below 0, "less even" when above, else "no clear difference in evenness". The ratio of
-roughness ``b / a`` is reported as the size of the difference.
+degrees of freedom, conservative), with its 95% interval (``diff_sq_ci_*``). The verdict of a row
+uses the interval at level ``1 - 0.05 / R`` over the R roles compared (Bonferroni across the
+roles of one pair, metric and segment, so "more even in some role" keeps a 5% error rate):
+"more even" when that interval lies below 0, "less even" when above, else "no clear difference
+in evenness". The ratio of roughness ``b / a`` is reported as the size of the difference.
 """
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ def evenness_table(groups: list[Group], metrics=("nuclear",), *, scheme: str = "
     return pd.DataFrame(rows, columns=EVENNESS_COLUMNS)
 
 
-def compare_roughness(xa: np.ndarray, xb: np.ndarray, layers: np.ndarray, paired: bool) -> dict:
+def compare_roughness(xa: np.ndarray, xb: np.ndarray, layers: np.ndarray, paired: bool, verdict_level: float = LEVEL) -> dict:
     """Difference of squared roughness b - a with its 95% interval, and the roughness ratio. xa, xb: complete (n, L)
     curves; paired: row i of both is pair i (left out together by the jackknife)."""
     ta, loo_a = jackknife(xa, layers)
@@ -107,9 +109,11 @@ def compare_roughness(xa: np.ndarray, xb: np.ndarray, layers: np.ndarray, paired
     else:
         se, df = float(np.hypot(_se(loo_a), _se(loo_b))), min(len(xa), len(xb)) - 1
     q = stats.t.ppf(0.5 + LEVEL / 2, df) * se
+    qv = stats.t.ppf(0.5 + verdict_level / 2, df) * se
     ra, rb = np.sqrt(max(ta, 0.0)), np.sqrt(max(tb, 0.0))
     return {"roughness_a": ra, "roughness_b": rb, "ratio": rb / ra if ra > 0 else np.nan, "diff_sq": tb - ta,
-            "diff_sq_ci_low": tb - ta - q, "diff_sq_ci_high": tb - ta + q}
+            "diff_sq_ci_low": tb - ta - q, "diff_sq_ci_high": tb - ta + q,
+            "verdict": evenness_verdict(tb - ta - qv, tb - ta + qv)}
 
 
 def evenness_verdict(lo: float, hi: float) -> str:
@@ -134,7 +138,9 @@ def evenness_compare_table(groups: list[Group], metrics=("nuclear",), *, scheme:
             for m in metrics:
                 if not (a.available(m) and b.available(m)):
                     continue
-                for role in (s for s in a.series if s in b.series):
+                roles = [s for s in a.series if s in b.series]
+                level = 1 - (1 - LEVEL) / max(len(roles), 1)
+                for role in roles:
                     xa, xb = a.values[m][:, a.series.index(role), :], b.values[m][:, b.series.index(role), :]
                     if one_each:
                         ia, ib = np.array([u[0] for u in d.units_a]), np.array([u[0] for u in d.units_b])
@@ -149,6 +155,5 @@ def evenness_compare_table(groups: list[Group], metrics=("nuclear",), *, scheme:
                         if min(len(xa), len(xb)) < MIN_N or len(layers) < 3:
                             rows.append({**base, "verdict": "no inference"})
                             continue
-                        res = compare_roughness(xa, xb, layers, one_each)
-                        rows.append({**base, **res, "verdict": evenness_verdict(res["diff_sq_ci_low"], res["diff_sq_ci_high"])})
+                        rows.append({**base, **compare_roughness(xa, xb, layers, one_each, level)})
     return pd.DataFrame(rows, columns=EVENNESS_COMPARE_COLUMNS)

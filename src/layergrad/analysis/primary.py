@@ -14,8 +14,8 @@ Written down before any data is seen (the report's Methods repeats it):
    t interval and p (:mod:`.effects`: paired t on the differences, or Welch).
 4. Effect at equal length: the same ratio where ``ln(response tokens)`` is equal.
    - ``equal``: every pair has the same number of response tokens (e.g. one group cut to the
-     other's lengths: an exact comparison at equal length): the unadjusted effect IS the effect
-     at equal length.
+     other's lengths: an exact comparison at equal length), or, independent, every response of
+     both groups has: the unadjusted effect IS the effect at equal length.
    - ``model``: paired, the within-pair regression ``d_i = b0 + b1 (ln len_b,i - ln len_a,i) +
      e_i`` (the pair intercepts of ``ln y ~ group + ln length + pair`` removed by differencing;
      ``statsmodels`` OLS), ``exp(b0)`` with its t interval; independent,
@@ -124,6 +124,10 @@ def effect(ya: np.ndarray, yb: np.ndarray, la: np.ndarray, lb: np.ndarray, paire
         fit = sm.OLS(d, sm.add_constant(dl, has_constant="add")).fit()
         b0, lo, hi, p, slope = fit.params[0], *fit.conf_int(ALPHA)[0], fit.pvalues[0], fit.params[1]
     else:
+        if np.ptp(np.concatenate([la, lb])) <= EQUAL_TOL:  # every response equally long
+            out.update(length_control="equal", adj_ratio=out["ratio"], adj_ci_low=out["ci_low"], adj_ci_high=out["ci_high"],
+                       adj_p_value=out["p_value"])
+            return out
         out["overlap_a"] = int(((la >= lb.min()) & (la <= lb.max())).sum())
         out["overlap_b"] = int(((lb >= la.min()) & (lb <= la.max())).sum())
         if not overlaps(la, lb) or len(ya) + len(yb) < 5:
