@@ -123,7 +123,8 @@ def make_run(path, values, roles=("q", "o"), *, n_layers=None, lengths=None, not
     Metrics not given are filled with positive random numbers when ``fill`` (else stored as null).
     ``not_ok``: (status, reason) per extra example that is not ok. ``cosine``: list of COSINE rows.
     ``groups``: per-example value of the examples' ``group`` column (default null). ``instructions``,
-    ``ids``, ``loss``: per-example values (default "q" for all, ``e{i}``, 1.0).
+    ``ids``, ``loss``: per-example values (default ``instruction {i}``, ``e{i}``, 1.0: runs made with the defaults
+    pair example i with example i, as two response styles of one dataset do).
     """
     path = Path(path)
     first = next(iter(values.values()))
@@ -145,7 +146,7 @@ def make_run(path, values, roles=("q", "o"), *, n_layers=None, lengths=None, not
     for i in range(n):
         eid = f"e{i}" if ids is None else ids[i]
         ex_rows.append({"id": eid, "group": None if groups is None else groups[i], "source": data[0], "index": i, "order": i, "status": "ok",
-                        "reason": None, "instruction": "q" if instructions is None else instructions[i], "output": "a",
+                        "reason": None, "instruction": f"instruction {i}" if instructions is None else instructions[i], "output": "a",
                         "loss": 1.0 if loss is None else float(loss[i]), "n_tokens": int(lengths[i]) + 10,
                         "n_prompt_tokens": 10, "n_response_tokens": int(lengths[i]), "response_chars": 4 * int(lengths[i]),
                         "truncated": False})

@@ -13,8 +13,10 @@ import pytest
 from scipy import stats
 
 from layergrad.analysis import bootstrap
-from layergrad.analysis.compare import by_adjust, overall_table, pair_examples, signflip_pvalues
-from layergrad.analysis.length import matched_compare, matched_table
+from layergrad.analysis.compare import by_adjust
+from layergrad.analysis.design import design
+from layergrad.analysis.multiplicity import maxt
+from layergrad.analysis.primary import effect, primary_table
 from layergrad.analysis import (
     AnalysisError,
     IncompatibleGroups,
@@ -32,7 +34,6 @@ from layergrad.analysis import (
     mad_of_curve,
     mad_table,
     partial_table,
-    permutation_pvalues,
     segments,
     status_table,
 )
@@ -162,15 +163,15 @@ def test_auroc_ties_count_half():
 
 
 def test_permutation_exact_enumeration():
-    # C(4, 2) = 6 splits; only the observed split and its mirror reach |diff| = 10.
-    p = permutation_pvalues(np.array([[0.0], [1.0]]), np.array([[10.0], [11.0]]), n_perm=999)
+    # C(4, 2) = 6 splits; only the observed split and its mirror reach the largest |t|.
+    _, p = maxt(np.array([[0.0], [1.0]]), np.array([[10.0], [11.0]]), paired=False, n_perm=999)
     assert p[0] == pytest.approx(2 / 6)
 
 
 def test_permutation_nominal_rate_under_null():
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((12, 3000)), rng.standard_normal((15, 3000))
-    p = permutation_pvalues(a, b, n_perm=999, rng=np.random.default_rng(6))
+    _, p = maxt(a, b, paired=False, n_perm=999, rng=np.random.default_rng(6))
     assert 0.035 <= (p < 0.05).mean() <= 0.065
     assert 0.17 <= (p < 0.2).mean() <= 0.23
     assert p.min() >= 1 / 1000
@@ -187,7 +188,7 @@ def test_same_distribution_not_significant_at_nominal_rate(tmp_path):
         rates.append((t["p_value"] < 0.05).mean())
         any_sig += bool((t["p_adjusted"] < 0.05).any())
     assert 0.025 <= np.mean(rates) <= 0.075, rates
-    assert any_sig <= 1  # BH keeps family-wise false alarms rare under the global null
+    assert any_sig <= 1  # max-T keeps family-wise false alarms at 5% under the global null
 
 
 def test_separated_groups(tmp_path):
@@ -196,7 +197,7 @@ def test_separated_groups(tmp_path):
     gb = grp(tmp_path, "high", {"nuclear": noise(rng, 25, 2, 5, loc=20.0, scale=1.0)})
     t = compare_groups(ga, gb, ["nuclear"], n_perm=999, pairing="none")
     assert list(t.columns) == ["group_a", "group_b", "design", "n_pairs", "role", "layer", "metric", "rel_diff", "ratio", "ratio_ci_low",
-                               "ratio_ci_high", "auroc", "p_value", "p_adjusted", "correction", "n_a", "n_b"]
+                               "ratio_ci_high", "auroc", "p_value", "p_adjusted", "correction", "min_p", "n_a", "n_b"]
     assert (t["design"] == "independent").all() and (t["n_pairs"] == 0).all()
     np.testing.assert_allclose(t["ratio"], t["rel_diff"] + 1)
     assert ((t["ratio_ci_low"] < t["ratio"]) & (t["ratio"] < t["ratio_ci_high"])).all()
@@ -226,7 +227,7 @@ def test_bh_matches_scipy():
 
 def test_length_effect_vs_group_effect(tmp_path):
     rng = np.random.default_rng(9)
-    la, lb = rng.uniform(20, 200, 60), rng.uniform(150, 400, 60)  # b answers are longer
+    la, lb = rng.uniform(20, 200, 60), rng.uniform(60, 300, 60)  # b answers are longer, with overlap
 
     def size(lengths, shift=0.0):  # nuclear grows with length only (plus a group shift)
         return (0.01 * lengths[:, None, None] + shift + 0.05 * rng.standard_normal((len(lengths), 1, 3)))
@@ -237,12 +238,16 @@ def test_length_effect_vs_group_effect(tmp_path):
     assert list(lt.columns) == ["group", "role", "metric", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p"]
     assert (lt["pearson_r"] > 0.9).all()
     pt = partial_table([ga, gb]).iloc[0]
-    assert pt["r_group"] > 0.6  # the groups differ ...
+    assert pt["r_group"] > 0.4  # the groups differ ...
     assert abs(pt["partial_pearson"]) < 0.15 and pt["partial_pearson_p"] > 0.05  # ... only through length
     gc = grp(tmp_path, "long+1", {"nuclear": size(lb, shift=1.0)}, roles=("q",), lengths=lb)
     pt = partial_table([ga, gc]).iloc[0]
     assert pt["partial_pearson"] > 0.5 and pt["partial_pearson_p"] < 1e-6  # a real group effect survives
     assert pt["partial_spearman"] > 0.3
+    far = rng.uniform(1000, 2000, 60)  # no common support: no partial correlation (it would be extrapolation)
+    gd = grp(tmp_path, "far", {"nuclear": size(far)}, roles=("q",), lengths=far)
+    pt = partial_table([ga, gd]).iloc[0]
+    assert not pt["support"] and np.isnan(pt["partial_pearson"]) and np.isnan(pt["partial_spearman_p"])
 
 
 # ---- validation and clear messages -----------------------------------------------------------
@@ -364,27 +369,28 @@ def _paired_groups(tmp_path, n=12, shift=0.5, seed=30, **kw):
 
 def test_paired_shift_detected_only_when_paired(tmp_path):
     ga, gb = _paired_groups(tmp_path)
-    pr = pair_examples(ga, gb)
-    assert pr.design == "paired" and pr.by == "instruction" and pr.n_pairs == 12
-    assert [ga.keys["instruction"][i] for i in pr.ia] == [gb.keys["instruction"][i] for i in pr.ib]
+    pr = design(ga, gb)
+    assert pr.kind == "paired" and pr.by == "instruction" and pr.n_pairs == 12
+    assert [ga.keys["instruction"][u[0]] for u in pr.units_a] == [gb.keys["instruction"][u[0]] for u in pr.units_b]
     paired = compare_groups(ga, gb, ["nuclear"], n_perm=1999)
     unpaired = compare_groups(ga, gb, ["nuclear"], n_perm=1999, pairing="none")
     assert (paired["design"] == "paired").all() and (paired["n_pairs"] == 12).all()
     assert (paired["p_value"] < 0.005).all() and (paired["p_adjusted"] < 0.05).all()
     assert (paired["auroc"] >= 0.9).all()  # (almost) every pair has b above its a
     assert (unpaired["p_value"] > 0.3).all() and (unpaired["auroc"] < 0.75).all()  # same n, missed
-    assert ((paired["ratio_ci_low"] > 1.0) & (paired["ratio_ci_low"] < paired["ratio"])).all()  # pair bootstrap excludes 1
-    assert (unpaired["ratio_ci_low"] < 1.0).all()  # the independent bootstrap does not
-    o = overall_table([ga, gb], ["nuclear"], n_perm=1999).iloc[0]
-    assert o["design"] == "paired" and o["p_value"] < 0.005 and o["ratio_ci_low"] > 1.0
+    assert ((paired["ratio_ci_low"] > 1.0) & (paired["ratio_ci_low"] < paired["ratio"])).all()  # the paired interval excludes 1
+    assert (unpaired["ratio_ci_low"] < 1.0).all()  # the independent one does not
+    o = primary_table([ga, gb], ["nuclear"]).iloc[0]
+    assert o["design"] == "paired" and o["p_value"] < 0.005 and o["ci_low"] > 1.0
 
 
 def test_signflip_nominal_rate_and_exact():
     rng = np.random.default_rng(31)
-    p = signflip_pvalues(rng.standard_normal((12, 3000)), n_perm=999, rng=np.random.default_rng(32))
+    d = rng.standard_normal((12, 3000))
+    _, p = maxt(np.zeros_like(d), d, paired=True, n_perm=999, rng=np.random.default_rng(32))
     assert 0.035 <= (p < 0.05).mean() <= 0.065 and 0.17 <= (p < 0.2).mean() <= 0.23
-    d = np.array([[1.0], [2.0], [3.0]])  # 8 sign patterns, exact: only +-(1,2,3) reach |6|
-    assert signflip_pvalues(d, n_perm=999)[0] == pytest.approx(2 / 8)
+    d = np.array([[1.0], [2.0], [3.0]])  # 8 sign patterns, exact: only +-(1,2,3) reach the largest |t|
+    assert maxt(np.zeros_like(d), d, paired=True, n_perm=999)[1][0] == pytest.approx(2 / 8)
 
 
 def test_same_distribution_paired_groups_nominal(tmp_path):
@@ -395,20 +401,21 @@ def test_same_distribution_paired_groups_nominal(tmp_path):
         rates.append((t["p_value"] < 0.05).mean())
         any_sig += bool((t["p_adjusted"] < 0.05).any())
     rng = np.random.default_rng(45)
-    p = np.concatenate([signflip_pvalues(rng.standard_normal((14, 500)), n_perm=499, rng=rng) for _ in range(4)])
+    p = np.concatenate([maxt(np.zeros((14, 500)), rng.standard_normal((14, 500)), paired=True, n_perm=499, rng=rng)[1] for _ in range(4)])
     assert 0.03 <= (p < 0.05).mean() <= 0.07
     assert np.mean(rates) <= 0.2 and any_sig <= 1
 
 
-def test_duplicate_instructions_dropped_from_pairing(tmp_path):
+def test_duplicate_instructions_are_one_unit(tmp_path):
     rng = np.random.default_rng(33)
     ins = [f"q{i}" for i in range(9)] + ["q0"]  # q0 twice in a
     ga = grp(tmp_path, "a", {"nuclear": noise(rng, 10, 2, 3)}, instructions=ins, ids=[f"a{i}" for i in range(10)])
     gb = grp(tmp_path, "b", {"nuclear": noise(rng, 10, 2, 3)}, instructions=[f"q{i}" for i in range(10)], ids=[f"b{i}" for i in range(10)])
-    pr = pair_examples(ga, gb)
-    assert pr.design == "paired" and pr.n_pairs == 8 and pr.n_dup_keys == 1  # q1..q8; q0 ambiguous, q9 only in b
+    pr = design(ga, gb)
+    assert pr.kind == "paired" and pr.n_pairs == 9 and pr.clustered  # q0..q8; q0's two examples of a are one unit
+    assert (pr.n_left_a, pr.n_left_b) == (0, 1)  # q9 only in b
     unrelated = grp(tmp_path, "c", {"nuclear": noise(rng, 10, 2, 3)}, instructions=[f"z{i}" for i in range(10)], ids=[f"c{i}" for i in range(10)])
-    assert pair_examples(ga, unrelated).design == "independent"
+    assert design(ga, unrelated).kind == "independent"
 
 
 def test_by_matches_scipy():
@@ -418,32 +425,29 @@ def test_by_matches_scipy():
     assert (by_adjust(p) >= bh_adjust(p)).all()
 
 
-# ---- length matching -------------------------------------------------------------------------
+# ---- length control ------------------------------------------------------------------------
 
 
-def test_length_matching_removes_a_length_only_difference(tmp_path):
+def test_length_model_removes_a_length_only_difference(tmp_path):
     rng = np.random.default_rng(9)
     la, lb = rng.uniform(20, 200, 80), rng.uniform(100, 400, 80)
 
-    def size(lengths, shift=0.0):
-        return 0.01 * lengths[:, None, None] + shift + 0.05 * rng.standard_normal((len(lengths), 1, 3))
+    def size(lengths, factor=1.0):
+        return factor * 0.01 * lengths[:, None, None] * np.exp(0.05 * rng.standard_normal((len(lengths), 1, 3)))
 
-    ga = grp(tmp_path, "short", {"nuclear": size(la)}, roles=("q",), lengths=la)
-    gb = grp(tmp_path, "long", {"nuclear": size(lb)}, roles=("q",), lengths=lb)
-    raw = overall_table([ga, gb], ["nuclear"], n_perm=999, pairing="none").iloc[0]
-    assert raw["p_value"] < 0.01 and raw["ratio"] > 1.5  # unmatched: a large difference ...
-    m = matched_table([ga, gb], ["nuclear"], n_perm=999, n_boot=300).set_index("role").loc["all"]
-    assert m["p_value"] > 0.05 and m["ratio_ci_low"] < 1 < m["ratio_ci_high"]  # ... gone at equal length
-    assert 0 < m["n_matched_a"] < 80 and 0 < m["n_matched_b"] < 80 and m["matched_fraction"] < 1
-    assert 90 <= m["overlap_low"] <= 110 and 190 <= m["overlap_high"] <= 200
-    gc = grp(tmp_path, "long+1", {"nuclear": size(lb, shift=0.5)}, roles=("q",), lengths=lb)
-    m = matched_table([ga, gc], ["nuclear"], n_perm=999, n_boot=300).set_index("role").loc["all"]
-    assert m["p_value"] < 0.01 and m["ratio_ci_low"] > 1.2  # a true difference survives matching
+    ga = grp(tmp_path, "short", {"nuclear": size(la)}, roles=("q",), lengths=la, instructions=[f"s{i}" for i in range(80)])
+    gb = grp(tmp_path, "long", {"nuclear": size(lb)}, roles=("q",), lengths=lb, instructions=[f"l{i}" for i in range(80)])
+    raw = primary_table([ga, gb], ["nuclear"]).iloc[0]
+    assert raw["design"] == "independent" and raw["p_value"] < 0.01 and raw["ratio"] > 1.5  # overall: a large difference ...
+    assert raw["length_control"] == "model" and raw["adj_ci_low"] < 1 < raw["adj_ci_high"]  # ... gone at equal length
+    gc = grp(tmp_path, "long+", {"nuclear": size(lb, 1.3)}, roles=("q",), lengths=lb, instructions=[f"m{i}" for i in range(80)])
+    m = primary_table([ga, gc], ["nuclear"]).iloc[0]
+    assert m["adj_p_value"] < 0.01 and m["adj_ci_low"] > 1.2 and m["adj_ratio"] == pytest.approx(1.3, rel=0.05)  # a true effect survives
 
 
-def test_matching_without_overlap():
-    r = matched_compare(np.ones(5), np.ones(5) * 2, np.arange(1, 6.0), np.arange(100, 105.0), n_perm=99, n_boot=50)
-    assert r["n_matched_a"] == 0 and r["n_matched_b"] == 0 and np.isnan(r["ratio"]) and np.isnan(r["overlap_low"])
+def test_length_model_without_overlap():
+    r = effect(np.zeros(5), np.ones(5) + np.arange(5) * 0.1, np.log(np.arange(1, 6.0)), np.log(np.arange(100, 105.0)), False)
+    assert r["length_control"] == "no common support" and "adj_ratio" not in r
 
 
 # ---- the paper's layer splits ----------------------------------------------------------------

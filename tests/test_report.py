@@ -68,7 +68,7 @@ def test_outputs_and_columns(report):
         "curves": ["group", "role", "layer", "metric", "mean", "ci_low", "ci_high", "n"],
         "mad": ["group", "role", "segment", "metric", "mad", "ci_low", "ci_high"],
         "compare": ["group_a", "group_b", "design", "n_pairs", "role", "layer", "metric", "rel_diff", "ratio", "ratio_ci_low",
-                    "ratio_ci_high", "auroc", "p_value", "p_adjusted", "correction", "n_a", "n_b"],
+                    "ratio_ci_high", "auroc", "p_value", "p_adjusted", "correction", "min_p", "n_a", "n_b"],
         "length": ["group", "role", "metric", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p"],
         "cosine": ["group", "kind", "role", "layer", "mean", "ci_low", "ci_high", "n"],
     }
@@ -86,8 +86,8 @@ def test_outputs_and_columns(report):
     compare = pd.read_csv(out / "compare.csv")
     assert len(compare) == 5 * len(ROLES) * L and set(compare["group_a"]) == {"fast"}
     nuc = compare[compare["metric"] == "nuclear"]
-    assert (nuc["auroc"] == 1.0).all() and (nuc["p_adjusted"] < 0.05).all() and (nuc["correction"] == "by").all()
-    assert (nuc["design"] == "paired").all() and (nuc["n_pairs"] == 14).all()  # ids e0..e13 shared: paired by id
+    assert (nuc["auroc"] == 1.0).all() and (nuc["p_adjusted"] < 0.05).all() and (nuc["correction"] == "maxt").all()
+    assert (nuc["design"] == "paired").all() and (nuc["n_pairs"] == 14).all()  # instructions 0..13 shared: paired on them
     for stem in ("curves_nuclear", "curves_top1_share", "curves_effective_rank", "mad_nuclear", "auroc_1_vs_2",
                  "length_nuclear", "cosine_next_layer", "cosine_q_o", "cosine_k_v"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
@@ -136,7 +136,8 @@ def test_html_is_traceable_to_csv(report):
 def test_html_states_methods_and_notes(report):
     _, out = report
     text = htmllib.unescape(re.sub(r"<[^>]+>", " ", (out / "index.html").read_text()))
-    assert "Benjamini-Yekutieli" in text and "across all tests of one pair of groups" in text and "sign-flip" in text
+    assert "max-T (Westfall & Young 1993)" in text and "within each pair of groups and metric" in text and "sign flips" in text
+    assert "Holm" in text and "ln y ~ 1 + group + ln length" in text and "common support" in text
     assert "np.array_split" in text and "early = layers 0-1, middle = layers 2-3, late = layers 4-5" in text
     assert "1 of 15 examples are not ok" in text and "no response tokens after truncation" in text
     assert "excluded from those cells only" in text and "nuclear q layer 3" not in text  # role k, not q
@@ -154,33 +155,31 @@ def _findings_numbers(page: str) -> list[tuple[str, int, str]]:
 
 
 def test_findings_at_the_top_built_from_csv_values(report):
-    """Every number of a findings sentence links to its findings.csv cell and equals it; those cells
-    are values of the other CSVs (compare_overall, compare, length_matched, mad)."""
+    """Every number of a findings sentence links to its findings.csv cell and equals it; those cells are values of the
+    other CSVs (primary, compare)."""
     _, out = report
     page = (out / "index.html").read_text()
     assert page.index('id="findings"') < page.index('id="runs"') < page.index('id="methods"')
     f = pd.read_csv(out / "findings.csv")
-    assert set(f["metric"]) == {"nuclear", "effective_rank"} and set(f["kind"]) == {"level", "mad"}
+    assert set(f.query("kind == 'level'")["metric"]) == {"nuclear", "effective_rank"} and set(f["kind"]) == {"level", "evenness"}
     nums = _findings_numbers(page)
-    assert len(nums) >= 30
+    assert len(nums) >= 20
     from layergrad.report.tables import fmt
     for text, row, col in nums:
         assert text == fmt(f.iloc[row - 1][col], col), (text, row, col)
-    ov = pd.read_csv(out / "compare_overall.csv").set_index(["group_a", "group_b", "metric"])
-    lm = pd.read_csv(out / "length_matched.csv").query("role == 'all'").set_index(["group_a", "group_b", "metric"])
+    prim = pd.read_csv(out / "primary.csv").query("role == 'all'").set_index(["group_a", "group_b", "metric"])
     cmp_ = pd.read_csv(out / "compare.csv")
     for r in f[f["kind"] == "level"].itertuples():
         key = (r.group_a, r.group_b, r.metric)
-        assert r.ratio == ov.loc[key, "ratio"] and r.ratio_ci_low == ov.loc[key, "ratio_ci_low"] and r.p_value == ov.loc[key, "p_value"]
-        np.testing.assert_equal([r.matched_ratio, r.matched_p], [lm.loc[key, "ratio"], lm.loc[key, "p_value"]])
+        assert r.ratio == prim.loc[key, "ratio"] and r.ci_low == prim.loc[key, "ci_low"] and r.p_holm == prim.loc[key, "p_holm"]
         c = cmp_[(cmp_["metric"] == r.metric)]
         assert r.cells == len(c) and r.cells_significant == int((c["p_adjusted"] < 0.05).sum())
         assert r.sentence.startswith(r.verdict[0].upper() + r.verdict[1:])
     nuc = f[(f["metric"] == "nuclear") & (f["kind"] == "level")].iloc[0]
-    # slow's nuclear norms are 2x fast's and its responses 4x longer: lengths barely overlap
-    assert nuc["design"] == "paired" and nuc["ratio"] > 1.8 and nuc["cells_higher"] == nuc["cells"]
-    assert nuc["verdict"] in ("not separable from length", "not significant at equal length", "holds at equal length")
-    assert "significant after Benjamini-Yekutieli" in nuc["sentence"]
+    # slow's nuclear norms are 2x fast's and its responses 4x longer: the lengths do not overlap
+    assert nuc["design"] == "paired" and nuc["ratio"] > 1.8 and nuc["cells_significant"] == nuc["cells"]
+    assert nuc["verdict"] == "not separable from length" and nuc["length_control"] == "no common support"
+    assert "max-T, family-wise 5%" in nuc["sentence"] and "--truncate-to" in nuc["sentence"]
 
 
 def test_small_groups_warned_and_findings_for_independent_groups(tmp_path):
@@ -192,11 +191,11 @@ def test_small_groups_warned_and_findings_for_independent_groups(tmp_path):
     rep = make_report([("A", a), ("B", b)], tmp_path / "out", **FAST)
     page = rep.index.read_text()
     sec = htmllib.unescape(re.sub(r"<[^>]+>", " ", page[page.index('<section id="findings">'):page.index("</section>")]))
-    assert "Small sample." in sec and "'A' has only 4 examples" in sec and "indicative only" in sec
+    assert "Small sample." in sec and "'A' has only 4 examples" in sec
     f = pd.read_csv(tmp_path / "out" / "findings.csv")
-    assert f["small_sample"].all() and f["sentence"].str.startswith("Indicative only: 'A' has n = 4").all()
-    assert (f["design"] == "independent").all() and "independent samples, n = 4 and 12" in f["sentence"].iloc[0]
-    assert (pd.read_csv(tmp_path / "out" / "pairing.csv")["design"] == "independent").all()
+    lev = f.query("kind == 'level'")
+    assert (lev["design"] == "independent").all() and "independent, 4 and 12 instructions" in lev["sentence"].iloc[0]
+    assert (pd.read_csv(tmp_path / "out" / "design.csv")["design"] == "independent").all()
 
 
 def test_paper_segments_reproduce_the_papers_mad(tmp_path):
@@ -273,7 +272,7 @@ def test_cli(tmp_path, capsys):
     args = report_parser().parse_args(["report", "--run", "None CoT=" + str(a), "--run", str(b), "--out", str(tmp_path / "o"),
                                  "--metric", "nuclear", "--n-boot", "50", "--n-perm", "99"])
     assert args.runs == [("None CoT", a), (None, b)]  # a bare DIR: labelled by its group, else its name
-    assert (args.segments, args.correction, args.pairing) == ("thirds", "by", "auto")
+    assert (args.segments, args.correction, args.pairing) == ("thirds", "maxt", "auto")
     p2 = report_parser().parse_args(["report", "--run", str(a), "--out", "x", "--segments", "paper", "--correction", "bh", "--pairing", "none",
                                "--metric", "s_ratio", "--metric", "s_sum_per_loss"])
     assert (p2.segments, p2.correction, p2.pairing, p2.metrics) == ("paper", "bh", "none", ["s_ratio", "s_sum_per_loss"])

@@ -36,7 +36,7 @@ with [[groups]] and [[comparisons]], which come first)::
     order = ["style", "correctness"]   # optional: outermost axis first for this comparison's groups
 
 Options of every report of the study go in ``[report]``: ``segments`` ("thirds" | "paper"),
-``correction`` ("by" | "bh"), ``pairing`` ("auto" | "none"), ``n_perm``, ``n_boot``, ``seed``,
+``correction`` ("maxt" | "by" | "bh"), ``pairing`` ("auto" | "none" | "pair_key" | "instruction" | "id"), ``n_perm``, ``n_boot``, ``seed``,
 ``metrics``, ``normalise`` ("none" | "mean" | "zscore": cross-model reports).
 
 With several ``[[models]]``, each group measured on two or more models also gets a cross-model

@@ -7,25 +7,7 @@ scores (:mod:`.selection`, which writes the selected records back in their own f
 May import: numpy, scipy, pandas, :mod:`layergrad.store`, :mod:`layergrad.vocab`; never torch or
 the run loop.
 """
-from .compare import (
-    COMPARE_COLUMNS,
-    CORRECTIONS,
-    N_PERM,
-    Pairing,
-    adjust,
-    auroc,
-    bh_adjust,
-    by_adjust,
-    compare_arrays,
-    compare_groups,
-    compare_table,
-    overall_table,
-    pair_examples,
-    pairing_table,
-    permutation_pvalues,
-    signflip_pvalues,
-    superiority,
-)
+from .compare import COMPARE_COLUMNS, CORRECTIONS, auroc, bh_adjust, by_adjust, compare_arrays, compare_groups, compare_table, superiority
 from .curves import CURVE_COLUMNS, DEFAULT_METRICS, N_BOOT, Curves, cosine_table, curve_table, group_curves
 from .groups import (
     ANALYSIS_METRICS,
@@ -41,16 +23,22 @@ from .groups import (
     require_comparable,
     status_table,
 )
-from .length import layer_mean, length_points, length_strata, length_table, matched_compare, matched_table, partial_corr, partial_table, summaries
+from .design import DESIGN_COLUMNS, Design, design, design_table
+from .evenness import EVENNESS_COLUMNS, evenness_compare_table, evenness_table, roughness
+from .length import layer_mean, length_points, length_table, partial_corr, partial_table
+from .multiplicity import N_PERM, holm, maxt, min_attainable_p
+from .primary import HEADLINE, PRIMARY_COLUMNS, primary_table
+from .verdicts import RULES as VERDICT_RULES
+from .verdicts import verdict
 from .mad import MAD_COLUMNS, PAPER_SPLITS, SEGMENTS, mad_of_curve, mad_table, segment_note, segments
 
 __all__ = [
-    "AnalysisError", "COMPARE_COLUMNS", "CURVE_COLUMNS", "Curves", "DEFAULT_METRICS", "Group", "IncompatibleGroups",
-    "MAD_COLUMNS", "N_BOOT", "N_PERM", "SEGMENTS", "auroc", "bh_adjust", "comparability_problems", "compare_groups",
-    "compare_table", "cosine_table", "curve_table", "exclusions", "group_curves", "group_from_results",
-    "layer_mean", "length_points", "length_table", "load_group", "load_groups", "mad_of_curve", "mad_table", "partial_corr", "partial_table",
-    "permutation_pvalues", "require_comparable", "segments", "status_table",
-    "ANALYSIS_METRICS", "CORRECTIONS", "DERIVED_METRICS", "PAPER_SPLITS", "Pairing", "adjust", "by_adjust", "compare_arrays",
-    "length_strata", "matched_compare", "matched_table", "overall_table", "pair_examples", "pairing_table", "segment_note",
-    "signflip_pvalues", "summaries", "superiority",
+    "ANALYSIS_METRICS", "AnalysisError", "COMPARE_COLUMNS", "CORRECTIONS", "CURVE_COLUMNS", "Curves", "DEFAULT_METRICS", "DERIVED_METRICS",
+    "DESIGN_COLUMNS", "Design", "EVENNESS_COLUMNS", "Group", "HEADLINE", "IncompatibleGroups", "MAD_COLUMNS", "N_BOOT", "N_PERM",
+    "PAPER_SPLITS", "PRIMARY_COLUMNS", "SEGMENTS", "VERDICT_RULES", "auroc", "bh_adjust", "by_adjust", "comparability_problems",
+    "compare_arrays", "compare_groups", "compare_table", "cosine_table", "curve_table", "design", "design_table",
+    "evenness_compare_table", "evenness_table", "exclusions", "group_curves", "group_from_results", "holm", "layer_mean",
+    "length_points", "length_table", "load_group", "load_groups", "mad_of_curve", "mad_table", "maxt", "min_attainable_p",
+    "partial_corr", "partial_table", "primary_table", "require_comparable", "roughness", "segment_note", "segments", "status_table",
+    "superiority", "verdict",
 ]

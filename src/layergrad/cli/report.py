@@ -90,14 +90,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--segments", choices=("thirds", "paper"), default="thirds",
                    help="MAD segments: thirds of the depth (default) or the paper's splits (26: [:7] [7:20] [20:]; "
                    "28: [:7] [7:21] [21:]; 32: [:10] [10:20] [20:]; 42: [:12] [12:30] [30:]; other depths: thirds, with a note)")
-    p.add_argument("--correction", choices=("by", "bh"), default="by",
-                   help="FDR correction within each pair of groups: by = Benjamini-Yekutieli (default; any dependence), "
-                   "bh = Benjamini-Hochberg (positive dependence)")
+    p.add_argument("--correction", choices=("maxt", "by", "bh"), default="maxt",
+                   help="correction over the (layer, role) cells of each pair of groups and metric: maxt = max-T permutation "
+                   "(default; Westfall-Young, family-wise error under any dependence), by = Benjamini-Yekutieli FDR, "
+                   "bh = Benjamini-Hochberg FDR")
     p.add_argument("--normalise", choices=("none", "mean", "zscore"), default="none",
                    help="runs of different models: divide each mean curve by its mean over layers (mean) or z-score it "
                         "(zscore), so families of different width compare in shape (default none)")
-    p.add_argument("--pairing", choices=("auto", "none"), default="auto",
-                   help="auto (default): groups whose examples share instructions are compared as paired samples; none: always independent")
+    p.add_argument("--pairing", choices=("auto", "none", "pair_key", "instruction", "id"), default="auto",
+                   help="auto (default): groups whose examples share a pair_key or instruction text are compared as paired "
+                   "samples; none: always independent; pair_key, instruction, id: pair on that key only (id: the example ids, "
+                   "only when both groups number the same records)")
     p.set_defaults(func=handler)
     return p
 

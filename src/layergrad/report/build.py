@@ -6,14 +6,15 @@ Layout of ``OUT``::
     findings.csv|md|tex            the findings in words, one row per pair and headline metric, every number a column
     curves.csv|md|tex              group, role, layer, metric, mean, ci_low, ci_high, n
     mad.csv|md|tex                 group, role, segment, metric, mad, ci_low, ci_high
+    primary.csv|md|tex             per pair, headline metric and role: the primary analysis (overall and at equal length)
     compare.csv|md|tex             group_a, group_b, design, n_pairs, role, layer, metric, rel_diff, ratio (+ CI), auroc,
-                                   p_value, p_adjusted, correction, n_a, n_b
-    compare_overall.csv|md|tex     per pair and metric: the headline test on the mean over layers and roles
+                                   p_value, p_adjusted, correction, min_p, n_a, n_b
     compare_summary.csv|md|tex     per pair and metric: tests, significant after the correction, AUROC range
-    pairing.csv|md|tex             per pair: paired or independent design, the key, pairs, dropped duplicates
-    length_matched.csv|md|tex      per pair, role and metric: the length-matched (coarsened exact matching) comparison
+    design.csv|md|tex              per pair: paired or independent, the key, units, examples left out of pairing
+    evenness.csv|md|tex            per group, role and segment: noise-corrected relative roughness (scale-free evenness)
+    evenness_compare.csv|md|tex    per pair, role and segment: roughness b vs a with interval and verdict
     length.csv|md|tex              per group and role: length vs nuclear norm correlations
-    length_partial.csv|md|tex      per pair and role: group effect controlling for length
+    length_partial.csv|md|tex      per pair and role: group effect controlling for length (exploratory; only with overlap)
     length_points.csv              the scatter's points (per example)
     cosine.csv|md|tex              only when the runs hold cosine rows
     token_shares*.csv|md|tex       only when the runs hold token shares (run --token-shares; report/shares.py)
@@ -35,9 +36,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from layergrad.analysis.compare import CORRECTIONS, DEFAULT_CORRECTION, N_PERM, compare_table, overall_table, pairing_table
+from layergrad.analysis.compare import CORRECTIONS, DEFAULT_CORRECTION, compare_table
 from layergrad.analysis.curves import DEFAULT_METRICS, N_BOOT, cosine_table, curve_table
-from layergrad.analysis.length import STRATUM_RATIO, length_points, length_table, matched_table, partial_table
+from layergrad.analysis.design import design_table
+from layergrad.analysis.evenness import evenness_compare_table, evenness_table
+from layergrad.analysis.length import length_points, length_table, partial_table
+from layergrad.analysis.multiplicity import N_PERM
+from layergrad.analysis.primary import primary_table
 from layergrad.analysis.mad import SCHEMES, describe_segments, mad_table, segment_note
 from layergrad.analysis.groups import ANALYSIS_METRICS as METRICS
 from layergrad.analysis.groups import (AnalysisError, Group, comparability_problems, exclusions, load_groups,
@@ -109,8 +114,9 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     (:func:`make_step_report`).
 
     ``segments``: ``thirds`` or ``paper`` (the paper's layer splits, analysis.mad); ``correction``:
-    ``by`` (Benjamini-Yekutieli) or ``bh`` (Benjamini-Hochberg); ``pairing``: ``auto`` (paired
-    design where the groups share instructions, analysis.compare) or ``none``.
+    ``maxt`` (max-T, family-wise), ``by`` (Benjamini-Yekutieli) or ``bh`` (Benjamini-Hochberg) over the cells of each
+    pair and metric; ``pairing``: ``auto`` (paired where the groups share pair keys or instructions, analysis.design),
+    ``none``, or one key (``pair_key``, ``instruction``, ``id``).
     """
     if checkpoints or (runs and _recorded(runs)):
         return make_step_report(runs, out, checkpoints=checkpoints, metrics=metrics, seed=seed, n_boot=n_boot)
@@ -142,14 +148,15 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     t: dict[str, pd.DataFrame] = {}
     t["curves"] = curve_table(groups, metrics, n_boot=n_boot, seed=seed)
     t["mad"] = mad_table(groups, metrics, n_boot=n_boot, seed=seed, scheme=segments)
-    t["pairing"] = pairing_table(groups, pairing)
-    t["compare"] = compare_table(groups, metrics, n_perm=n_perm, n_boot=n_boot, seed=seed, pairing=pairing, correction=correction)
+    t["design"] = design_table(groups, pairing)
+    t["compare"] = compare_table(groups, metrics, n_perm=n_perm, seed=seed, pairing=pairing, correction=correction)
     headline = [m for m in findings.HEADLINE if m in metrics]
-    t["compare_overall"] = overall_table(groups, headline, n_perm=n_perm, n_boot=n_boot, seed=seed, pairing=pairing)
+    t["primary"] = primary_table(groups, headline, pairing=pairing)
     t["compare_summary"] = _compare_summary(t["compare"])
+    t["evenness"] = evenness_table(groups, [findings.EVENNESS_METRIC], scheme=segments)
+    t["evenness_compare"] = evenness_compare_table(groups, [findings.EVENNESS_METRIC], scheme=segments, pairing=pairing)
     t["length"] = length_table(groups)
     t["length_partial"] = pd.concat([partial_table(groups, m) for m in dict.fromkeys(["nuclear", *headline])], ignore_index=True)
-    t["length_matched"] = matched_table(groups, headline, n_perm=n_perm, n_boot=n_boot, seed=seed)
     t["findings"] = findings.findings_table(t, groups)
     points = length_points(groups)
     t["cosine"] = cosine_table(groups, n_boot=n_boot, seed=seed)
@@ -157,7 +164,7 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     t["status"] = status_table(groups)
     t["exclusions"] = pd.concat([exclusions(g, metrics) for g in groups], ignore_index=True)
     notes = ([n for g in groups for n in g.notes] + _exclusion_notes(groups, t["exclusions"]) + panel_notes
-             + _design_notes(t["pairing"]) + [n for n in {segment_note(g.n_layers, segments) for g in groups} if n])
+             + _design_notes(t["design"]) + [n for n in {segment_note(g.n_layers, segments) for g in groups} if n])
     warnings = findings.small_sample_warnings(groups)
     per_example = {}  # written as CSV only (one row per example)
     if panel is not None:
@@ -166,7 +173,7 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
 
     files = {name: tables.write_table(df, out, name, CAPTIONS.get(name, "")) for name, df in t.items() if name != "cosine" or len(df)}
     if len(groups) == 1:  # nothing compared: no comparison tables beside the report
-        for name in ("findings", "pairing", "compare_overall", "length_matched"):
+        for name in ("findings", "design", "primary", "evenness_compare"):
             files.pop(name)
             for ext in ("csv", "md", "tex"):
                 (out / f"{name}.{ext}").unlink(missing_ok=True)
@@ -255,14 +262,15 @@ def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
 CAPTIONS = {
     "curves": "Per-layer mean over examples with 95% percentile bootstrap interval; n = examples with a finite value.",
     "mad": "Mean absolute difference between consecutive layers of the mean curve; segments are thirds of the depth (np.array_split); 95% bias-corrected bootstrap interval.",
-    "compare": "Group b against group a per role and layer: design (paired or independent), ratio of means with 95% bootstrap interval, AUROC P(b > a) (paired: within-pair probability of superiority), two-sided permutation (paired: sign-flip) p-value, FDR-adjusted within each pair of groups by the correction named.",
+    "compare": "Group b against group a per role and layer, on unit values (design.csv): ratio of geometric means with 95% t interval, AUROC P(b > a) (paired: within-pair probability of superiority), two-sided relabelling p-value of the studentized statistic (paired: sign flips; independent: permutations with Welch's statistic), adjusted within each pair and metric by the correction named (maxt: max-T family-wise); min_p = the smallest p the design allows.",
     "compare_summary": "Per pair of groups and metric: tests, tests with adjusted p < 0.05 (column correction of compare.csv), and the AUROC range.",
-    "compare_overall": "Per pair and metric, the headline test: per example the mean over all layers and roles; ratio of means with 95% bootstrap interval (over pairs when paired), AUROC / probability of superiority, permutation (sign-flip) p-value. One test per pair and metric, not adjusted.",
-    "pairing": "Per pair of groups: paired (examples sharing a key: pair_key, instruction text, or synthetic id stem) or independent; keys repeated within a group are dropped from pairing (n_dup_keys).",
-    "length_matched": f"Per pair, role (all = mean over roles) and metric: coarsened exact matching on response length (strata spanning a factor {STRATUM_RATIO:g}); matched means, their ratio with a bootstrap 95% interval and a stratified permutation p-value; matched_fraction of the examples in strata shared by both groups.",
-    "findings": "The findings, one row per pair of groups and headline metric; every number of a sentence is a column of its row.",
+    "primary": "The pre-specified primary analysis per pair, headline metric and role (all = geometric mean over roles): ratio of geometric means overall with 95% t interval and Holm-adjusted p (over the all rows), and at equal response length (length_control: equal = every pair at the same length; model = ln y ~ group + ln length; no common support / lengths unknown = none given).",
+    "design": "Per pair of groups: paired on a shared key (pair_key, else the instruction text; the id only with --pairing id) or independent; units are instructions (repeated instructions averaged within a group); n_left = examples without a partner, left out.",
+    "evenness": "Per group, role and segment: relative roughness of the mean curve, sqrt(mean[(step of the mean curve)^2 - var(per-example step)/n]) / mean level (scale-free, noise-corrected), with a 95% jackknife t interval.",
+    "evenness_compare": "Per pair, role and segment: roughness of b and a, their ratio, and the difference of squared roughness with a 95% jackknife t interval; verdict more even / less even where that interval excludes 0.",
+    "findings": "The findings, one row per pair of groups and headline metric, and one for evenness; every number of a sentence is a column of its row.",
     "length": "Per group and role: correlation of response length (tokens) with the per-example mean over layers of the nuclear norm.",
-    "length_partial": "Per pair, role (all = mean over roles) and metric: correlation of the per-example layer mean with group membership (0 = group_a, 1 = group_b), raw and partial on response length (Pearson on values, Spearman on ranks).",
+    "length_partial": "Exploratory. Per pair, role (all = mean over roles) and metric: correlation of the per-example layer mean with group membership (0 = group_a, 1 = group_b), raw and partial on response length (Pearson on values, Spearman on ranks); NaN where the lengths do not overlap (support = False).",
     "cosine": "Per-layer mean gradient cosine similarity with 95% bootstrap interval.",
     "runs": "The runs compared: one group per run directory, with the provenance of its numbers.",
     "status": "Examples that were not ok, by status and reason; they take no part in any statistic.",
@@ -291,12 +299,12 @@ def _compare_summary(c: pd.DataFrame) -> pd.DataFrame:
 def _design_notes(p: pd.DataFrame) -> list[str]:
     notes = []
     for r in p.itertuples():
-        if r.design == "paired" and (r.n_unpaired_a or r.n_unpaired_b):
-            notes.append(f"{r.group_b!r} vs {r.group_a!r}: paired on {r.pair_by}; {r.n_pairs} pairs, {r.n_unpaired_a} examples of "
-                         f"{r.group_a!r} and {r.n_unpaired_b} of {r.group_b!r} have no partner and take no part in that comparison's tests")
-        if r.n_dup_keys:
-            notes.append(f"{r.group_b!r} vs {r.group_a!r}: {r.n_dup_keys} pairing key(s) occur more than once in a group and were "
-                         "dropped from pairing (pairing.csv)")
+        if r.n_left_a or r.n_left_b:
+            notes.append(f"{r.group_b!r} vs {r.group_a!r}: paired on {r.pair_by}; {r.n_pairs} pairs, {r.n_left_a} examples of "
+                         f"{r.group_a!r} and {r.n_left_b} of {r.group_b!r} have no partner and take no part in that comparison (design.csv)")
+        if r.clustered:
+            notes.append(f"{r.group_b!r} vs {r.group_a!r}: some instructions have several examples in a group; they enter as one unit, "
+                         "their mean (design.csv)")
     return notes
 
 
@@ -343,6 +351,8 @@ def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int, scheme: s
                    "32 [:10] [10:20] [20:]; 42 [:12] [12:30] [30:]; other depths: thirds by np.array_split)")
     else:
         seg_how = "Segments are thirds of the depth by np.array_split"
+    from layergrad.analysis.verdicts import RULES as VERDICT_RULES
+
     corr = CORRECTIONS[correction]
     return [
         "Only examples with status ok enter any statistic; per group, the not-ok ones are counted by status and reason (status.csv).",
@@ -353,30 +363,43 @@ def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int, scheme: s
         f"{seg_how} (for {L} layers: {seg_text}); the pairs straddling a "
         "boundary count only in 'all' (all L-1 pairs). Interval: bias-corrected (BC) percentile bootstrap of the MAD of the "
         "resampled mean curves; noise inflates a MAD (a flat curve's sample MAD is positive), by about 1/sqrt(n), so compare groups of similar size.",
-        "Design: two groups are PAIRED when their examples share a key (a pair_key column, else the instruction text as scored, "
-        "else the example id without a built-in style suffix) for at least max(3, 80% of the smaller group) examples; keys repeated "
-        "within a group are dropped from pairing; unpaired examples of paired groups take no part in the tests (pairing.csv). "
-        "Other pairs of groups are independent samples.",
-        "Effect size: the ratio of means mean_b / mean_a (rel_diff = ratio - 1). Its 95% interval is a percentile bootstrap: "
-        f"independent groups resample their examples separately ({n_boot} resamples, the curves' resamples); paired groups resample "
-        "the pairs, both members together. AUROC: independent, P(b > a) + 0.5 P(b = a) for a random example of each group (Mann-Whitney U, "
-        "midranks); paired, the probability of superiority within a pair, P(d > 0) + 0.5 P(d = 0) for d = b - a.",
-        "Tests: two-sided permutation tests of the difference of means: independent, the group labels of the pooled examples are "
-        f"permuted; paired, the signs of the pair differences are flipped (sign-flip test); {n_perm} draws, p = (1 + #extreme)/(1 + {n_perm}), "
-        "exact enumeration when there are fewer distinct relabellings or sign patterns. "
-        f"Multiple testing: {corr} FDR ({'valid under any dependence; the tests share examples and neighbouring layers and are two-sided' if correction == 'by' else 'valid under positive regression dependence; use --correction by for arbitrary dependence'}) "
-        f"across all tests of one pair of groups (every metric, role and layer together), reported as p_adjusted with the column correction; "
-        f"dots in the heat maps mark p_adjusted < {ALPHA}. The headline test of the findings (compare_overall.csv) is one test per pair "
-        "and metric on the per-example mean over all layers and roles, not adjusted.",
-        "Length: per example, the metric averaged over the layers of a role (and 'all': averaged over roles too), against the number "
-        "of response tokens (Pearson and Spearman). The partial correlation of that value with group membership controlling for length is the "
-        "correlation of the residuals of least-squares fits on [1, length] (Pearson on values; Spearman: the same on ranks), "
-        "p-values from a t statistic with n - 3 degrees of freedom. Length matching (length_matched.csv): coarsened exact matching, "
-        f"strata of response length each spanning a factor {STRATUM_RATIO:g}; strata without examples of both groups are left out; "
-        "matched means weight every stratum by its matched examples (the same weights for both groups); interval by a bootstrap "
-        "of each group's matched examples (strata a resample empties for one group are dropped from it), p-value by permuting labels within strata. Matching treats paired groups as independent samples.",
-        f"Findings: sentences built from the CSV rows (findings.csv); groups with fewer than {findings.SMALL_N} examples are flagged "
-        "as indicative. A difference that is not significant after length matching is reported as such, first.",
+        "Design: two groups are PAIRED when they share at least max(3, 80% of the smaller group's) keys: a pair_key column, "
+        "else the instruction text as scored (the example id only with --pairing id). Units are instructions: the examples of a "
+        "group that share one are averaged (of the log values), so repeated instructions count once (a random intercept per "
+        "instruction, fitted exactly). Examples without a partner take no part and are counted (design.csv). Other pairs of "
+        "groups are independent samples of units.",
+        "Primary analysis (pre-specified, primary.csv): per pair and headline metric (nuclear norm, effective rank), the outcome "
+        "per example is the geometric mean over roles of the per-role layer means, so no module decides it by its size. Effect: "
+        "the ratio of geometric means, exp(mean ln b - mean ln a), with a 95% t interval (paired: Student's t on the differences; "
+        "independent: Welch's t with Satterthwaite degrees of freedom). At equal length: where every pair has the same number of "
+        "response tokens (one group cut to the other's lengths, layergrad run --truncate-to: exact for a causal LM) the effect "
+        "itself; otherwise, paired, the intercept of the OLS regression of the within-pair difference on the difference of "
+        "ln(response tokens) (the pair intercepts of ln y ~ group + ln length + pair removed by differencing), independent, the "
+        "group coefficient of ln y ~ 1 + group + ln length by OLS with HC3 standard errors (statsmodels). It is fitted only with "
+        "common support (paired: at least 2 pairs on each side of equal length; independent: at least 3 units and 25% of each "
+        "group inside the other's length range); without it no length-adjusted number is given. Holm's step-down adjustment "
+        "over all pairs x headline metrics of the report, separately for the overall and the equal-length p-values (Holm 1979). "
+        "Verdicts follow the rules of layergrad.analysis.verdicts.RULES: " + "; ".join(f"'{w}': {c}" for w, c in VERDICT_RULES) + ".",
+        "Cells (compare.csv): per (role, layer) the same ratio of geometric means on unit values with its t interval; p-values "
+        f"from {n_perm} relabellings of the studentized statistic (paired: sign flips; independent: label permutations with "
+        "Welch's statistic, valid with unequal spreads), enumerated exactly when fewer exist. "
+        + ("Multiple testing: single-step max-T (Westfall & Young 1993) within each pair of groups and metric: each relabelling is "
+           "applied to every cell and the largest |t| kept; a cell's adjusted p is the share of relabellings whose maximum reaches "
+           "its |t| (family-wise error 5% under any dependence, and layers that move together are not penalised as independent tests). "
+           if correction == "maxt" else
+           f"Multiple testing: {corr} within each pair of groups and metric (family: every role and layer). ")
+        + f"min_p is the smallest p-value the design can give; where it is at least {ALPHA}, no cell can be significant and the "
+        "findings say so. AUROC: independent, P(b > a) + 0.5 P(b = a) (Mann-Whitney U); paired, P(d > 0) + 0.5 P(d = 0).",
+        "Evenness (evenness.csv): per role and segment, the root-mean-square step of the mean curve relative to its mean level, "
+        "with each squared step reduced by its expected noise var(per-example step)/n (von Neumann's mean square successive "
+        "difference), so it is scale-free and a noisy flat curve is not called rough. Interval: jackknife t on the squared "
+        "roughness (a U-statistic). Comparisons: the difference of squared roughness with a jackknife t interval (paired: "
+        "leaving out one pair); 'more even' where the interval lies below 0. The raw MAD stays for the paper's tables.",
+        "Length (length.csv, length_partial.csv, exploratory): per example, the metric averaged over layers against the number of "
+        "response tokens (Pearson and Spearman), and the partial correlation with group membership controlling for length, only "
+        "where the lengths overlap (the primary analysis's rule).",
+        f"Findings: sentences built from the CSV rows (findings.csv). Groups with fewer than {findings.SMALL_N} examples are flagged: "
+        "their intervals are wide.",
     ]
 
 
@@ -409,7 +432,10 @@ def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> li
     mad = html.Section("mad", "Layer-to-layer change (MAD)")
     for m in fig_metrics:
         mad.figures.append(_fig(figures.mad_figure(groups, t["mad"], m), out, f"mad_{m}", f"MAD of the mean {figures.metric_label(m)} curve per segment."))
-    mad.tables.append(_table("mad.csv", t["mad"], files["mad"], 1000, len(t["mad"]) > 60, "mad"))
+    mad.tables.append(_table("evenness.csv (scale-free, noise-corrected)", t["evenness"], files["evenness"], 1000, len(t["evenness"]) > 60, "evenness"))
+    if len(groups) > 1:
+        mad.tables.append(_table("evenness_compare.csv", t["evenness_compare"], files["evenness_compare"], 1000, len(t["evenness_compare"]) > 60, "evenness_compare"))
+    mad.tables.append(_table("mad.csv (the paper's MAD, in the metric's units)", t["mad"], files["mad"], 1000, len(t["mad"]) > 60, "mad"))
     mad.intro = "Segments: " + ("the paper's layer splits (--segments paper)" if scheme == "paper" else "thirds of the depth") + f": {describe_segments(groups[0].n_layers, scheme)}."
     s.append(mad)
 
@@ -420,8 +446,8 @@ def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> li
                 a, b = groups[j], groups[k]
                 comp.figures.append(_fig(figures.auroc_figure(a, b, t["compare"], fig_metrics, ALPHA), out, f"auroc_{j + 1}_vs_{k + 1}",
                                          f"AUROC of {b.label} against {a.label} per role and layer."))
-        comp.tables.append(_table("Design per pair (pairing.csv)", t["pairing"], files["pairing"], None, False, "pairing"))
-        comp.tables.append(_table("Headline test per pair and metric (compare_overall.csv)", t["compare_overall"], files["compare_overall"], None, False, "compare_overall"))
+        comp.tables.append(_table("Primary analysis per pair, metric and role (primary.csv)", t["primary"], files["primary"], None, False, "primary"))
+        comp.tables.append(_table("Design per pair (design.csv)", t["design"], files["design"], None, False, "design"))
         comp.tables.append(_table("Summary per pair and metric (compare_summary.csv)", t["compare_summary"], files["compare_summary"], None, False, "compare_summary"))
         c = t["compare"]
         top = c.assign(_e=-(c["auroc"] - 0.5).abs()).sort_values(["p_adjusted", "_e"], kind="stable").drop(columns="_e").head(40)
@@ -435,7 +461,6 @@ def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> li
         length.figures.append(_fig(figures.length_figure(groups, points, t["length"]), out, "length_nuclear", "Response length against the nuclear norm averaged over layers."))
     length.tables.append(_table("length.csv", t["length"], files["length"], None, False, "length"))
     if len(groups) > 1:
-        length.tables.append(_table("length_matched.csv", t["length_matched"], files["length_matched"], None, len(t["length_matched"]) > 40, "length_matched"))
         length.tables.append(_table("length_partial.csv", t["length_partial"], files["length_partial"], None, len(t["length_partial"]) > 40, "length_partial"))
     s.append(length)
 

@@ -1,25 +1,17 @@
 """Findings: the report's answer in words, built only from the report's tables.
 
-One row of ``findings.csv`` per pair of groups and headline metric (nuclear norm, effective
-rank: the level of the metric; MAD: how much its mean curve moves between layers). Every number a
-sentence states is a column of that row, and the row's numbers are taken from the other CSVs
-(``compare_overall.csv``, ``compare.csv``, ``length_matched.csv``, ``length_partial.csv``,
-``mad.csv``, ``pairing.csv``), never computed here. In the HTML each number links to findings.csv
-and names its row and column in a tooltip.
+One row of ``findings.csv`` per pair of groups and headline metric (``kind = level``: nuclear
+norm, effective rank; from ``primary.csv``, the pre-specified primary analysis of
+:mod:`layergrad.analysis.primary`, with the cell-level max-T result from ``compare.csv``), and
+one per pair for evenness (``kind = evenness``, from ``evenness_compare.csv``). Every number a
+sentence states is a column of its row, copied from those tables, never computed here. In the
+HTML each number links to findings.csv and names its row and column in a tooltip.
 
-Verdicts (the first words of a level sentence), with ``alpha = 0.05``:
-
-- ``no clear difference``: the overall test (compare_overall.csv) is not significant;
-- ``holds at equal length``: significant overall AND in the length-matched comparison
-  (length_matched.csv, role ``all``), in the same direction;
-- ``not significant at equal length``: significant overall, but not after length matching:
-  the difference may be a length effect;
-- ``significant, not length-controlled (lengths unknown)``: runs without response lengths;
-- ``not separable from length``: the groups' lengths do not overlap enough to match (fewer than
-  3 matched examples in a group): the difference cannot be told apart from length.
-
-A group with fewer than ``SMALL_N`` examples makes every sentence of its pairs start with
-"Indicative only", and its intervals and tests are labelled as indicative.
+The verdict of a level row is :func:`layergrad.analysis.verdicts.verdict` of its primary row (the
+rules: ``analysis.verdicts.RULES``). The verdict of an evenness row: "more even" ("less even")
+when at least one role's roughness is significantly lower (higher) over all layers and none the
+other way; "mixed evenness" when both occur; "no clear difference in evenness" when none; "no
+inference" when no role could be compared.
 """
 from __future__ import annotations
 
@@ -28,106 +20,83 @@ import html as htmllib
 import numpy as np
 import pandas as pd
 
+from layergrad.analysis.multiplicity import layer_ranges
+from layergrad.analysis.primary import ALL_ROLES, HEADLINE
+from layergrad.analysis.verdicts import ALPHA, verdict
+
 from .tables import fmt
 
-ALPHA = 0.05
 SMALL_N = 10
-MIN_MATCHED = 3
-LOW_OVERLAP = 0.5
-HEADLINE = ("nuclear", "effective_rank")
-MAD_METRIC = "nuclear"
+EVENNESS_METRIC = "nuclear"
 NAMES = {"nuclear": "nuclear norm", "effective_rank": "effective rank", "top1_share": "top-1 share", "spectral": "spectral norm",
          "frobenius": "Frobenius norm", "s_ratio": "S_ratio", "s_sum_per_loss": "S_sum / loss"}
 FINDINGS_COLUMNS = [
-    "group_a", "group_b", "metric", "kind", "verdict", "design", "pair_by", "n_a", "n_b", "n_pairs", "small_sample",
-    "ratio", "ratio_ci_low", "ratio_ci_high", "p_value", "cells", "cells_higher", "cells_lower", "cells_significant", "correction",
-    "matched_ratio", "matched_ci_low", "matched_ci_high", "matched_p", "n_matched_a", "n_matched_b", "matched_fraction",
-    "partial_spearman", "partial_spearman_p", "roles", "roles_lower", "mad_ratio_min", "mad_ratio_max", "mad_cells",
-    "mad_cells_disjoint", "sentence",
+    "group_a", "group_b", "metric", "kind", "verdict", "design", "pair_by", "clustered", "n_a", "n_b", "n_units_a", "n_units_b",
+    "n_pairs", "n_left", "ratio", "ci_low", "ci_high", "p_holm", "length_control", "adj_ratio", "adj_ci_low", "adj_ci_high",
+    "adj_p_holm", "length_ratio", "cells", "cells_significant", "significant_where", "min_p", "roles", "roles_more_even",
+    "roles_less_even", "reason", "sentence",
 ]
 
 
 def findings_table(t: dict[str, pd.DataFrame], groups) -> pd.DataFrame:
-    """Rows of findings.csv from the report's tables ``t`` (see module docstring)."""
+    """Rows of findings.csv from the report's tables ``t`` (``primary``, ``compare``, ``evenness_compare``)."""
     rows = []
-    n_of = {g.label: g.n for g in groups}
-    pairing = t["pairing"].set_index(["group_a", "group_b"]) if len(t["pairing"]) else None
+    prim = t["primary"]
     for j in range(len(groups)):
         for k in range(j + 1, len(groups)):
             a, b = groups[j].label, groups[k].label
-            base = {"group_a": a, "group_b": b, "n_a": n_of[a], "n_b": n_of[b], "small_sample": min(n_of[a], n_of[b]) < SMALL_N}
-            if pairing is not None and (a, b) in pairing.index:
-                p = pairing.loc[(a, b)]
-                base.update(design=p["design"], pair_by=p["pair_by"], n_pairs=int(p["n_pairs"]))
             for m in HEADLINE:
-                row = _level(t, a, b, m, dict(base))
-                if row is not None:
-                    rows.append(row)
-            row = _mad(t, a, b, MAD_METRIC, dict(base))
-            if row is not None:
-                rows.append(row)
+                p = prim[(prim["group_a"] == a) & (prim["group_b"] == b) & (prim["metric"] == m) & (prim["role"] == ALL_ROLES)]
+                if len(p):
+                    rows.append(_level(p.iloc[0].to_dict(), t["compare"]))
+            ev = _evenness(t.get("evenness_compare"), a, b, prim[(prim["group_a"] == a) & (prim["group_b"] == b)])
+            if ev is not None:
+                rows.append(ev)
     df = pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
     df["sentence"] = [plain(tokens(r)) for r in df.to_dict("records")]
     return df
 
 
-def _level(t, a, b, m, row):
-    ov = t["compare_overall"]
-    ov = ov[(ov["group_a"] == a) & (ov["group_b"] == b) & (ov["metric"] == m)]
-    if len(ov) == 0:
-        return None
-    o = ov.iloc[0]
-    c = t["compare"]
-    c = c[(c["group_a"] == a) & (c["group_b"] == b) & (c["metric"] == m)]
-    row.update(metric=m, kind="level", ratio=o["ratio"], ratio_ci_low=o["ratio_ci_low"], ratio_ci_high=o["ratio_ci_high"],
-               p_value=o["p_value"], cells=int(c["ratio"].notna().sum()), cells_higher=int((c["ratio"] > 1).sum()),
-               cells_lower=int((c["ratio"] < 1).sum()), cells_significant=int((c["p_adjusted"] < ALPHA).sum()),
-               correction=str(c["correction"].iloc[0]) if len(c) else "")
-    mt = t["length_matched"]
-    mt = mt[(mt["group_a"] == a) & (mt["group_b"] == b) & (mt["metric"] == m) & (mt["role"] == "all")]
-    if len(mt) and mt.iloc[0]["n_a"] > 0 and mt.iloc[0]["n_b"] > 0:  # else: lengths unknown (imported runs)
-        x = mt.iloc[0]
-        row.update(matched_ratio=x["ratio"], matched_ci_low=x["ratio_ci_low"], matched_ci_high=x["ratio_ci_high"],
-                   matched_p=x["p_value"], n_matched_a=int(x["n_matched_a"]), n_matched_b=int(x["n_matched_b"]),
-                   matched_fraction=x["matched_fraction"])
-    pt = t["length_partial"]
-    pt = pt[(pt["group_a"] == a) & (pt["group_b"] == b) & (pt["metric"] == m) & (pt["role"] == "all")]
-    if len(pt):
-        row.update(partial_spearman=pt.iloc[0]["partial_spearman"], partial_spearman_p=pt.iloc[0]["partial_spearman_p"])
-    row["verdict"] = _verdict(row)
+def _level(p: dict, compare: pd.DataFrame) -> dict:
+    row = {c: p.get(c) for c in FINDINGS_COLUMNS if c in p}
+    row.update(kind="level", verdict=verdict(p), n_left=int(p["n_left_a"] + p["n_left_b"]), reason=p.get("reason", ""))
+    c = compare[(compare["group_a"] == p["group_a"]) & (compare["group_b"] == p["group_b"]) & (compare["metric"] == p["metric"])]
+    c = c[np.isfinite(c["p_adjusted"].astype(float))]
+    row["cells"] = len(c)
+    if len(c):
+        sig = c[c["p_adjusted"] < ALPHA]
+        row["cells_significant"] = len(sig)
+        row["min_p"] = float(c["min_p"].iloc[0])
+        where = []
+        for role, s in sig.groupby("role", sort=False):
+            where.append(f"{role} layers {layer_ranges(s['layer'].tolist())}")
+        row["significant_where"] = "; ".join(where)
     return row
 
 
-def _verdict(r) -> str:
-    if not (np.isfinite(r["p_value"]) and r["p_value"] < ALPHA):
-        return "no clear difference"
-    if r.get("n_matched_a") is None or not np.isfinite(r["n_matched_a"]):
-        return "significant, not length-controlled (lengths unknown)"
-    if min(r["n_matched_a"], r["n_matched_b"]) < MIN_MATCHED:
-        return "not separable from length"
-    same_side = np.sign(np.log(r["matched_ratio"])) == np.sign(np.log(r["ratio"])) if r["matched_ratio"] > 0 else False
-    if np.isfinite(r["matched_p"]) and r["matched_p"] < ALPHA and same_side:
-        return "holds at equal length"
-    return "not significant at equal length"
-
-
-def _mad(t, a, b, m, row):
-    d = t["mad"]
-    d = d[d["metric"] == m]
-    da, db = d[d["group"] == a].set_index(["role", "segment"]), d[d["group"] == b].set_index(["role", "segment"])
-    if len(da) == 0 or len(db) == 0:
+def _evenness(ev: pd.DataFrame | None, a: str, b: str, prim: pd.DataFrame) -> dict | None:
+    if ev is None or len(ev) == 0:
         return None
-    j = da.add_suffix("_a").join(db.add_suffix("_b"), how="inner")
-    j = j[np.isfinite(j["mad_a"]) & np.isfinite(j["mad_b"])]
-    allseg = j.xs("all", level="segment") if len(j) and "all" in j.index.get_level_values("segment") else j.iloc[:0]
-    if len(allseg) == 0:
+    e = ev[(ev["group_a"] == a) & (ev["group_b"] == b) & (ev["metric"] == EVENNESS_METRIC) & (ev["segment"] == "all")]
+    if len(e) == 0:
         return None
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = allseg["mad_b"] / allseg["mad_a"]
-    disjoint = (j["ci_high_b"] < j["ci_low_a"]) | (j["ci_high_a"] < j["ci_low_b"])
-    row.update(metric=m, kind="mad", verdict="not length-controlled", roles=len(allseg), roles_lower=int((ratio < 1).sum()),
-               mad_ratio_min=float(ratio.min()), mad_ratio_max=float(ratio.max()), mad_cells=len(j), mad_cells_disjoint=int(disjoint.sum()))
-    return row
+    judged = e[e["verdict"] != "no inference"]
+    more, less = int((judged["verdict"] == "more even").sum()), int((judged["verdict"] == "less even").sum())
+    if len(judged) == 0:
+        word = "no inference"
+    elif more and less:
+        word = "mixed evenness"
+    elif more:
+        word = "more even"
+    elif less:
+        word = "less even"
+    else:
+        word = "no clear difference in evenness"
+    first = prim.iloc[0] if len(prim) else {}
+    return {"group_a": a, "group_b": b, "metric": EVENNESS_METRIC, "kind": "evenness", "verdict": word,
+            "design": first.get("design", ""), "n_a": first.get("n_a"), "n_b": first.get("n_b"), "roles": len(judged),
+            "roles_more_even": more, "roles_less_even": less,
+            "reason": "" if len(judged) else "fewer than 4 complete curves per group, or fewer than 3 layers"}
 
 
 # ---- words ------------------------------------------------------------------------------------
@@ -137,55 +106,64 @@ def _n(r, col):
     return ("num", r[col], col)
 
 
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
 def tokens(r: dict) -> list:
     """The sentence of a findings row as text pieces and ``("num", value, column)`` tokens."""
     a, b, m = r["group_a"], r["group_b"], NAMES.get(r["metric"], r["metric"])
-    out: list = []
-    if r["small_sample"]:
-        small = a if r["n_a"] < SMALL_N else b
-        out += [f"Indicative only: {small!r} has n = ", _n(r, "n_a" if small == a else "n_b"),
-                f" (< {SMALL_N}); its intervals and tests are indicative. "]
+    if r["kind"] == "evenness":
+        if r["verdict"] == "no inference":
+            return [f"No inference on evenness of {b} vs {a}: {r['reason']}."]
+        return [f"{_cap(r['verdict'])}: relative roughness of the mean {m} curve over all layers (noise-corrected, scale-free), "
+                f"{b} vs {a}: lower in ", _n(r, "roles_more_even"), " and higher in ", _n(r, "roles_less_even"), " of ", _n(r, "roles"),
+                " roles (95% intervals; evenness_compare.csv)."]
+    v = r["verdict"]
+    out: list = [f"{_cap(v)}. {_cap(m)} of {b} vs {a} (geometric mean over roles; "]
     if r["design"] == "paired":
-        design = ["paired on ", r["pair_by"], ", ", _n(r, "n_pairs"), " pairs"]
+        out += ["paired on ", str(r["pair_by"]), ", ", _n(r, "n_pairs"), " pairs"]
     else:
-        design = ["independent samples, n = ", _n(r, "n_a"), " and ", _n(r, "n_b")]
-    if r["kind"] == "mad":
-        out += [f"MAD of the mean {m} curve (all layers), {b} vs {a}: ratio ", _n(r, "mad_ratio_min"), " to ", _n(r, "mad_ratio_max"),
-                " over roles; smaller in ", _n(r, "roles_lower"), " of ", _n(r, "roles"), " roles; the 95% intervals are disjoint in ",
-                _n(r, "mad_cells_disjoint"), " of ", _n(r, "mad_cells"), " (role, segment) cells. MAD is not length-controlled here."]
-        return out
-    verdict = r["verdict"]
-    out += [f"{verdict[0].upper() + verdict[1:]}. "]
-    out += [f"{m.capitalize()} (mean over layers and roles), {b} vs {a} (", *design, "): ratio of means ", _n(r, "ratio"),
-            " (95% CI ", _n(r, "ratio_ci_low"), "–", _n(r, "ratio_ci_high"), ", p = ", _n(r, "p_value"), "); ",
-            f"{b} higher in ", _n(r, "cells_higher"), " and lower in ", _n(r, "cells_lower"), " of ", _n(r, "cells"),
-            " (layer, role) cells, ", _n(r, "cells_significant"), f" significant after {_corr(r['correction'])} (q < {ALPHA}). "]
-    nm_a, nm_b = r.get("n_matched_a"), r.get("n_matched_b")
-    if nm_a is None or not np.isfinite(nm_a):
-        out += ["No length-matched comparison (response lengths unknown)."]
-    elif min(nm_a, nm_b) < MIN_MATCHED:
-        how = "do not overlap" if max(nm_a, nm_b) == 0 else "barely overlap"
-        out += [f"Length: the groups' response lengths {how} (", _n(r, "n_matched_a"), " and ", _n(r, "n_matched_b"),
-                " examples in shared length strata), so no length-matched comparison is possible and the difference cannot be "
-                "told apart from length"]
-        out += _partial(r) + ["."]
-    else:
-        warn = r["matched_fraction"] < LOW_OVERLAP
-        out += ["At equal length (" + ("warning: lengths barely overlap, only " if warn else ""), _n(r, "n_matched_a"), " and ",
-                _n(r, "n_matched_b"), " examples matched, fraction ", _n(r, "matched_fraction"), "): ratio ", _n(r, "matched_ratio"),
-                " (95% CI ", _n(r, "matched_ci_low"), "–", _n(r, "matched_ci_high"), ", p = ", _n(r, "matched_p"), ")"]
-        out += [", not significant" if not (r["matched_p"] < ALPHA) else ""] + _partial(r) + ["."]
+        out += ["independent, ", _n(r, "n_units_a"), " and ", _n(r, "n_units_b"), " " + ("instructions" if r["pair_by"] else "examples")]
+    if r["clustered"]:
+        out += [", repeated instructions averaged"]
+    if r["n_left"]:
+        out += ["; ", _n(r, "n_left"), " examples without a partner left out"]
+    out += ["). "]
+    if v == "no inference":
+        return out + [_cap(str(r["reason"]) or "no interval or test is possible") + "."]
+    out += ["Overall ratio ", _n(r, "ratio"), " (95% CI ", _n(r, "ci_low"), "–", _n(r, "ci_high"), ", Holm p ", _n(r, "p_holm"), "). "]
+    lc = r["length_control"]
+    if lc == "equal":
+        out += ["Every pair has the same number of response tokens, so this is the effect at exactly equal length."]
+    elif lc == "model":
+        out += ["At equal length (ln y ~ group + ln length; ", b, "'s responses ", _n(r, "length_ratio"), "x as long): ratio ",
+                _n(r, "adj_ratio"), " (95% CI ", _n(r, "adj_ci_low"), "–", _n(r, "adj_ci_high"), ", Holm p ", _n(r, "adj_p_holm"), ")."]
+    elif lc == "no common support":
+        out += ["The lengths do not overlap enough (", b, "'s responses ", _n(r, "length_ratio"), "x as long), so these data cannot "
+                "separate the difference from length; measuring ", b, " cut to ", a, "'s lengths (layergrad run --truncate-to) would."]
+    elif lc == "lengths unknown":
+        out += ["Response lengths are unknown, so this is not length-controlled."]
+    if v == "no clear difference":
+        lo, hi = ("adj_ci_low", "adj_ci_high") if lc in ("equal", "model") else ("ci_low", "ci_high")
+        out += [" The data allow ratios from ", _n(r, lo), " to ", _n(r, hi), ": too uncertain to tell; measure more examples."]
+    out += _cells(r)
     return out
 
 
-def _partial(r) -> list:
-    if r.get("partial_spearman") is None or not np.isfinite(r["partial_spearman"]):
+def _cells(r: dict) -> list:
+    cells = r.get("cells")
+    if not cells or not np.isfinite(cells):
         return []
-    return ["; partial Spearman correlation with group given length ", _n(r, "partial_spearman"), " (p = ", _n(r, "partial_spearman_p"), ")"]
-
-
-def _corr(code: str) -> str:
-    return {"by": "Benjamini-Yekutieli", "bh": "Benjamini-Hochberg"}.get(code, code)
+    min_p = r.get("min_p")
+    if min_p is not None and np.isfinite(min_p) and min_p >= ALPHA:
+        n = r["n_pairs"] if r["design"] == "paired" else f"{r['n_units_a']} and {r['n_units_b']}"
+        return [f" Per (layer, role) cell: with {n} {'pairs' if r['design'] == 'paired' else 'units'} no cell test can reach {ALPHA} "
+                "(smallest attainable p ", _n(r, "min_p"), "); measure more examples."]
+    if r["cells_significant"]:
+        return [" Per cell (max-T, family-wise 5%): significant in ", _n(r, "cells_significant"), " of ", _n(r, "cells"), " (",
+                str(r["significant_where"]), ")."]
+    return [" Per cell (max-T, family-wise 5%): none of ", _n(r, "cells"), " significant."]
 
 
 def plain(toks: list) -> str:
@@ -207,7 +185,7 @@ def sentence_html(row: dict, row_number: int, href: str = "findings.csv") -> str
 def findings_html(df: pd.DataFrame, href: str = "findings.csv", with_pair: bool = False) -> str:
     """The findings as a list grouped by pair of groups (``with_pair``: also name the pair in each item)."""
     if len(df) == 0:
-        return "<p>One group only: no comparison to state. The curves and MAD below describe it.</p>"
+        return "<p>One group only: no comparison to state. The curves below describe it.</p>"
     parts, last = [], None
     for i, r in enumerate(df.to_dict("records")):
         pair = (r["group_a"], r["group_b"])
@@ -216,12 +194,12 @@ def findings_html(df: pd.DataFrame, href: str = "findings.csv", with_pair: bool 
                 parts.append("</ul>")
             parts.append(f'<h3>{htmllib.escape(r["group_b"])} vs {htmllib.escape(r["group_a"])}</h3><ul class="findings">')
             last = pair
-        cls = "verdict-" + r["verdict"].replace(" ", "-")
+        cls = "verdict-" + r["verdict"].replace(" ", "-").replace(",", "")
         parts.append(f'<li class="{cls}">{sentence_html(r, i + 1, href)}</li>')
     parts.append("</ul>")
     return "".join(parts)
 
 
 def small_sample_warnings(groups) -> list[str]:
-    return [f"Group {g.label!r} has only {g.n} example{'s' if g.n != 1 else ''} (fewer than {SMALL_N}): its intervals and tests are "
-            "indicative only; measure more examples before drawing conclusions." for g in groups if g.n < SMALL_N]
+    return [f"Group {g.label!r} has only {g.n} example{'s' if g.n != 1 else ''} (fewer than {SMALL_N}): its intervals are wide; "
+            "measure more examples before drawing conclusions." for g in groups if g.n < SMALL_N]

@@ -16,6 +16,11 @@ _P_COLUMNS = {"p_value", "p_adjusted", "min_p_adjusted", "pearson_p", "spearman_
 NAN = "–"
 
 
+
+def _numeric(col: pd.Series) -> bool:
+    """A column of numbers (right-aligned); booleans are words (True/False), not numbers."""
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
 def fmt(value, column: str = "") -> str:
     """One cell as text: ints plain, floats with 4 significant digits (p-values 3), NaN as an en dash."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -40,7 +45,7 @@ def to_markdown(df: pd.DataFrame) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
 
     head = "| " + " | ".join(esc(str(c)) for c in df.columns) + " |"
-    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in df.columns) + "|"
+    rule = "|" + "|".join("---:" if _numeric(df[c]) else ":---" for c in df.columns) + "|"
     body = ["| " + " | ".join(esc(c) for c in row) + " |" for row in _cells(df)]
     return "\n".join([head, rule, *body]) + "\n"
 
@@ -55,7 +60,7 @@ def tex_escape(s: str) -> str:
 
 def to_latex(df: pd.DataFrame, caption: str = "", label: str = "") -> str:
     """A booktabs ``longtable`` (needs ``\\usepackage{booktabs,longtable}``)."""
-    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    align = "".join("r" if _numeric(df[c]) else "l" for c in df.columns)
     head = " & ".join(tex_escape(str(c)) for c in df.columns) + r" \\"
     lines = [rf"\begin{{longtable}}{{{align}}}"]
     if caption:
@@ -71,7 +76,7 @@ def to_html(df: pd.DataFrame, max_rows: int | None = None, source: str = "") -> 
     if len(df) == 0:
         return '<p class="empty">None.</p>'
     shown = df if max_rows is None or len(df) <= max_rows else df.head(max_rows)
-    num = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    num = [_numeric(df[c]) for c in df.columns]
     out = ['<table class="data"><thead><tr>']
     out += [f'<th class="{"num" if n else ""}">{html.escape(str(c))}</th>' for c, n in zip(df.columns, num)]
     out.append("</tr></thead><tbody>")
