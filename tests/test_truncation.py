@@ -264,3 +264,18 @@ def test_an_old_store_without_the_length_columns_still_loads(tmp_path):
     ex = load_results(tmp_path / "old").examples
     assert ex.loc[0, "n_response_tokens_full"] == 7 and ex["truncate_at"].isna().all()
     assert json.loads((tmp_path / "old" / "manifest.json").read_text())["schema_version"] == 2
+
+
+def test_cut_keeps_the_first_k_loss_terms_of_several_assistant_turns():
+    """--turns all: the loss terms lie in several spans; the cut keeps the first k of them, in order."""
+    from layergrad.inputs.prompting import Encoded
+    from layergrad.run.truncate import cut
+
+    enc = Encoded(input_ids=list(range(14)), n_prompt=3, n_response=6, truncated=False, text="", response_start=0,
+                  spans=((3, 5), (8, 12)))
+    assert enc.loss_targets() == [3, 4, 8, 9, 10, 11]
+    for k, ids_kept, spans in [(1, 4, ((3, 4),)), (2, 5, ((3, 5),)), (3, 9, ((3, 5), (8, 9))), (6, 14, ((3, 5), (8, 12)))]:
+        got = cut(enc, k)
+        assert len(got.input_ids) == ids_kept and got.spans == spans and got.n_response == min(k, 6)
+        assert got.loss_targets() == enc.loss_targets()[:k] and got.cut.full == 6 and got.cut.at == k
+    assert cut(enc, 9).input_ids == enc.input_ids  # at most K: whole

@@ -85,6 +85,9 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     partners = truncate.load_partners(cfg.truncate_to, examples) if cfg.truncate_to is not None else None
     loaded = loaded or _load_model(cfg, device)
     model, tok = loaded.model, loaded.tokenizer
+    if partners is not None and partners.manifest.get("model_fingerprint") not in (None, loaded.fingerprint):
+        note(f"layergrad: --truncate-to {cfg.truncate_to} was computed with another model "
+             f"({partners.manifest.get('model')}); its lengths are counted in that model's tokens")
     refuse_quantized(model, what=f"model {cfg.model!r}")
     model.eval()
     targets = find_targets(model, cfg.modules)
