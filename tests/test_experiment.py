@@ -176,3 +176,12 @@ def test_matrix_truncated_groups_and_listed_fixes():
     with pytest.raises(ExperimentError, match="to = 'Nnoe' is not a label of axis 'style'"):
         expand_matrix({"data": "{style}.json", "style": ["None", "Detailed"],
                        "truncated": [{"axis": "style", "from": "Detailed", "to": "Nnoe", "label": "x"}]})
+
+
+def test_a_group_may_cut_every_response_after_k_tokens(tmp_path, study):
+    study.write_text(study.read_text().replace('label = "long"\ndata = "long.json"', 'label = "long"\ndata = "long.json"\ntruncate_response = 3'))
+    jobs, _ = plan(load_config(study), out=tmp_path / "o")
+    assert {j.label: j.cfg.truncate_response for j in jobs} == {"short": None, "long": 3}
+    study.write_text(study.read_text().replace("truncate_response = 3", 'truncate_response = "3"'))
+    with pytest.raises(ExperimentError, match="truncate_response \\(in group 'long'\\): must be an integer >= 1"):
+        plan(load_config(study), out=tmp_path / "o")

@@ -398,6 +398,8 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
         s = engine.run(job.cfg, loaded=loaded_cache[key], wait_for_lock=True)
         if main_rank:
             log(f"    {s.out}: {s.status_counts}, {s.computed} computed now ({s.seconds:.0f} s)")
+            for line in s.notes:  # what --truncate-* did (and how many examples had no usable partner)
+                log(f"    {line}")
     if world is not None:
         distributed.barrier()
     if not reports or not main_rank:

@@ -53,12 +53,16 @@ def cmd_export(a) -> int:
 
 def cmd_import(a) -> int:
     from layergrad.errors import ConfigError
-    from layergrad.inputs.models import load_tokenizer
+    from layergrad.inputs.models import ModelError, load_tokenizer
     from layergrad.store.paper import import_reference
 
     if a.max_length < 1:
         raise ConfigError(f"--max-length must be an integer >= 1, got {a.max_length}")
-    tok = None if a.tokenizer.strip().lower() == "none" else load_tokenizer(a.tokenizer)
+    try:
+        tok = None if a.tokenizer.strip().lower() == "none" else load_tokenizer(a.tokenizer)
+    except ModelError as e:
+        raise ModelError(f"--tokenizer {a.tokenizer}: {e}. Name the tokenizer of the model the file was computed with "
+                         "(--tokenizer NAME_OR_FOLDER), or --tokenizer none to import without response lengths") from None
     n = import_reference(a.file, a.to, group=a.group, tokenizer=tok, tokenizer_name=a.tokenizer, prompt_mode=a.prompt_mode,
                          max_length=a.max_length)
     counted = f"; response lengths counted with the {a.tokenizer!r} tokenizer ({a.prompt_mode} prompts)" if tok else \
