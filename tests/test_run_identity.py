@@ -29,6 +29,8 @@ CHANGES = {
     "ifd": ({"ifd": True}, {}),
     "token_shares": ({"token_shares": True}, {}),
     "gram_precision": ({"gram_precision": "float32-qr"}, {}),  # the float32 route (tests/test_gram_precision.py)
+    "truncate_response": ({"truncate_response": 2}, {}),  # length control (tests/test_truncation.py)
+    "truncate_to": ({"truncate_to": "partner"}, {}),  # a run computed first, under tmp_path/partner
     "loss_rule": ({}, {}),  # a new loss definition (engine.LOSS_RULE)
     "schema_version": ({}, {}),  # rows that mean something else (store/schema.py)
     "model_revision": ({}, {"revision": "0123abcd"}),  # a hub model at another commit
@@ -56,6 +58,9 @@ def test_resume_with_another_configuration_is_refused_naming_it(tmp_path, tokeni
     before = tree_digest(Path(first.out))
 
     cfg_changes, model_changes = CHANGES[key]
+    if key == "truncate_to":  # the partner: the same data, another run directory
+        engine.run(config(tmp_path, records, out="partner", modules="attn"), loaded=loaded(model, tokenizer))
+        cfg_changes = {"truncate_to": str(tmp_path / "partner")}
     if "data_name" in cfg_changes:
         write_json(tmp_path / cfg_changes["data_name"], MANY[:3])
     second = config(tmp_path, records, **{"modules": "attn", **cfg_changes})

@@ -21,6 +21,11 @@ An explicit ``method`` (``gram``, ``factored``, ``dense``) is used for every mod
 default) or ``float32-qr`` (opt-in, for GPUs with weak FP64: repeated token rows merged exactly, then QR
 and SVD in float32; ``spectra.svd.float32_qr_svdvals``). It changes the numbers (by ~5e-7 relative,
 measured in BENCHMARKS.md), so it is part of a run's identity; with float64 statistics it has no effect.
+
+``truncate_response`` (K) and ``truncate_to`` (another run's directory) cut each example's response after
+its first K loss terms, or after as many as its partner in that run has (docs/length-control.md). Token ids
+are cut after tokenisation; for a causal LM the result is exactly the gradient of the response as far as
+its K-th token. Both change the numbers, so both are part of a run's identity.
 """
 from __future__ import annotations
 
@@ -79,6 +84,8 @@ class RunConfig:
     method: str = "auto"  # vocab.METHODS: auto | gram | factored | dense (auto: see the module docstring)
     eig_batch: str = "auto"  # vocab.EIG_BATCH: the Gram path's eigenproblems batched (auto: on CUDA; exact either way)
     gram_precision: str = "float64"  # vocab.GRAM_PRECISIONS: float64 | float32-qr (float32 statistics' arithmetic)
+    truncate_response: int | None = None  # cut each response after its first K response tokens (loss terms); None: no cut
+    truncate_to: str | None = None  # a computed run's directory: cut each response to its partner's n_response_tokens there
     shard: str | None = None  # "i/N": this process takes shard i of N
     progress: bool = True
     fields: dict = field(default_factory=dict)  # field-name overrides: instruction, input, output, id, messages, text
@@ -142,7 +149,19 @@ class RunConfig:
         if "turns" not in skip and self.turns == "all" and self.reference is True:
             out.append(f"{_label('turns', origins)}: 'all' cannot use the paper's tokenisation rule (drop-in mode, "
                        "reference = true), which knows one response; use --turns last")
+        if self.truncate_response is not None and self.truncate_to is not None:
+            out.append(f"{_label('truncate_to', origins)}: give either --truncate-response K or --truncate-to RUN_DIR, not both")
+        if "truncate_to" not in skip and isinstance(self.truncate_to, str) and isinstance(self.out, str) and self.out \
+                and _same_path(self.truncate_to, self.out):
+            out.append(f"{_label('truncate_to', origins)}: {self.truncate_to!r} is this run's own --out; name another, "
+                       "already computed run")
         return out
+
+
+def _same_path(a: str, b: str) -> bool:
+    import os
+
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
 
 
 def _label(name: str, origins: dict[str, str] | None = None) -> str:
@@ -348,6 +367,8 @@ _CHECKS = {
     "method": _one_of(vocab.METHODS, what="method"),
     "eig_batch": _one_of(vocab.EIG_BATCH, what="eig_batch value"),
     "gram_precision": _one_of(vocab.GRAM_PRECISIONS, what="gram precision"),
+    "truncate_response": _int_at_least(1, optional=True, none_means="no cut"),
+    "truncate_to": _str(optional=True),
     "shard": _shard,
     "progress": _bool,
     "fields": _fields,

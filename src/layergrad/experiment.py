@@ -35,6 +35,30 @@ with [[groups]] and [[comparisons]], which come first)::
     fix = { correctness = "" }      # ... of the groups with these axis labels; other axes vary
     order = ["style", "correctness"]   # optional: outermost axis first for this comparison's groups
 
+Length control by truncation (docs/length-control.md): a group may say ``truncate_to = "<another
+group's label>"`` (each example's response cut to the length of its partner in that group's run for
+the same model, which is then run first) or ``truncate_response = K``::
+
+    [[groups]]
+    label = "Detailed CoT, cut to None CoT length"
+    data = "builtin:detailed"
+    truncate_to = "None CoT"
+
+In a ``[matrix]``, ``[[matrix.truncated]]`` adds such a group for every cell of one axis label (the
+other axes the same), and a comparison's ``fix`` may list several labels of an axis (in that order);
+a truncated group enters only the comparisons whose ``fix`` names its label::
+
+    [[matrix.truncated]]
+    axis = "style"
+    from = "Detailed CoT"                          # the data of this label's cells ...
+    to = "None CoT"                                # ... cut to the lengths of this label's cells
+    label = "Detailed CoT, cut to None CoT length" # the new groups' label on that axis
+    fix = { correctness = "" }                     # optional: only these cells
+    [[matrix.comparisons]]
+    title = "{task}: fast vs slow thinking at equal length"
+    each = ["task"]
+    fix = { correctness = "", style = ["None CoT", "Detailed CoT, cut to None CoT length"] }
+
 Options of every report of the study go in ``[report]``: ``segments`` ("thirds" | "paper"),
 ``correction`` ("maxt" | "by" | "bh"), ``pairing`` ("auto" | "none" | "pair_key" | "instruction" | "id"), ``n_perm``, ``n_boot``, ``seed``,
 ``metrics``, ``normalise`` ("none" | "mean" | "zscore": cross-model reports).
@@ -67,9 +91,10 @@ class ExperimentError(LayergradError, ValueError):
 
 #: The keys of an experiment file, and of one of its [[groups]].
 TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons", "builtin", "matrix", "report")
-MATRIX_KEYS = ("data", "label", "comparisons")
+MATRIX_KEYS = ("data", "label", "comparisons", "truncated")
 MATRIX_COMPARISON_KEYS = ("title", "each", "fix", "order")
-GROUP_KEYS = ("label", "data", "run")
+MATRIX_TRUNCATED_KEYS = ("axis", "from", "to", "label", "fix")
+GROUP_KEYS = ("label", "data", "run", "truncate_to", "truncate_response")
 
 
 @dataclass
@@ -117,11 +142,53 @@ def load_config(path: str | Path) -> dict:
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise ExperimentError(f"{path}: group labels must be unique; repeated: {', '.join(sorted(dup))}")
+    conf["groups"] = _partners_first(conf["groups"], path)
     for i, c in enumerate(conf.get("comparisons", [])):
         unknown = [g for g in c.get("groups", []) if g not in labels]
         if unknown or len(c.get("groups", [])) < 1:
             raise ExperimentError(f"{path}: comparisons[{i}] ({c.get('title')!r}) names unknown group(s) {unknown}; groups are: {', '.join(labels)}")
     return conf
+
+
+def _partners_first(groups: list[dict], path) -> list[dict]:
+    """``groups`` with every ``truncate_to`` group before the groups cut to its lengths (else in file order).
+
+    An unknown label is refused with a did-you-mean and the list of labels; so are a group cut to its own
+    lengths, a cycle, and ``truncate_to`` in a ``run`` table (a run directory there; a group names a label).
+    """
+    labels = [g["label"] for g in groups]
+    problems = []
+    for g in groups:
+        if "truncate_to" in (g.get("run") or {}):
+            problems.append(f"group {g['label']!r}: truncate_to goes in the group itself (truncate_to = \"<a group's label>\"), "
+                            "not in its run table")
+        to = g.get("truncate_to")
+        if to is None:
+            continue
+        if not isinstance(to, str) or to not in labels:
+            hint = did_you_mean(str(to), labels, template=" (did you mean {!r}?)")
+            problems.append(f"group {g['label']!r}: truncate_to = {to!r} is no group's label{hint}; groups are: {', '.join(labels)}")
+        elif to == g["label"]:
+            problems.append(f"group {g['label']!r}: truncate_to names the group itself; name the group whose lengths to cut to")
+    if problems:
+        raise ExperimentError(f"{path}: " + "; ".join(problems))
+    by_label = {g["label"]: g for g in groups}
+    ordered, placing = [], []
+
+    def place(g):
+        if g in ordered:
+            return
+        if g in placing:
+            raise ExperimentError(f"{path}: truncate_to forms a cycle: {' -> '.join(x['label'] for x in placing + [g])}")
+        placing.append(g)
+        if g.get("truncate_to") is not None:
+            place(by_label[g["truncate_to"]])
+        placing.pop()
+        ordered.append(g)
+
+    for g in groups:
+        place(g)
+    return ordered
 
 
 def _axes(matrix: dict, path) -> dict[str, list[tuple[str, str]]]:
@@ -165,32 +232,75 @@ def expand_matrix(matrix: dict, path="experiment") -> tuple[list[dict], list[dic
         label = " / ".join(part for part in _fill(label_pattern, labels, path, "label").split(" / ") if part.strip())
         groups.append({"label": label, "data": _fill(matrix["data"], values, path, "data")})
         cells.append(labels)
+    derived = _truncated_groups(matrix, axes, groups, cells, label_pattern, path)  # axis -> its new labels
     comparisons = []
     for i, c in enumerate(matrix.get("comparisons", [])):
         bad = [k for k in c if k not in MATRIX_COMPARISON_KEYS]
         if bad or not isinstance(c.get("title"), str):
             raise ExperimentError(f"{path}: matrix.comparisons[{i}] takes a string 'title', 'each' (axes) and 'fix' (axis = label); "
                                   f"unknown: {', '.join(bad) or '-'}")
-        each, fix = list(c.get("each", [])), dict(c.get("fix", {}))
+        each = list(c.get("each", []))
+        fix = {n: [v] if isinstance(v, str) else list(v) for n, v in dict(c.get("fix", {})).items()}
         unknown = [n for n in each + list(fix) if n not in axes]
         if unknown:
             raise ExperimentError(f"{path}: matrix.comparisons[{i}] ({c['title']!r}) names unknown axes {unknown}; axes are: {', '.join(names)}")
-        for n, lab in fix.items():
-            if lab not in [x for x, _ in axes[n]]:
-                raise ExperimentError(f"{path}: matrix.comparisons[{i}]: {lab!r} is not a label of axis {n!r} ({', '.join(repr(x) for x, _ in axes[n])})")
+        for n, labs in fix.items():
+            known = [x for x, _ in axes[n]] + derived.get(n, [])
+            for lab in labs:
+                if lab not in known:
+                    raise ExperimentError(f"{path}: matrix.comparisons[{i}]: {lab!r} is not a label of axis {n!r} ({', '.join(repr(x) for x in known)})")
         order = list(c.get("order", []))
         if any(n not in axes for n in order):
             raise ExperimentError(f"{path}: matrix.comparisons[{i}] ({c['title']!r}): 'order' names unknown axes; axes are: {', '.join(names)}")
         order += [n for n in names if n not in order]
-        rank = {n: {lab: j for j, (lab, _) in enumerate(axes[n])} for n in names}
+        # rank of a label on an axis: its place in the comparison's fix list, else in the axis (truncated labels last)
+        rank = {n: {lab: j for j, lab in enumerate(fix[n] if n in fix else [x for x, _ in axes[n]] + derived.get(n, []))}
+                for n in names}
         for combo in itertools.product(*([lab for lab, _ in axes[n]] for n in each)):
-            want = {**fix, **dict(zip(each, combo))}
-            chosen = [(g["label"], cell) for g, cell in zip(groups, cells) if all(cell[n] == v for n, v in want.items())]
+            want = {**fix, **{n: [v] for n, v in zip(each, combo)}}
+            # an axis the comparison does not fix takes its own labels only: a truncated group is chosen by name
+            chosen = [(g["label"], cell) for g, cell in zip(groups, cells)
+                      if all(cell[n] in want[n] if n in want else cell[n] not in derived.get(n, ()) for n in names)]
             chosen.sort(key=lambda gc: tuple(rank[n][gc[1][n]] for n in order))
-            key = tuple(rank[n][want[n]] if n in each else -1 for n in names)
+            key = tuple(rank[n][want[n][0]] if n in each else -1 for n in names)
             comparisons.append((key, i, {"title": _fill(c["title"], dict(zip(each, combo)), path, "title"), "groups": [g for g, _ in chosen]}))
     comparisons.sort(key=lambda x: x[:2])
     return groups, [c for _, _, c in comparisons]
+
+
+def _truncated_groups(matrix: dict, axes: dict, groups: list[dict], cells: list[dict], label_pattern: str, path) -> dict:
+    """Append the ``[[matrix.truncated]]`` groups (module docstring) to ``groups``/``cells``; axis -> new labels."""
+    derived: dict[str, list[str]] = {}
+    for i, t in enumerate(matrix.get("truncated", [])):
+        where = f"{path}: matrix.truncated[{i}]"
+        bad = [k for k in t if k not in MATRIX_TRUNCATED_KEYS] if isinstance(t, dict) else ["(not a table)"]
+        if bad or not all(isinstance(t.get(k), str) for k in ("axis", "from", "to", "label")):
+            raise ExperimentError(f"{where} takes strings 'axis', 'from', 'to', 'label' and an optional 'fix' (axis = label); "
+                                  f"unknown: {', '.join(bad) or '-'}")
+        axis = t["axis"]
+        if axis not in axes:
+            raise ExperimentError(f"{where}: unknown axis {axis!r}; axes are: {', '.join(axes)}")
+        own = [x for x, _ in axes[axis]]
+        for k in ("from", "to"):
+            if t[k] not in own:
+                raise ExperimentError(f"{where}: {k} = {t[k]!r} is not a label of axis {axis!r} ({', '.join(map(repr, own))})")
+        if t["label"] in own + derived.get(axis, []):
+            raise ExperimentError(f"{where}: label {t['label']!r} is already a label of axis {axis!r}; choose a new one")
+        fix = dict(t.get("fix", {}))
+        for n, lab in fix.items():
+            if n not in axes or lab not in [x for x, _ in axes[n]]:
+                raise ExperimentError(f"{where}: fix {n} = {lab!r} is not an axis label")
+        label_of = {tuple(sorted(cell.items())): g["label"] for g, cell in zip(groups, cells)}
+        for g, cell in list(zip(groups, cells)):
+            if cell[axis] != t["from"] or any(cell[n] != lab for n, lab in fix.items()) or cell[axis] in derived.get(axis, ()):
+                continue
+            new = {**cell, axis: t["label"]}
+            partner = label_of[tuple(sorted({**cell, axis: t["to"]}.items()))]
+            label = " / ".join(part for part in _fill(label_pattern, new, path, "label").split(" / ") if part.strip())
+            groups.append({"label": label, "data": g["data"], "truncate_to": partner})
+            cells.append(new)
+        derived.setdefault(axis, []).append(t["label"])
+    return derived
 
 
 def data_root(conf: dict) -> Path:
@@ -209,6 +319,7 @@ def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
     jobs, notes = [], []
     problems: dict[str, list[str]] = {}  # problem -> the runs it concerns
     builtin = None
+    planned: set[tuple[str, str]] = set()  # (model name, group label) of the jobs so far
     for m in conf["models"]:
         mname = m.get("name") or m["model"]
         for g in conf["groups"]:
@@ -232,7 +343,17 @@ def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
             origins.update({k: f"[[models]] {mname!r}" for k in m if k != "name"})
             opts.update(g.get("run", {}))
             origins.update({k: f"[groups.run] of {g['label']!r}" for k in g.get("run", {})})
+            if "truncate_response" in g:
+                opts["truncate_response"] = g["truncate_response"]
+                origins["truncate_response"] = f"group {g['label']!r}"
+            if g.get("truncate_to") is not None:  # the partner group's run for this model (load_config put it first)
+                if (mname, g["truncate_to"]) not in planned:
+                    notes.append(f"skipped group {g['label']!r}: it is cut to the lengths of group {g['truncate_to']!r}, "
+                                 "which is not run")
+                    continue
+                opts["truncate_to"] = str(out / "runs" / slug(mname) / slug(g["truncate_to"]))
             opts.update(data=[str(path)], group=g["label"], out=str(out / "runs" / slug(mname) / slug(g["label"])))
+            planned.add((mname, g["label"]))
             try:
                 jobs.append(Job(mname, g["label"], RunConfig.from_dict(opts, origins=origins)))
             except ConfigError as e:  # every problem of every run, each once
@@ -277,6 +398,8 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
         s = engine.run(job.cfg, loaded=loaded_cache[key], wait_for_lock=True)
         if main_rank:
             log(f"    {s.out}: {s.status_counts}, {s.computed} computed now ({s.seconds:.0f} s)")
+            for line in s.notes:  # what --truncate-* did (and how many examples had no usable partner)
+                log(f"    {line}")
     if world is not None:
         distributed.barrier()
     if not reports or not main_rank:

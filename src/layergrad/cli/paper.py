@@ -20,10 +20,22 @@ def add_parser(sub) -> None:
     p = sub.add_parser("import", help="read the paper's JSON-lines output into a run directory",
                        description="Read the JSON-lines output of the paper's get_gradient_values.py into a new layergrad "
                        "run directory, so that `layergrad report` and `layergrad select` can use it.",
-                       epilog="example:\n  layergrad import old_results.jsonl --to runs/old", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog="examples:\n  layergrad import old_results.jsonl --to runs/old\n"
+                       "  layergrad import llama_chat.jsonl --to runs/old_chat --tokenizer meta-llama/Llama-3.1-8B-Instruct --prompt-mode chat",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="the paper's JSON-lines file")
     p.add_argument("--to", required=True, help="run directory to create")
     p.add_argument("--group", help="group label of the imported examples (default: the file's name without its suffix)")
+    p.add_argument("--tokenizer", default="default", metavar="NAME_OR_FOLDER",
+                   help="the tokenizer of the model the file was computed with (hub id, model or tokenizer folder, .gguf "
+                   "file): each example's response length in tokens is counted with it, as the paper's script tokenised "
+                   "the text, so the analysis can control for length (docs/length-control.md); 'none': no lengths "
+                   "(default: default, the embedded SmolLM2-135M-Instruct's)")
+    p.add_argument("--prompt-mode", choices=["base", "chat"], default="base",
+                   help="how the paper's script built the text: base (instruction + newline + output) or chat "
+                   "(--run_instruct_version: the chat template) (default base)")
+    p.add_argument("--max-length", type=int, default=1024,
+                   help="the script's --max_length: texts were cut at this many tokens (default 1024)")
     p.set_defaults(func=cmd_import)
 
 
@@ -40,8 +52,20 @@ def cmd_export(a) -> int:
 
 
 def cmd_import(a) -> int:
+    from layergrad.errors import ConfigError
+    from layergrad.inputs.models import ModelError, load_tokenizer
     from layergrad.store.paper import import_reference
 
-    n = import_reference(a.file, a.to, group=a.group)
-    print(f"imported {n} examples into {a.to}")
+    if a.max_length < 1:
+        raise ConfigError(f"--max-length must be an integer >= 1, got {a.max_length}")
+    try:
+        tok = None if a.tokenizer.strip().lower() == "none" else load_tokenizer(a.tokenizer)
+    except ModelError as e:
+        raise ModelError(f"--tokenizer {a.tokenizer}: {e}. Name the tokenizer of the model the file was computed with "
+                         "(--tokenizer NAME_OR_FOLDER), or --tokenizer none to import without response lengths") from None
+    n = import_reference(a.file, a.to, group=a.group, tokenizer=tok, tokenizer_name=a.tokenizer, prompt_mode=a.prompt_mode,
+                         max_length=a.max_length)
+    counted = f"; response lengths counted with the {a.tokenizer!r} tokenizer ({a.prompt_mode} prompts)" if tok else \
+        "; no response lengths (--tokenizer none): the analysis cannot control for length"
+    print(f"imported {n} examples into {a.to}{counted}")
     return 0

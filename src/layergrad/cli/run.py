@@ -18,6 +18,7 @@ RUN_EXAMPLES = """examples:
   layergrad run --model path/to/local/folder --data a.json --out runs/local
   layergrad run --model model.gguf --data chat.jsonl --prompt-mode chat --spectrum-k all --out runs/chat
   layergrad run --data chats.jsonl --turns all --system-prompt template --out runs/turns
+  layergrad run --data with_cot.json --truncate-to runs/no_cot --out runs/cot_cut   # equal length (docs/length-control.md)
 
 drop-in for the paper's script (same flags, same JSON-lines output):
   layergrad run --data_path D.json --save_path S.jsonl --model_name_or_path meta-llama/Meta-Llama-3.1-8B --max_length 1024 [--cache_dir DIR] [--run_instruct_version]
@@ -110,6 +111,14 @@ def add_parser(sub) -> None:
                    "rows merged exactly, then QR and SVD in float32, the largest values refined in float64; measured on SmolLM2 "
                    f"within 4.6e-7 of the largest singular value and 4.6e-7 relative on every statistic; see BENCHMARKS.md); "
                    f"default {D('gram_precision')}")
+    p.add_argument("--truncate-response", type=int, default=None, metavar="K",
+                   help="cut each example's response after its first K response tokens (token ids, after tokenisation; "
+                   "the prompt is kept whole; a response of at most K tokens stays as it is). For a causal LM this is "
+                   "exactly the gradient of the response as far as its K-th token (docs/length-control.md)")
+    p.add_argument("--truncate-to", default=None, metavar="RUN_DIR",
+                   help="cut each example's response to the length (n_response_tokens) of its partner in RUN_DIR, an "
+                   "already computed run: the example with the same pair_key, else the same instruction text. An example "
+                   "without a usable partner is stored as skipped with its reason (docs/length-control.md)")
     p.add_argument("--shard", default=None, help="i/N: take shard i of N (job arrays); merge with 'layergrad merge'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (neither the run's nor the model loading's)")
     # the paper's flags (drop-in mode)
@@ -127,7 +136,7 @@ def add_parser(sub) -> None:
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "max_memory", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
-                "trust_remote_code", "method", "eig_batch", "gram_precision", "shard", "revision", "cache_dir",
+                "trust_remote_code", "method", "eig_batch", "gram_precision", "shard", "truncate_response", "truncate_to", "revision", "cache_dir",
                 "split", "subset", "data_revision", "adapter", "adapter_params")
 
 
@@ -236,6 +245,8 @@ def cmd_run(a) -> int:
         return 0
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s.status_counts.items()))
     print(f"{s.out}: {s.total} examples ({counts}); computed {s.computed} now, {s.skipped_done} were already stored; {s.seconds:.1f} s")
+    for line in s.notes:
+        print(line)
     if save_path:
         n, _ = export_reference(cfg.out, save_path)
         print(f"wrote {n} lines to {save_path} (the paper's format)")

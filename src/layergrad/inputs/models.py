@@ -59,6 +59,7 @@ __all__ = [
     "hub_offline",
     "is_hub_id",
     "load_model",
+    "load_tokenizer",
     "parse_model_ref",
     "resolve_dtype",
     "resolve_hub_model",
@@ -655,6 +656,33 @@ def _load_folder(path: Path, *, dtype, device_map, trust_remote_code: bool, attn
         tokenizer = AutoTokenizer.from_pretrained(
             source, **{"local_files_only": True, "trust_remote_code": trust_remote_code, **extra})
     return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, revision: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False):
+    """The tokenizer alone, found as :func:`load_model` finds a model: ``"default"`` (the embedded model's,
+    converted once), a hub id ``org/name[@REV]`` (through the Hugging Face cache), a .gguf file, or a folder
+    (a model folder, or one that holds only tokenizer files). Raises :class:`ModelError` naming it."""
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    if name != DEFAULT_MODEL and is_hub_id(name):
+        repo, rev = parse_model_ref(name, revision)
+        _, commit = resolve_hub_model(repo, rev, cache_dir, filename="tokenizer_config.json")
+        source, kwargs = repo, {"revision": commit, "cache_dir": cache_dir, "local_files_only": hub_offline()}
+    elif name == DEFAULT_MODEL:
+        source, kwargs = str(default_model_folder()), {"local_files_only": True}
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ModelError(f"tokenizer {name!r}: no such folder or file; expected a hub id org/name[@REV], a model or "
+                             'tokenizer folder, a .gguf file, or "default" (the embedded model\'s)')
+        source, kwargs = (str(path.parent), {"gguf_file": path.name}) if path.is_file() else (str(path), {})
+        if path.is_file() and path.suffix.lower() != ".gguf":
+            raise ModelError(f"tokenizer {name!r} is a file but not a .gguf file; pass the folder that holds the tokenizer files")
+        kwargs["local_files_only"] = True
+    with _load_errors(f"a tokenizer from {name!r}"):
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
 
 
 @contextmanager

@@ -64,6 +64,15 @@ class PromptError(LayergradError, ValueError):
 
 
 @dataclass(frozen=True)
+class Cut:
+    """What ``run --truncate-response`` / ``--truncate-to`` did to one example (:mod:`layergrad.run.truncate`)."""
+
+    at: int | None  # the K asked for this example (None: no usable --truncate-to partner, see skip_reason)
+    full: int  # loss terms before the cut (after --max-length)
+    partner: str | None = None  # --truncate-to: the id of the partner example in the other run
+
+
+@dataclass(frozen=True)
 class Encoded:
     """One example, tokenised."""
 
@@ -77,6 +86,7 @@ class Encoded:
     # token spans [a, b) of the loss terms, in order, after truncation; None: the suffix max(n_prompt, 1)..T
     spans: tuple[tuple[int, int], ...] | None = None
     ifd_reason: str | None = None  # why IFD is undefined for this example (None: one response after a prompt)
+    cut: Cut | None = None  # set under --truncate-response/--truncate-to (input_ids and spans are then the cut ones)
 
     @property
     def n_tokens(self) -> int:

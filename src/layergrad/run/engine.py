@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from layergrad.inputs.prompting import encode, resolve_mode
 from layergrad.inputs.targets import find_targets
 from layergrad.measure.guard import FiniteGuard
 from layergrad.measure.measurer import Measurer
-from layergrad.run import distributed, faults, memory
+from layergrad.run import distributed, faults, memory, truncate
 from layergrad.run.ifd import NoPromptRule, undefined
 from layergrad.run.loss import LOSS_RULE
 from layergrad.run.plan import Batch, pad_id_of, plan_batches, shard_batches
@@ -44,6 +44,7 @@ class RunSummary:
     skipped_done: int  # already stored before this call
     status_counts: dict  # of the whole store; empty on ranks other than 0 under torchrun
     seconds: float
+    notes: list = field(default_factory=list)  # lines for the user (what --truncate-* did)
     rank: int = 0  # under torchrun: this process's rank (only rank 0 reports the whole store)
     world_size: int = 1
 
@@ -80,8 +81,13 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     # plan: the examples, the model, what is measured, the batches
     examples, problems = load_data(cfg)
     _refuse_turnless(cfg, examples)
+    # --truncate-to: a missing or unusable partner run is refused before the model loads
+    partners = truncate.load_partners(cfg.truncate_to, examples) if cfg.truncate_to is not None else None
     loaded = loaded or _load_model(cfg, device)
     model, tok = loaded.model, loaded.tokenizer
+    if partners is not None and partners.manifest.get("model_fingerprint") not in (None, loaded.fingerprint):
+        note(f"layergrad: --truncate-to {cfg.truncate_to} was computed with another model "
+             f"({partners.manifest.get('model')}); its lengths are counted in that model's tokens")
     refuse_quantized(model, what=f"model {cfg.model!r}")
     model.eval()
     targets = find_targets(model, cfg.modules)
@@ -89,6 +95,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     encoded = [encode(ex, tok, mode, cfg.max_length, reference=cfg.reference, system=cfg.system_prompt, turns=cfg.turns)
                for ex in examples]
     _refuse_unscorable(cfg, examples, encoded)
+    encoded, truncation, cut_notes = truncate.apply(cfg, examples, encoded, partners)  # --truncate-*: cut ids, or skip (reason)
     shard = distributed.shard_of(world, parse_shard(cfg.shard))
     batches = _plan(cfg, encoded, shard)
 
@@ -96,7 +103,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     store = RunStore(cfg.out, writer=world.writer if world else (f"s{shard[0]}of{shard[1]}" if shard else "r0"))
     ifd_rule = NoPromptRule.for_tokenizer(tok, cfg.ifd) if cfg.ifd else None
     manifest = build_manifest(cfg, loaded, mode, targets, data_fingerprint=data_fingerprint(cfg), loss_rule=LOSS_RULE,
-                              ifd_rule=ifd_rule.describe() if ifd_rule else None)
+                              ifd_rule=ifd_rule.describe() if ifd_rule else None, truncation=truncation)
     distributed.open_store(store, manifest, world, wait=wait_for_lock, log=note)  # rank 0 first; takes the writer's lock
     try:
         for msg in store.notes:  # what the run grew by (more data files, a larger --limit)
@@ -137,7 +144,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     finally:
         store.close()  # the writer's lock
     rank, size = (world.rank, world.size) if world else (0, 1)
-    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, rank, size)
+    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, cut_notes, rank, size)
 
 
 def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, note):

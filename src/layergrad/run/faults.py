@@ -41,7 +41,8 @@ LINALG = "linear algebra failure"
 FAILURE_KINDS = (NONFINITE_LOSS, NONFINITE_GRADIENT, OUT_OF_MEMORY, LINALG)
 
 # ``skipped`` reasons come from :func:`layergrad.prompting.encode`
-_SKIPPED_KINDS = (("response truncated away", "response truncated by --max-length"), ("the response has no tokens", "no response tokens"))
+_SKIPPED_KINDS = (("response truncated away", "response truncated by --max-length"), ("the response has no tokens", "no response tokens"),
+                  ("no usable --truncate-to partner", "no usable --truncate-to partner"))  # run/truncate.py NO_PARTNER
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ IDENTITY_KEYS = (
     "loss_rule",
     "token_shares",  # a run with and without shares parts would mix examples that have them and ones that don't
     "gram_precision",  # float64 | float32-qr: the float32 statistics' arithmetic (different numbers, ~5e-7 relative)
+    "truncate_response",  # --truncate-response K: every response cut after K tokens (None: no cut)
+    "truncate_to",  # --truncate-to RUN_DIR, relative to this run's directory: cut to each partner's length (None: no cut)
 )
 
 #: What an identity key means in a manifest written before the key existed (a function of that manifest,
@@ -58,9 +60,12 @@ def identity_value(manifest: dict, key: str):
 
 
 def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: str, loss_rule: str,
-                   ifd_rule: str | None) -> dict:
+                   ifd_rule: str | None, truncation: dict | None = None) -> dict:
     """The manifest of a run of ``cfg`` (:class:`~layergrad.config.RunConfig`) on ``loaded``
-    (:class:`~layergrad.inputs.models.LoadedModel`), prompt mode ``mode``, measuring ``targets``."""
+    (:class:`~layergrad.inputs.models.LoadedModel`), prompt mode ``mode``, measuring ``targets``;
+    ``truncation``: what :func:`layergrad.run.truncate.apply` records of a ``--truncate-to`` partner run."""
+    from layergrad.run.truncate import identity as truncate_identity
+
     import torch
     import transformers
 
@@ -104,6 +109,9 @@ def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: s
         "loss_rule": loss_rule,
         "token_shares": cfg.token_shares,
         "gram_precision": cfg.gram_precision,
+        "truncate_response": cfg.truncate_response,
+        "truncate_to": truncate_identity(cfg),
+        **(truncation or {}),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
@@ -124,6 +132,8 @@ _OPTION = {
     "loss_rule": ("the loss definition (the layergrad version that wrote the run)", None),
     "limit": ("--limit", lambda v: "none" if v is None else str(v)),
     "gram_precision": ("--gram-precision", None),
+    "truncate_response": ("--truncate-response", lambda v: "no cut" if v is None else str(v)),
+    "truncate_to": ("--truncate-to (relative to the run directory)", lambda v: "no cut" if v is None else str(v)),
 }
 
 

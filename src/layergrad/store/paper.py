@@ -4,6 +4,10 @@ One line per example: ``instruction``, ``output``, ``loss``, and per weight para
 (``model.layers.0.self_attn.q_proj.weight``) a dict of ``M_mean``, ``M_max``, ``M_min``
 (entries of the dense gradient), ``frobenius_norm``, ``S_sum``, ``S_max``, ``S_min``
 (singular values). Reading and writing it lets users bring results of the paper's code here.
+
+The format stores no token counts. :func:`import_reference` counts each example's response tokens as
+the paper's script tokenised it (:func:`response_lengths`), with a tokenizer the user names, so that
+the analysis can control imported results for length as it does layergrad's own runs.
 """
 from __future__ import annotations
 
@@ -65,8 +69,34 @@ def export_reference(run_dir: str | Path, to: str | Path) -> tuple[int, int]:
     return len(lines), missing
 
 
-def import_reference(path: str | Path, to: str | Path, group: str | None = None) -> int:
-    """Read a JSONL file written by the paper's code into a run directory; returns the examples read."""
+#: The paper's script's default --max_length.
+PAPER_MAX_LENGTH = 1024
+
+
+def response_lengths(records: list[tuple[str, str]], tokenizer, prompt_mode: str = "base",
+                     max_length: int | None = PAPER_MAX_LENGTH, source: str = "") -> list:
+    """The :class:`~layergrad.inputs.prompting.Encoded` of each ``(instruction, output)`` as the paper's script
+    tokenised it: ``base``: ``instruction + "\n" + output``; ``chat``: the chat template of the system turn
+    "You are a helpful assistant." and the instruction, with the generation prompt, then the output; the
+    prompt is ``tokenizer.encode(text[:text.rfind(output)])`` (its ``n_response`` is the loss terms the
+    script's loss had), the text cut at ``max_length`` tokens as the script does."""
+    from layergrad.inputs.data import Example
+    from layergrad.inputs.prompting import encode
+    from layergrad.vocab import DEFAULT_SYSTEM_PROMPT
+
+    return [encode(Example(id=str(i), index=i, source=source, group="", prompt=ins, response=out), tokenizer, prompt_mode,
+                   max_length, reference=True, system=DEFAULT_SYSTEM_PROMPT) for i, (ins, out) in enumerate(records)]
+
+
+def import_reference(path: str | Path, to: str | Path, group: str | None = None, *, tokenizer=None,
+                     tokenizer_name: str | None = None, prompt_mode: str = "base",
+                     max_length: int | None = PAPER_MAX_LENGTH) -> int:
+    """Read a JSONL file written by the paper's code into a run directory; returns the examples read.
+
+    ``tokenizer`` (a loaded tokenizer, named ``tokenizer_name`` in the manifest): each example's token
+    counts (``n_tokens``, ``n_prompt_tokens``, ``n_response_tokens``) as the paper's script tokenised it in
+    ``prompt_mode`` (:func:`response_lengths`); ``None``: no counts (null), as before.
+    """
     path = Path(path)
     group = group or path.stem
     examples, modules, module_names = [], [], []
@@ -121,6 +151,11 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
         raise ReferenceFormatError("\n".join(problems) + "\nFix or remove these lines; nothing was imported.")
     if not examples:
         raise ReferenceFormatError(f"{path}: no records")
+    if tokenizer is not None:
+        encoded = response_lengths([(e["instruction"], e["output"]) for e in examples], tokenizer, prompt_mode, max_length, str(path))
+        for row, enc in zip(examples, encoded):
+            row.update(n_tokens=enc.n_tokens, n_prompt_tokens=enc.n_prompt, n_response_tokens=enc.n_response,
+                       n_response_tokens_full=enc.n_response, truncated=enc.truncated)
     layers = [layer_of(m) for m in module_names]
     store = RunStore(to, writer="import")
     manifest = {
@@ -129,6 +164,10 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
         "modules": "reference", "module_names": module_names, "n_layers": max(layers) + 1 if layers else 0,
         "data": [str(path)], "data_fingerprint": None, "group": group, "dtype": None, "stats_dtype": None,
         "spectrum_k": 0, "elementwise": True, "loss_rule": "imported", "imported_from": str(path),
+        # how n_response_tokens was counted (None: not counted); the paper's tokenisation, tokenizer named by the user
+        "length_tokenizer": tokenizer_name if tokenizer is not None else None,
+        "length_prompt_mode": prompt_mode if tokenizer is not None else None,
+        "length_max_length": max_length if tokenizer is not None else None,
     }
     store.open(manifest)
     if store.done_ids():

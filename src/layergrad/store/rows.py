@@ -61,11 +61,14 @@ def scored_text(ex) -> tuple[str, str]:
 def example_of(ex, order: int, enc, status: str, reason: str | None, loss: float | None) -> dict:
     """The row of a run's example (``ex``: :class:`~layergrad.inputs.data.Example`, ``enc``: its
     :class:`~layergrad.inputs.prompting.Encoded` or ``None``)."""
+    cut = enc.cut if enc else None
     return example_row(
         id=ex.id, group=ex.group, source=ex.source, index=ex.index, order=order, status=status, reason=reason,
         instruction=scored_text(ex)[0], output=scored_text(ex)[1], loss=loss,
         n_tokens=enc.n_tokens if enc else None, n_prompt_tokens=enc.n_prompt if enc else None,
         n_response_tokens=enc.n_response if enc else None, truncated=enc.truncated if enc else None,
+        n_response_tokens_full=(cut.full if cut else enc.n_response) if enc else None,
+        truncate_at=cut.at if cut else None, truncate_partner=cut.partner if cut else None,
     )
 
 

@@ -461,6 +461,22 @@ def _concat(tables: list[pa.Table], empty_schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
+def _with_length_columns(examples: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+    """The length-control columns (``schema.EXAMPLES``) on every row: a row written before they existed
+    (or an imported one) was never cut, so its full length is its measured one and it has no cut."""
+    examples = examples.copy()
+    for column in ("truncate_at", "truncate_partner"):
+        if column not in examples:
+            examples[column] = None
+    measured = examples["n_response_tokens"] if "n_response_tokens" in examples else None
+    if "n_response_tokens_full" not in examples:
+        examples["n_response_tokens_full"] = measured
+    elif measured is not None:
+        examples["n_response_tokens_full"] = examples["n_response_tokens_full"].where(
+            examples["n_response_tokens_full"].notna(), measured)
+    return examples
+
+
 def load_results(path: str | Path) -> Results:
     """Read a run directory into DataFrames sorted by example order (then module order).
 
@@ -473,6 +489,7 @@ def load_results(path: str | Path) -> Results:
     ex, mod, cos = store.read_tables()
     examples = ex.to_pandas()
     examples = examples.drop_duplicates("id", keep="last").sort_values(["order", "id"], kind="stable").reset_index(drop=True)
+    examples = _with_length_columns(examples)
     rank = dict(zip(examples["id"], range(len(examples))))
     modules = mod.to_pandas()
     module_order = {m: i for i, m in enumerate(manifest.get("module_names", []))}

@@ -37,6 +37,15 @@ EXAMPLES = pa.schema(
         pa.field("n_response_tokens", pa.int32()),  # response tokens that are loss terms
         pa.field("response_chars", pa.int32()),  # characters of the response text
         pa.field("truncated", pa.bool_()),  # the text was cut at --max-length
+        # Length control (run --truncate-response K / --truncate-to RUN_DIR; docs/length-control.md). Columns added
+        # after version 2 without a version bump: they add to the rows, they change no stored column's meaning, and
+        # a row without them (written before) was never cut, so load_results reads it as full = n_response_tokens.
+        pa.field("n_response_tokens_full", pa.int32()),  # response tokens (loss terms) before a --truncate-* cut
+        # (after --max-length); = n_response_tokens when the example was not cut
+        pa.field("truncate_at", pa.int32()),  # the K this example was cut at: --truncate-response K, or its
+        # --truncate-to partner's n_response_tokens; null without a cut asked. Equal length with the partner
+        # exactly when n_response_tokens == truncate_at (a shorter response stays whole: n_response_tokens < K)
+        pa.field("truncate_partner", pa.string()),  # --truncate-to: the partner example's id in that run (else null)
     ]
 )
 
