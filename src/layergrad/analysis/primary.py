@@ -53,7 +53,8 @@ ALL_ROLES = "all"
 PRIMARY_COLUMNS = [
     "group_a", "group_b", "metric", "role", "design", "pair_by", "clustered", "n_a", "n_b", "n_units_a", "n_units_b", "n_pairs",
     "n_left_a", "n_left_b", "n_used", "ratio", "ci_low", "ci_high", "p_value", "p_holm", "length_control", "adj_ratio",
-    "adj_ci_low", "adj_ci_high", "adj_p_value", "adj_p_holm", "length_slope", "length_ratio", "overlap_a", "overlap_b", "reason",
+    "adj_ci_low", "adj_ci_high", "adj_p_value", "adj_p_holm", "length_slope", "length_ratio", "overlap_a", "overlap_b", "cut",
+    "reason",
 ]
 
 
@@ -73,7 +74,20 @@ def _empty_row(a: Group, b: Group, d: Design, metric: str, role: str) -> dict:
             "clustered": d.clustered, "n_a": a.n, "n_b": b.n, "n_units_a": d.n_units_a, "n_units_b": d.n_units_b,
             "n_pairs": d.n_pairs, "n_left_a": d.n_left_a, "n_left_b": d.n_left_b, "n_used": 0, **{c: np.nan for c in (
                 "ratio", "ci_low", "ci_high", "p_value", "p_holm", "adj_ratio", "adj_ci_low", "adj_ci_high", "adj_p_value",
-                "adj_p_holm", "length_slope", "length_ratio", "overlap_a", "overlap_b")}, "length_control": "", "reason": ""}
+                "adj_p_holm", "length_slope", "length_ratio", "overlap_a", "overlap_b")}, "length_control": "", "reason": "",
+            "cut": cut_note(a, b)}
+
+
+def cut_note(a: Group, b: Group) -> str:
+    """How a group's responses were cut (``layergrad run --truncate-to`` / ``--truncate-response``), from its manifest."""
+    for g in (b, a):
+        m = g.manifest or {}
+        if m.get("truncate_to"):
+            partner = ", ".join(map(str, m.get("truncate_to_groups") or [])) or str(m["truncate_to"])
+            return f"{g.label}'s responses cut to the lengths of {partner}"
+        if m.get("truncate_response"):
+            return f"{g.label}'s responses cut after {int(m['truncate_response'])} tokens"
+    return ""
 
 
 def effect(ya: np.ndarray, yb: np.ndarray, la: np.ndarray, lb: np.ndarray, paired: bool) -> dict:

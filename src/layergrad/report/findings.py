@@ -34,7 +34,7 @@ FINDINGS_COLUMNS = [
     "group_a", "group_b", "metric", "kind", "verdict", "design", "pair_by", "clustered", "n_a", "n_b", "n_units_a", "n_units_b",
     "n_pairs", "n_left", "ratio", "ci_low", "ci_high", "p_holm", "length_control", "adj_ratio", "adj_ci_low", "adj_ci_high",
     "adj_p_holm", "length_ratio", "cells", "cells_significant", "significant_where", "min_p", "roles", "roles_more_even",
-    "roles_less_even", "reason", "sentence",
+    "roles_less_even", "cut", "reason", "sentence",
 ]
 
 
@@ -135,7 +135,9 @@ def tokens(r: dict) -> list:
     out += ["Overall ratio ", _n(r, "ratio"), " (95% CI ", _n(r, "ci_low"), "–", _n(r, "ci_high"), ", Holm p ", _n(r, "p_holm"), "). "]
     lc = r["length_control"]
     if lc == "equal":
-        out += ["Every pair has the same number of response tokens, so this is the effect at exactly equal length."]
+        how = f" ({r['cut']})" if isinstance(r.get("cut"), str) and r["cut"] else ""
+        who = "Every pair has" if r["design"] == "paired" else "Every response of both groups has"
+        out += [f"{who} the same number of response tokens{how}, so this is the effect at exactly equal length."]
     elif lc == "model":
         out += ["At equal length (ln y ~ group + ln length; ", b, "'s responses ", _n(r, "length_ratio"), "x as long): ratio ",
                 _n(r, "adj_ratio"), " (95% CI ", _n(r, "adj_ci_low"), "–", _n(r, "adj_ci_high"), ", Holm p ", _n(r, "adj_p_holm"), ")."]
