@@ -196,6 +196,7 @@ def _runner(cfg: RunConfig, model, targets, tok, ifd_rule, n_layers: int) -> Bat
     """The batch runner with the statistics sink the options ask for (guarded against non-finite values)."""
     sink = FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
                                 elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method,
+                                cosine_layers=cfg.cosine_layers,
                                 eig_batch=cfg.eig_batch, token_shares=cfg.token_shares,
                                 gram_precision=cfg.gram_precision))
     runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id_of(tok), ifd=ifd_rule)

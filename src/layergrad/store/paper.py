@@ -4,6 +4,10 @@ One line per example: ``instruction``, ``output``, ``loss``, and per weight para
 (``model.layers.0.self_attn.q_proj.weight``) a dict of ``M_mean``, ``M_max``, ``M_min``
 (entries of the dense gradient), ``frobenius_norm``, ``S_sum``, ``S_max``, ``S_min``
 (singular values). Reading and writing it lets users bring results of the paper's code here.
+
+The follow-up paper's format (``unified``: every singular value and the layer x layer cosines) is
+:mod:`layergrad.store.unified`; :func:`export_reference` writes either, :func:`import_reference` reads
+either (told apart line by line: a line with ``S_list`` or ``cosine_sim`` is the follow-up's).
 """
 from __future__ import annotations
 
@@ -57,19 +61,33 @@ def to_reference_lines(run_dir: str | Path) -> tuple[list[str], int]:
     return lines, missing
 
 
-def export_reference(run_dir: str | Path, to: str | Path) -> tuple[int, int]:
-    """Write the paper's format atomically; returns ``(examples written, modules without M_*)``."""
-    lines, missing = to_reference_lines(run_dir)
+FORMATS = ("reference", "unified")  # the first paper's script's lines, the follow-up's
+
+
+def export_reference(run_dir: str | Path, to: str | Path, fmt: str = "reference") -> tuple[int, int]:
+    """Write the paper's format (``fmt="unified"``: the follow-up's) atomically; returns ``(examples
+    written, modules without M_*)`` (unified: ``(examples, cosine entries missing, written as null)``)."""
+    if fmt == "unified":
+        from layergrad.store import unified
+
+        lines, missing = unified.to_lines(load_results(run_dir))
+    elif fmt == "reference":
+        lines, missing = to_reference_lines(run_dir)
+    else:
+        raise ReferenceFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     Path(to).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic("".join(line + "\n" for line in lines), Path(to))
     return len(lines), missing
 
 
 def import_reference(path: str | Path, to: str | Path, group: str | None = None) -> int:
-    """Read a JSONL file written by the paper's code into a run directory; returns the examples read."""
+    """Read a JSONL file written by the paper's code (either script's) into a run directory; returns the
+    examples read."""
+    from layergrad.store import unified
+
     path = Path(path)
     group = group or path.stem
-    examples, modules, module_names = [], [], []
+    examples, modules, module_names, cosines, formats = [], [], [], [], set()
     seen: dict[str, int] = {}
     problems = []
     with open(path, encoding="utf-8") as fh:
@@ -88,9 +106,13 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
             if not isinstance(rec.get("loss"), (int, float)):
                 bad.append("loss")
             params = {k: v for k, v in rec.items() if k not in ("instruction", "output", "loss")}
-            for name, v in params.items():
-                if not isinstance(v, dict) or any(not isinstance(v.get(k), (int, float)) for k in ("S_sum", "S_max", "S_min", "frobenius_norm")):
-                    bad.append(name)
+            fmt = "unified" if unified.is_unified(rec) else "reference"
+            if fmt == "unified":
+                bad += unified.problems_of(rec)
+            else:
+                for name, v in params.items():
+                    if not isinstance(v, dict) or any(not isinstance(v.get(k), (int, float)) for k in ("S_sum", "S_max", "S_min", "frobenius_norm")):
+                        bad.append(name)
             if bad:
                 problems.append(f"{path}: line {lineno}: field(s) {', '.join(repr(b) for b in bad)} missing or not numeric as the reference format requires")
                 continue
@@ -103,6 +125,13 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
                 id=ex_id, group=group, source=str(path), index=lineno - 1, order=order, status="ok",
                 instruction=rec["instruction"], output=rec["output"], loss=float(rec["loss"]),
             ))
+            formats.add(fmt)
+            if fmt == "unified":
+                mods, cos = unified.rows_of(rec, ex_id)
+                modules += mods
+                cosines += cos
+                module_names += [m["module"] for m in mods if m["module"] not in module_names]
+                continue
             for name, v in params.items():
                 module = name[: -len(".weight")] if name.endswith(".weight") else name
                 if module not in module_names:
@@ -121,6 +150,10 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
         raise ReferenceFormatError("\n".join(problems) + "\nFix or remove these lines; nothing was imported.")
     if not examples:
         raise ReferenceFormatError(f"{path}: no records")
+    if len(formats) > 1:
+        raise ReferenceFormatError(f"{path}: mixes lines of the first paper's script (S_sum, S_max, S_min) and the follow-up's "
+                                   "(S_list, cosine_sim); import each kind from its own file")
+    fmt = formats.pop()
     layers = [layer_of(m) for m in module_names]
     store = RunStore(to, writer="import")
     manifest = {
@@ -130,8 +163,11 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None)
         "data": [str(path)], "data_fingerprint": None, "group": group, "dtype": None, "stats_dtype": None,
         "spectrum_k": 0, "elementwise": True, "loss_rule": "imported", "imported_from": str(path),
     }
+    if fmt == "unified":  # every singular value; the cosines the file holds
+        manifest.update(modules="unified", spectrum_k=None, cosine=bool(cosines),
+                        cosine_layers=any(c["kind"].startswith("gap") for c in cosines), imported_format="unified")
     store.open(manifest)
     if store.done_ids():
         raise ReferenceFormatError(f"{to} already holds results; import into an empty directory")
-    store.write_part(examples, modules)
+    store.write_part(examples, modules, cosines or None)
     return len(examples)
