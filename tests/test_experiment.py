@@ -87,6 +87,8 @@ def test_matrix_expands_to_groups_and_comparisons(tmp_path):
         "comparisons": [{"title": "{task}: fast vs slow", "each": ["task"], "fix": {"correctness": ""}},
                         {"title": "{task}: correct vs irrelevant", "each": ["task"], "order": ["style", "correctness"]}],
     })
+    assert groups[2]["axes"] == {"task": "t1", "correctness": "irrelevant", "style": "None"}  # read by [quality]
+    groups = [{k: g[k] for k in ("label", "data")} for g in groups]
     assert groups[:4] == [{"label": "t1 / None", "data": "ok/t1_no.json"}, {"label": "t1 / Detailed", "data": "ok/t1_long.json"},
                           {"label": "t1 / None / irrelevant", "data": "bad/t1_no.json"},
                           {"label": "t1 / Detailed / irrelevant", "data": "bad/t1_long.json"}]

@@ -1,0 +1,134 @@
+"""The unification page of a quality study: do the quality metrics agree on the gradients' spectra?
+
+From the experiment's runs (``[quality]`` in the TOML: which matrix axis names the metric and which
+the high/low split), per model, pool and metric the high split against the low split on each property
+(:func:`layergrad.analysis.quality.quality_effects`), written as ``quality_effects.csv|md|tex``, an
+agreement matrix figure (metrics x properties: the ratio high/low, its interval, its sign) and
+``index.html``.
+"""
+from __future__ import annotations
+
+import html as htmlmod
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, quality_effects
+
+from . import figures, html, tables
+
+CAPTION = ("Per model, pool and quality metric: the high split against the low split on each spectral property "
+           "(ratio of means high/low of each example's mean over layers and roles, 95% bootstrap interval, permutation "
+           "p-value); sign +1/-1 where the interval lies above/below 1; agrees: the sign the follow-up paper reports "
+           "(nuclear lower and effective rank higher for high quality); lengths: median response tokens and the share of "
+           "examples inside the other split's length range.")
+
+
+def agreement_figure(effects: pd.DataFrame):
+    """Rows: model / pool / metric; columns: properties. Colour: log2(ratio high/low); text: the ratio, its
+    interval and a mark: check where the sign agrees with the paper, cross where it contradicts it, ? unsettled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(zip(effects["model"], effects["pool"], effects["metric"])))
+    props = list(dict.fromkeys(effects["property"]))
+    val = np.full((len(rows), len(props)), np.nan)
+    fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(props), 1.0 + 0.55 * len(rows)), layout="constrained")
+    mark = {"yes": "\u2713", "no": "\u2717", "unsettled": "?", "": ""}
+    for _, r in effects.iterrows():
+        i, j = rows.index((r["model"], r["pool"], r["metric"])), props.index(r["property"])
+        val[i, j] = np.log2(r["ratio"]) if r["ratio"] > 0 else np.nan
+        ax.text(j, i, f"{r['ratio']:.3g} {mark[r['agrees']]}\n[{r['ratio_ci_low']:.3g}, {r['ratio_ci_high']:.3g}]",
+                ha="center", va="center", fontsize=8)
+    lim = max(float(np.nanmax(np.abs(val))) if np.isfinite(val).any() else 1.0, 0.1)
+    im = ax.imshow(val, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(props)), [f"{p}\n(paper: high {'<' if CLAIM.get(p) == -1 else '>' if CLAIM.get(p) == 1 else '?'} low)"
+                                      for p in props])
+    ax.set_yticks(range(len(rows)), [" / ".join(x for x in r if x) for r in rows], fontsize=8)
+    fig.colorbar(im, ax=ax, label="log2(mean high / mean low)")
+    ax.set_title("Do the quality metrics agree? high vs low split per metric\n"
+                 "\u2713 sign as the paper, \u2717 opposite, ? interval covers 1 (not length-controlled)", fontsize=9)
+    return fig
+
+
+def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), n_perm: int = 2000, n_boot: int = 2000,
+               seed: int = 0, properties=("nuclear", "effective_rank")) -> Path:
+    """Compute the effects and write the page under ``out``; returns ``out/index.html``."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    effects = quality_effects(cells, properties, n_perm=n_perm, n_boot=n_boot, seed=seed)
+    files = tables.write_table(effects, out, "quality_effects", CAPTION)
+    fig = agreement_figure(effects)
+    figures.save(fig, out / "figures", "agreement")
+    fig_ref = html.FigureRef("figures/agreement.png", "figures/agreement.svg",
+                             "Agreement matrix: each quality metric's high split over its low split, per spectral property.",
+                             int(fig.get_size_inches()[0] * 96))
+    shown = effects.drop(columns=["analysis"])
+    table = html.TableRef(title="quality_effects.csv", html=html.jinja2.utils.markupsafe.Markup(tables.to_html(shown, 400, "quality_effects.csv")),
+                          files=[(ext, p.name) for ext, p in files.items()], n_rows=len(effects), caption=CAPTION)
+    words = []
+    for (model, pool, metric), g in effects.groupby(["model", "pool", "metric"], sort=False):
+        parts = [f"{r['property']} {r['ratio']:.3g} [{r['ratio_ci_low']:.3g}, {r['ratio_ci_high']:.3g}] ({r['agrees'] or 'no claim'})"
+                 for _, r in g.iterrows()]
+        lens = g.iloc[0]
+        words.append(f"<li><strong>{htmlmod.escape(' / '.join(x for x in (model, pool, metric) if x))}</strong> "
+                     f"(n = {int(lens['n_high'])} high, {int(lens['n_low'])} low; median response tokens {lens['median_tokens_high']:.0f} "
+                     f"vs {lens['median_tokens_low']:.0f}, length overlap {lens['length_overlap']:.2f}): "
+                     f"{htmlmod.escape('; '.join(parts))}</li>")
+    runs = pd.DataFrame([{"model": c.model, "pool": c.pool, "metric": c.metric, "high": c.high.label, "n_high": c.high.n,
+                          "low": c.low.label, "n_low": c.low.n} for c in cells])
+    methods = [f"Statistic: {ANALYSIS}; the length-controlled analysis of issue 21 replaces it in "
+               "layergrad.analysis.quality.quality_effects.",
+               "Claim checked: the follow-up paper (Li et al. 2025) reports lower nuclear norms and higher effective ranks "
+               "for higher-quality data; 'agrees' compares the sign of the interval with that claim.",
+               "Length: the splits differ in response length for some metrics (e.g. OpenHermes reward); a norm falls and an "
+               "effective rank rises with length for mechanical reasons, so an effect whose splits barely overlap in length "
+               "(length_overlap near 0) cannot be told apart from length by this page."]
+    page = html.render(title=title, subtitle="quality study: do the quality metrics agree?", runs_table=tables.to_html(runs, 400, ""),
+                       notes=list(notes), methods=methods,
+                       sections=[html.Section("agreement", "Agreement matrix", figures=[fig_ref], tables=[table])],
+                       findings="<ul>" + "".join(words) + "</ul>")
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def study_cells(conf: dict, jobs) -> tuple[list[QualityCell], list[str]]:
+    """The cells of an experiment's ``[quality]`` table (see :mod:`layergrad.experiment`) from its runs
+    (``jobs``), and a note for each metric whose high or low split has no run."""
+    from layergrad.analysis.groups import load_group
+    from layergrad.experiment import ExperimentError
+
+    q = conf["quality"]  # keys checked by experiment.load_config
+    where = f"{conf.get('_path', 'experiment')}: [quality]"
+    m_axis, l_axis = q.get("metric", "metric"), q.get("level", "level")
+    high, low = q.get("high", "high"), q.get("low", "low")
+    axes = {g["label"]: g.get("axes") or {} for g in conf["groups"]}
+    if not any(m_axis in a and l_axis in a for a in axes.values()):
+        raise ExperimentError(f"{where}: no group has the axes {m_axis!r} and {l_axis!r}; name them in [matrix] "
+                              f"or give [[groups]] axes = {{ {m_axis} = ..., {l_axis} = ... }}")
+    runs: dict[tuple, dict[str, str]] = {}  # (model, pool, metric) -> level -> run dir
+    for job in jobs:
+        a = axes.get(job.label, {})
+        if m_axis not in a or a.get(l_axis) not in (high, low):
+            continue
+        pool = " / ".join(v for k, v in a.items() if k not in (m_axis, l_axis) and v)
+        runs.setdefault((job.model_name, pool, a[m_axis]), {})[a[l_axis]] = (job.label, job.cfg.out)
+    cells, notes = [], []
+    for (model, pool, metric), by_level in runs.items():
+        if high not in by_level or low not in by_level:
+            notes.append(f"{model} / {pool} / {metric}: only the {next(iter(by_level))!r} split was run; no comparison")
+            continue
+        cells.append(QualityCell(model, pool, metric, load_group(*by_level[high]), load_group(*by_level[low])))
+    return cells, notes
+
+
+def study_page(conf: dict, jobs, out: Path, opts: dict) -> Path:
+    """The experiment's quality page (``reports/quality/index.html``)."""
+    cells, notes = study_cells(conf, jobs)
+    props = tuple(conf["quality"].get("properties", ("nuclear", "effective_rank")))
+    return write_page(cells, out, title=f"{conf['name']}: quality metrics", notes=notes, n_perm=opts.get("n_perm", 2000),
+                      n_boot=opts.get("n_boot", 2000), seed=opts.get("seed", 0), properties=props)
