@@ -80,12 +80,29 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
         assert r["median_tokens_high"] > r["median_tokens_low"]  # LONG vs SHORT outputs
     from layergrad.report.quality import write_page
 
-    index = write_page(cells, tmp_path / "page", title="t", n_perm=200, n_boot=400)
+    index = write_page(cells, tmp_path / "page", title="t", n_perm=200, n_boot=400, scores=["score"])
     text = index.read_text()
-    assert "Agreement matrix" in text and "not length-controlled" in text
+    assert "Agreement matrix" in text and "not length-controlled" in text and "exploratory" in text
     assert (tmp_path / "page" / "figures" / "agreement.png").stat().st_size > 0
     back = pd.read_csv(tmp_path / "page" / "quality_effects.csv")
     assert np.allclose(back["ratio"], eff["ratio"], rtol=1e-12)
+    # correlations of the records' own score with each property over all 16 examples, against the textbook
+    # partial-correlation formula on ranks (the code regresses ranks instead)
+    from scipy import stats
+
+    corr = pd.read_csv(tmp_path / "page" / "quality_correlations.csv")
+    assert len(corr) == 2 and set(corr["n"]) == {16}
+    for _, r in corr.iterrows():
+        xs, ys, zs = [], [], []
+        for j in jobs:
+            v, n_tok = _per_example(j.cfg.out, r["property"])
+            xs += list(range(4))  # "score" = i of Q{i}, in record order (= run order here)
+            ys += list(v)
+            zs += list(n_tok)
+        x, y, z = (stats.rankdata(a) for a in (xs, ys, zs))
+        assert r["spearman"] == pytest.approx(stats.spearmanr(xs, ys)[0], abs=1e-12)
+        rxy, rxz, ryz = np.corrcoef(x, y)[0, 1], np.corrcoef(x, z)[0, 1], np.corrcoef(y, z)[0, 1]
+        assert r["partial_spearman"] == pytest.approx((rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2)), abs=1e-10)
 
 
 def test_length_overlap():

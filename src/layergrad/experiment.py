@@ -54,6 +54,8 @@ low on each property, and the agreement matrix (metrics x properties)::
     high = "high"            # its labels (defaults "high", "low")
     low = "low"
     properties = ["nuclear", "effective_rank"]   # default
+    scores = ["reward", "instag"]  # records' own score fields to correlate with the properties
+                                   # (default: the metric labels that are fields of the records)
 
 [[groups]] written out take part through ``axes = { metric = "reward", level = "high", pool = "her" }``.
 
@@ -83,7 +85,7 @@ class ExperimentError(LayergradError, ValueError):
 TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons", "builtin", "matrix", "report", "quality")
 MATRIX_KEYS = ("data", "label", "comparisons")
 MATRIX_COMPARISON_KEYS = ("title", "each", "fix", "order")
-QUALITY_KEYS = ("metric", "level", "high", "low", "properties")
+QUALITY_KEYS = ("metric", "level", "high", "low", "properties", "scores")
 GROUP_KEYS = ("label", "data", "run", "axes")  # axes: {axis: label}, set by [matrix] (read by [quality])
 
 

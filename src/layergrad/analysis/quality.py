@@ -77,3 +77,47 @@ def quality_effects(cells: list[QualityCell], properties=PROPERTIES, *, n_perm: 
                          "median_tokens_low": float(np.nanmedian(c.low.lengths)) if np.isfinite(c.low.lengths).any() else np.nan,
                          "length_overlap": length_overlap(c.high.lengths, c.low.lengths), "analysis": ANALYSIS})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# -- exploratory: the records' own quality scores against the spectral summaries --------------------
+CORRELATION_COLUMNS = ["model", "pool", "score", "property", "n", "spearman", "p_value", "partial_spearman", "partial_p_value"]
+
+
+def _partial_rank_correlation(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[float, float]:
+    """Spearman correlation of ``x`` and ``y`` controlling for ``z``: the Pearson correlation of the ranks
+    of ``x`` and ``y`` after a least-squares fit on the ranks of ``z`` is removed from each; its p-value
+    from Student's t with ``n - 3`` degrees of freedom."""
+    from scipy import stats
+
+    rx, ry, rz = (stats.rankdata(v) for v in (x, y, z))
+    A = np.column_stack([np.ones_like(rz), rz])
+    ex = rx - A @ np.linalg.lstsq(A, rx, rcond=None)[0]
+    ey = ry - A @ np.linalg.lstsq(A, ry, rcond=None)[0]
+    if not (ex.std() > 0 and ey.std() > 0):
+        return float("nan"), float("nan")
+    r = float(np.corrcoef(ex, ey)[0, 1])
+    df = len(x) - 3
+    if df < 1 or abs(r) >= 1:
+        return r, float("nan") if df < 1 else 0.0
+    t = r * np.sqrt(df / (1 - r * r))
+    return r, float(2 * stats.t.sf(abs(t), df))
+
+
+def score_correlations(frame: pd.DataFrame, scores: list[str], properties=PROPERTIES) -> pd.DataFrame:
+    """Per model and pool, each score against each property over the scored examples (``frame``: one row
+    per example with ``model``, ``pool``, ``n_response_tokens``, the scores and the properties): Spearman's
+    rho (``scipy.stats.spearmanr``) and the partial rank correlation on response length. Exploratory."""
+    from scipy import stats
+
+    rows = []
+    for (model, pool), g in frame.groupby(["model", "pool"], sort=False):
+        for s in scores:
+            for p in properties:
+                d = g[[s, p, "n_response_tokens"]].apply(pd.to_numeric, errors="coerce").dropna()
+                if len(d) < 4 or d[s].nunique() < 2 or d[p].nunique() < 2:
+                    continue
+                rho, pv = stats.spearmanr(d[s], d[p])
+                prho, ppv = _partial_rank_correlation(d[s].to_numpy(float), d[p].to_numpy(float), d["n_response_tokens"].to_numpy(float))
+                rows.append({"model": model, "pool": pool, "score": s, "property": p, "n": len(d), "spearman": float(rho),
+                             "p_value": float(pv), "partial_spearman": prho, "partial_p_value": ppv})
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)

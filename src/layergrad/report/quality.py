@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, quality_effects
+from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, quality_effects, score_correlations
 
 from . import figures, html, tables
 
@@ -54,13 +54,50 @@ def agreement_figure(effects: pd.DataFrame):
     return fig
 
 
+CORRELATION_CAPTION = ("Exploratory: over every scored example of a model and pool (each record once, whatever its splits), "
+                       "Spearman's rho between a record's own quality score and its spectral summary (mean over layers and "
+                       "roles), and the partial rank correlation controlling for the number of response tokens.")
+
+
+def example_frame(cells: list[QualityCell], scores: list[str]) -> pd.DataFrame:
+    """One row per scored example of each model and pool: its ``scores`` (the records' own fields, read
+    from the runs' data files), each property's mean over layers and roles, and its response tokens."""
+    from layergrad.inputs.data import Fields, load_examples
+
+    rows, seen = [], set()
+    for c in cells:
+        for g in (c.high, c.low):
+            exs, _ = load_examples([str(p) for p in g.manifest.get("data") or []], group=g.manifest.get("group"),
+                                   fields=Fields(**(g.manifest.get("fields") or {})), skip_invalid=True)
+            rec = {e.id: e.record for e in exs}
+            means = {m: np.nanmean(v.reshape(len(v), -1), axis=1) if v.size else np.full(len(v), np.nan)
+                     for m, v in g.values.items()}
+            for k, i in enumerate(g.ids):
+                if (c.model, c.pool, i) in seen or i not in rec:
+                    continue
+                seen.add((c.model, c.pool, i))
+                rows.append({"model": c.model, "pool": c.pool, "id": i, "n_response_tokens": g.lengths[k],
+                             **{s: rec[i].get(s) for s in scores}, **{m: float(v[k]) for m, v in means.items()}})
+    return pd.DataFrame(rows)
+
+
 def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), n_perm: int = 2000, n_boot: int = 2000,
-               seed: int = 0, properties=("nuclear", "effective_rank")) -> Path:
-    """Compute the effects and write the page under ``out``; returns ``out/index.html``."""
+               seed: int = 0, properties=("nuclear", "effective_rank"), scores=None) -> Path:
+    """Compute the effects (and, for ``scores``, the correlations) and write the page under ``out``;
+    returns ``out/index.html``. ``scores`` default: the cells' metric names that are fields of the records."""
+    import warnings
+
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     effects = quality_effects(cells, properties, n_perm=n_perm, n_boot=n_boot, seed=seed)
     files = tables.write_table(effects, out, "quality_effects", CAPTION)
+    wanted = list(dict.fromkeys(c.metric for c in cells)) if scores is None else list(scores)
+    frame = example_frame(cells, wanted) if cells else pd.DataFrame()
+    present = [s for s in wanted if s in frame.columns and pd.to_numeric(frame[s], errors="coerce").notna().any()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant inputs are skipped by score_correlations
+        corr = score_correlations(frame, present, properties) if present else pd.DataFrame()
+    corr_files = tables.write_table(corr, out, "quality_correlations", CORRELATION_CAPTION) if len(corr) else {}
     fig = agreement_figure(effects)
     figures.save(fig, out / "figures", "agreement")
     fig_ref = html.FigureRef("figures/agreement.png", "figures/agreement.svg",
@@ -89,7 +126,12 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), n_p
                "(length_overlap near 0) cannot be told apart from length by this page."]
     page = html.render(title=title, subtitle="quality study: do the quality metrics agree?", runs_table=tables.to_html(runs, 400, ""),
                        notes=list(notes), methods=methods,
-                       sections=[html.Section("agreement", "Agreement matrix", figures=[fig_ref], tables=[table])],
+                       sections=[html.Section("agreement", "Agreement matrix", figures=[fig_ref], tables=[table]),
+                                 *([html.Section("correlations", "Quality scores and spectra (exploratory)", intro=CORRELATION_CAPTION,
+                                                 tables=[html.TableRef(title="quality_correlations.csv", html=html.jinja2.utils.markupsafe.Markup(
+                                                     tables.to_html(corr, 400, "quality_correlations.csv")),
+                                                     files=[(ext, p.name) for ext, p in corr_files.items()], n_rows=len(corr),
+                                                     caption=CORRELATION_CAPTION)])] if len(corr) else [])],
                        findings="<ul>" + "".join(words) + "</ul>")
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
@@ -131,4 +173,5 @@ def study_page(conf: dict, jobs, out: Path, opts: dict) -> Path:
     cells, notes = study_cells(conf, jobs)
     props = tuple(conf["quality"].get("properties", ("nuclear", "effective_rank")))
     return write_page(cells, out, title=f"{conf['name']}: quality metrics", notes=notes, n_perm=opts.get("n_perm", 2000),
-                      n_boot=opts.get("n_boot", 2000), seed=opts.get("seed", 0), properties=props)
+                      n_boot=opts.get("n_boot", 2000), seed=opts.get("seed", 0), properties=props,
+                      scores=conf["quality"].get("scores"))
