@@ -130,5 +130,5 @@ def test_the_shipped_study_plans_every_present_split():
 
     conf = load_config(REPO / "experiments" / "quality.toml")
     jobs, notes = plan(conf)
-    assert len(jobs) == 14  # 2 pools x 4 metrics x 2 splits, less Magpie's reward (absent)
+    assert len(jobs) == 15  # 2 pools x 4 metrics x 2 splits, less Magpie's reward (absent), and the R1 traces
     assert any("reward_mag" in n for n in notes)
