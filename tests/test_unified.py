@@ -211,3 +211,16 @@ def test_import_refuses_a_file_mixing_both_scripts_lines(tmp_path):
     p.write_text(json.dumps(new) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(ReferenceFormatError, match=r"line 2: .*k_proj"):
         import_reference(p, tmp_path / "imp2")
+
+
+def test_the_memory_estimate_counts_every_kept_gradient_with_cosine_layers(tokenizer):
+    from layergrad.run import memory
+
+    model = make_model("llama", len(tokenizer))
+    targets = find_targets(model, "q,k,v,o")
+    shape = memory.model_shape_of(model)
+    base = memory.estimate_batch_bytes(3, 50, shape, targets, 8)
+    kept = memory.estimate_batch_bytes(3, 50, shape, targets, 8, keep_all_gradients=True)
+    per_layer = sum(t.out_features for t in targets if t.layer == 0)
+    extra = (sum(t.out_features for t in targets) - per_layer) * 3 * 50 * 8  # every layer's D but the one counted
+    assert kept - base == pytest.approx(extra * (1 + memory.SLACK), abs=2)

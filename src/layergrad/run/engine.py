@@ -163,7 +163,8 @@ def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, n
         n, t = len(part), max(encoded[k].n_tokens for k in part)
         n_loss = sum(max(1, encoded[k].n_response) for k in part)
         return memory.estimate_batch_bytes(n, t, shape, targets, stats_itemsize, gather=runner.gather,
-                                           threads=n if batched else threads, n_loss=n_loss, queue_bytes=queue)
+                                           threads=n if batched else threads, n_loss=n_loss, queue_bytes=queue,
+                                           keep_all_gradients=cfg.cosine_layers)
 
     def fits(items):
         parts, too_big, stack = [], [], [list(items)]
