@@ -38,12 +38,14 @@ def agreement_figure(effects: pd.DataFrame):
     val = np.full((len(rows), len(props)), np.nan)
     fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(props), 1.0 + 0.55 * len(rows)), layout="constrained")
     mark = {"yes": "\u2713", "no": "\u2717", "unsettled": "?", "": ""}
+    texts = []
     for _, r in effects.iterrows():
         i, j = rows.index((r["model"], r["pool"], r["metric"])), props.index(r["property"])
         val[i, j] = np.log2(r["ratio"]) if r["ratio"] > 0 else np.nan
-        ax.text(j, i, f"{r['ratio']:.3g} {mark[r['agrees']]}\n[{r['ratio_ci_low']:.3g}, {r['ratio_ci_high']:.3g}]",
-                ha="center", va="center", fontsize=8)
+        texts.append((i, j, f"{r['ratio']:.3g} {mark[r['agrees']]}\n[{r['ratio_ci_low']:.3g}, {r['ratio_ci_high']:.3g}]"))
     lim = max(float(np.nanmax(np.abs(val))) if np.isfinite(val).any() else 1.0, 0.1)
+    for i, j, text in texts:  # white on the dark ends of the scale
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if abs(val[i, j]) > 0.6 * lim else "black")
     im = ax.imshow(val, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(len(props)), [f"{p}\n(paper: high {'<' if CLAIM.get(p) == -1 else '>' if CLAIM.get(p) == 1 else '?'} low)"
                                       for p in props])
