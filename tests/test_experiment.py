@@ -99,6 +99,8 @@ def test_matrix_expands_to_groups_and_comparisons(tmp_path):
         "comparisons": [{"title": "{task}: fast vs slow", "each": ["task"], "fix": {"correctness": ""}},
                         {"title": "{task}: correct vs irrelevant", "each": ["task"], "order": ["style", "correctness"]}],
     })
+    assert groups[2]["axes"] == {"task": "t1", "correctness": "irrelevant", "style": "None"}  # read by [quality]
+    groups = [{k: g[k] for k in ("label", "data")} for g in groups]
     assert groups[:4] == [{"label": "t1 / None", "data": "ok/t1_no.json"}, {"label": "t1 / Detailed", "data": "ok/t1_long.json"},
                           {"label": "t1 / None / irrelevant", "data": "bad/t1_no.json"},
                           {"label": "t1 / Detailed / irrelevant", "data": "bad/t1_long.json"}]
@@ -169,8 +171,10 @@ def test_matrix_truncated_groups_and_listed_fixes():
         "comparisons": [{"title": "{task}: equal length", "each": ["task"], "fix": {"correctness": "", "style": ["None", "Detailed cut"]}},
                         {"title": "{task}: fast vs slow", "each": ["task"], "fix": {"correctness": ""}}],
     })
-    assert groups[8:] == [{"label": "t1 / Detailed cut", "data": "ok/t1_long.json", "truncate_to": "t1 / None"},
-                          {"label": "t2 / Detailed cut", "data": "ok/t2_long.json", "truncate_to": "t2 / None"}]
+    assert groups[8:] == [{"label": "t1 / Detailed cut", "data": "ok/t1_long.json", "truncate_to": "t1 / None",
+                           "axes": {"task": "t1", "correctness": "", "style": "Detailed cut"}},
+                          {"label": "t2 / Detailed cut", "data": "ok/t2_long.json", "truncate_to": "t2 / None",
+                           "axes": {"task": "t2", "correctness": "", "style": "Detailed cut"}}]
     assert comps == [{"title": "t1: equal length", "groups": ["t1 / None", "t1 / Detailed cut"]},
                      {"title": "t1: fast vs slow", "groups": ["t1 / None", "t1 / Detailed"]},
                      {"title": "t2: equal length", "groups": ["t2 / None", "t2 / Detailed cut"]},

@@ -26,6 +26,7 @@ CHANGES = {
     "spectrum_k": ({"spectrum_k": 8}, {}),
     "elementwise": ({"elementwise": True}, {}),
     "cosine": ({"cosine": True}, {}),
+    "cosine_layers": ({"cosine": True, "cosine_layers": True}, {}),  # the first run has --cosine (FIRST_CONFIG)
     "ifd": ({"ifd": True}, {}),
     "token_shares": ({"token_shares": True}, {}),
     "gram_precision": ({"gram_precision": "float32-qr"}, {}),  # the float32 route (tests/test_gram_precision.py)
@@ -37,7 +38,8 @@ CHANGES = {
     "adapter_fingerprint": ({}, {"adapter": "lora", "adapter_fingerprint": "a2"}),  # another adapter (first: a1)
     "adapter_params": ({}, {"adapter": "lora", "adapter_fingerprint": "a1", "adapter_params": True}),
 }
-# what the FIRST run's model carries for a key (the second's is in CHANGES)
+# what the FIRST run's config and model carry for a key (the second's is in CHANGES)
+FIRST_CONFIG = {"cosine_layers": {"cosine": True}}
 FIRST_MODEL = {"adapter_fingerprint": {"adapter": "lora", "adapter_fingerprint": "a1"},
                "adapter_params": {"adapter": "lora", "adapter_fingerprint": "a1"}}
 
@@ -53,7 +55,7 @@ def test_every_identity_key_has_a_test():
 def test_resume_with_another_configuration_is_refused_naming_it(tmp_path, tokenizer, key, monkeypatch):
     model = make_model("llama", len(tokenizer))
     records = CHATS if key == "turns" else MANY[:2]
-    first = config(tmp_path, records, modules="attn")
+    first = config(tmp_path, records, **{"modules": "attn", **FIRST_CONFIG.get(key, {})})
     engine.run(first, loaded=loaded(model, tokenizer, **FIRST_MODEL.get(key, {})))
     before = tree_digest(Path(first.out))
 

@@ -76,6 +76,7 @@ class RunConfig:
     spectrum_k: int | None = 64  # singular values stored per module; None = the full spectrum
     elementwise: bool = False  # also M_mean/M_max/M_min of the dense gradient (costly)
     cosine: bool = False  # cosine similarity between gradients of paired modules
+    cosine_layers: bool = False  # also every pair of layers of one role (kinds gap2, gap3, ...; the follow-up's matrices)
     token_shares: bool = False  # each token's share of ||G||^2 per depth third and module group (shares parts)
     ifd: str | None = None  # IFD definition: a vocab.IFD_METHODS name (cherry | superfiltering) or None (off); True = the default
     skip_invalid: bool = False  # run the valid records, store the invalid ones with their reason
@@ -92,6 +93,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         from layergrad.run.ifd import DEFAULT_IFD
+
+        if self.cosine_layers is True:  # every pair of layers includes the pairs --cosine stores
+            self.cosine = True
 
         # True (older configs, `ifd = true`) -> the default; False -> None; anything else is left to validate()
         if self.ifd is True or self.ifd is False:
@@ -359,6 +363,7 @@ _CHECKS = {
     "spectrum_k": _int_at_least(0, optional=True, none_means="'all': the full spectrum"),
     "elementwise": _bool,
     "cosine": _bool,
+    "cosine_layers": _bool,
     "token_shares": _bool,
     "ifd": _ifd,
     "skip_invalid": _bool,

@@ -67,6 +67,22 @@ With several ``[[models]]``, each group measured on two or more models also gets
 report (``reports/cross-model/<group>/``: the models compared on relative depth,
 :mod:`layergrad.report.crossmodel`), beside the per-model reports.
 
+A quality study (``[quality]``): the matrix axis that names the quality metric and the one that holds
+its high and low splits; the other axes (a pool) and each model give separate rows. After the reports,
+``reports/quality/index.html`` (:mod:`layergrad.report.quality`): per model, pool and metric, high vs
+low on each property, and the agreement matrix (metrics x properties)::
+
+    [quality]
+    metric = "metric"        # axis naming the quality metric (default "metric")
+    level = "level"          # axis with the two splits (default "level")
+    high = "high"            # its labels (defaults "high", "low")
+    low = "low"
+    properties = ["nuclear", "effective_rank"]   # default
+    scores = ["reward", "instag"]  # records' own score fields to correlate with the properties
+                                   # (default: the metric labels that are fields of the records)
+
+[[groups]] written out take part through ``axes = { metric = "reward", level = "high", pool = "her" }``.
+
 Groups are every combination of the axes, the first axis outermost, in file order; a comparison
 takes its groups in that order unless it gives its own ``order``. Comparisons are listed by their
 ``each`` values (all comparisons of the first task, then of the second, ...).
@@ -90,11 +106,12 @@ class ExperimentError(LayergradError, ValueError):
 
 
 #: The keys of an experiment file, and of one of its [[groups]].
-TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons", "builtin", "matrix", "report")
+TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons", "builtin", "matrix", "report", "quality")
 MATRIX_KEYS = ("data", "label", "comparisons", "truncated")
 MATRIX_COMPARISON_KEYS = ("title", "each", "fix", "order")
 MATRIX_TRUNCATED_KEYS = ("axis", "from", "to", "label", "fix")
-GROUP_KEYS = ("label", "data", "run", "truncate_to", "truncate_response")
+QUALITY_KEYS = ("metric", "level", "high", "low", "properties", "scores")
+GROUP_KEYS = ("label", "data", "run", "axes", "truncate_to", "truncate_response")  # axes: {axis: label}, set by [matrix] (read by [quality])
 
 
 @dataclass
@@ -129,6 +146,17 @@ def load_config(path: str | Path) -> dict:
     for i, m in enumerate(conf.get("models", [])):
         if not isinstance(m, dict) or not isinstance(m.get("model"), str):
             problems.append(f"models[{i}] needs a string 'model' (a folder, a .gguf file or 'default')")
+    q = conf.get("quality")
+    if q is not None:
+        if not isinstance(q, dict):
+            problems.append("'quality' must be a table ([quality])")
+        else:
+            problems += [f"[quality]: unknown key {k!r}{did_you_mean(k, QUALITY_KEYS, template=' (did you mean {!r}?)')}" for k in q
+                         if k not in QUALITY_KEYS]
+            from .analysis.groups import ANALYSIS_METRICS
+
+            problems += [f"[quality] properties: unknown metric {p!r}{did_you_mean(str(p), ANALYSIS_METRICS, template=' (did you mean {!r}?)')}"
+                         for p in q.get("properties", []) if p not in ANALYSIS_METRICS]
     for i, g in enumerate(conf.get("groups", [])):
         bad = [k for k in (g if isinstance(g, dict) else {}) if k not in GROUP_KEYS]
         problems += [f"groups[{i}]: unknown key {k!r}{did_you_mean(k, GROUP_KEYS, template=' (did you mean {!r}?)')}" for k in bad]
@@ -230,7 +258,7 @@ def expand_matrix(matrix: dict, path="experiment") -> tuple[list[dict], list[dic
         labels = {n: lab for n, (lab, _) in zip(names, combo)}
         values = {n: val for n, (_, val) in zip(names, combo)}
         label = " / ".join(part for part in _fill(label_pattern, labels, path, "label").split(" / ") if part.strip())
-        groups.append({"label": label, "data": _fill(matrix["data"], values, path, "data")})
+        groups.append({"label": label, "data": _fill(matrix["data"], values, path, "data"), "axes": labels})
         cells.append(labels)
     derived = _truncated_groups(matrix, axes, groups, cells, label_pattern, path)  # axis -> its new labels
     comparisons = []
@@ -297,7 +325,7 @@ def _truncated_groups(matrix: dict, axes: dict, groups: list[dict], cells: list[
             new = {**cell, axis: t["label"]}
             partner = label_of[tuple(sorted({**cell, axis: t["to"]}.items()))]
             label = " / ".join(part for part in _fill(label_pattern, new, path, "label").split(" / ") if part.strip())
-            groups.append({"label": label, "data": g["data"], "truncate_to": partner})
+            groups.append({"label": label, "data": g["data"], "truncate_to": partner, "axes": new})
             cells.append(new)
         derived.setdefault(axis, []).append(t["label"])
     return derived
@@ -421,6 +449,12 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
             log(f"report: {index}")
             links.append((mname, c["title"], index.relative_to(out), len(chosen)))
     links += _cross_model_reports(conf, jobs, out, log)
+    if "quality" in conf:
+        from .report.quality import study_page
+
+        index = study_page(conf, jobs, out / "reports" / "quality", report_options(conf))
+        log(f"quality report: {index}")
+        links.append(("all models", "quality: do the metrics agree?", index.relative_to(out), len(jobs)))
     overview = out / "index.html"
     overview.write_text(_overview_html(conf["name"], links, notes, out), encoding="utf-8")
     log(f"overview: {overview}")

@@ -407,3 +407,61 @@ def merge_scores(examples: list, table: pd.DataFrame, columns: list[str], prefix
             rec[name] = v
         out.append(replace(e, record=rec, raw=None))
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Scores that are fields of the records themselves (a data file's own scores)
+# ---------------------------------------------------------------------------------------
+
+FIELD_PREFIX = "field:"  # METRIC "field:NAME": the numeric field NAME of each input record
+
+
+def field_metric(text: str) -> Metric:
+    """``field:NAME`` (or ``NAME``) -> the metric of a record field, named ``field:NAME``."""
+    name = text[len(FIELD_PREFIX):] if text.startswith(FIELD_PREFIX) else text
+    if not name.strip():
+        raise MetricError(f"--by {text!r}: no field name; write field:NAME (e.g. field:reward)")
+    return Metric(name=FIELD_PREFIX + name)
+
+
+def field_values(examples: list, metric: Metric) -> tuple[np.ndarray, dict[str, int]]:
+    """Each example's field value as a float ``(n,)`` (NaN where missing or not a number), and how many
+    records lacked the field or held something that is not a number (a number written as text, as CSV
+    cells are, counts as a number; booleans do not)."""
+    name = metric.name[len(FIELD_PREFIX):]
+    out = np.full(len(examples), np.nan)
+    missing = not_numeric = 0
+    for k, e in enumerate(examples):
+        v = e.record.get(name)
+        if v is None or v == "":
+            missing += 1
+            continue
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            not_numeric += 1
+    return out, {f"without a value of {name!r}": missing, f"whose {name!r} is not a number": not_numeric}
+
+
+def examples_table(examples: list) -> pd.DataFrame:
+    """A score table's identifying columns (``ID_COLUMNS``) for examples read from data files."""
+    return pd.DataFrame({"id": [e.id for e in examples], "group": [e.group for e in examples],
+                         "source": [e.source for e in examples], "index": [e.index for e in examples],
+                         "order": range(len(examples)), "status": "ok"})
+
+
+def cut_ties(sel: Selection, scores: pd.Series) -> str | None:
+    """A sentence when eligible examples tie with the last selected one and some of them are left out
+    (input order decides); ``None`` when the cut falls between two different values."""
+    k = len(sel.ids)
+    if k == 0 or k == sel.n_eligible:
+        return None
+    v = scores.reindex(sel.ranked).astype(float).to_numpy()
+    edge = v[k - 1]
+    inside, outside = int((v[:k] == edge).sum()), int((v[k:] == edge).sum())
+    if not outside:
+        return None
+    return (f"  ties at the cut: {inside + outside} eligible examples have {sel.metric.name} = {edge:.6g}; "
+            f"{inside} selected, {outside} left out by input order (earlier records first)")

@@ -22,6 +22,9 @@ RUN_EXAMPLES = """examples:
 
 drop-in for the paper's script (same flags, same JSON-lines output):
   layergrad run --data_path D.json --save_path S.jsonl --model_name_or_path meta-llama/Meta-Llama-3.1-8B --max_length 1024 [--cache_dir DIR] [--run_instruct_version]
+
+drop-in for the follow-up paper's get_grad_vector_initial_try.py (every singular value, layer x layer cosines):
+  layergrad run --format unified --data_path D.json --save_path S.jsonl --model_name_or_path Qwen/Qwen2.5-1.5B --max_length 4096 [--run_instruct_version]
 """
 
 
@@ -91,6 +94,9 @@ def add_parser(sub) -> None:
     p.add_argument("--spectrum-k", default=None, help=f"singular values stored per module: a number or 'all' (default {D('spectrum_k')})")
     p.add_argument("--elementwise", action="store_true", default=None, help="also M_mean/M_max/M_min of the dense gradient (slower)")
     p.add_argument("--cosine", action="store_true", default=None, help="cosine similarity of gradients: next layer, q~o, k~v")
+    p.add_argument("--cosine-layers", action="store_true", default=None,
+                   help="--cosine and also every pair of layers of one role (kinds gap2, gap3, ...: the layer x layer "
+                   "matrices of the follow-up paper's script), from the factors: L^2/2 products of (T x T) matrices per role")
     p.add_argument("--token-shares", action="store_true", default=None,
                    help="also each token's share <d_t x_t^T, G> / |G|^2 of the gradient, per depth third and module group "
                    "(attn, mlp): one (T x T) product per example and module; the report shows where in the response it lies")
@@ -122,20 +128,27 @@ def add_parser(sub) -> None:
     p.add_argument("--shard", default=None, help="i/N: take shard i of N (job arrays); merge with 'layergrad merge'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (neither the run's nor the model loading's)")
     # the paper's flags (drop-in mode)
-    g = p.add_argument_group("drop-in flags of the paper's get_gradient_values.py")
+    g = p.add_argument_group("drop-in flags of the paper's get_gradient_values.py (and, with --format unified, of the "
+                             "follow-up's get_grad_vector_initial_try.py)")
+    g.add_argument("--format", choices=["reference", "unified"], default=None,
+                   help="drop-in mode's script and output: reference (get_gradient_values.py: S_sum, S_max, S_min) or "
+                   "unified (get_grad_vector_initial_try.py: S_list, cosine_sim, cosine_sim_qkvo; default --max_length "
+                   "2048 as that script's) (default reference)")
     g.add_argument("--data_path", help="data file (drop-in mode: with --save_path)")
     g.add_argument("--save_path", help="JSON-lines output in the paper's format; the run directory is SAVE_PATH.layergrad")
     g.add_argument("--model_name_or_path", help="as --model")
-    g.add_argument("--max_length", type=int, help="as --max-length")
+    g.add_argument("--max_length", type=int, help="as --max-length (if not given: 1024; --format unified: 2048, the scripts' own)")
     g.add_argument("--run_instruct_version", action="store_true", help="chat template (else base prompts)")
     g.add_argument("--start_idx_ratio", type=float, default=0, help="first record: a ratio (<= 1) or an index (> 1)")
     g.add_argument("--end_idx_ratio", type=float, default=-1, help="end record: a ratio (<= 1) or an index (> 1); -1: the end")
+    g.add_argument("--run_scratch_version", action="store_true", help="refused: the follow-up's script re-initialises the "
+                   "weights unseeded (model.init_weights()); save such a model and pass its folder instead")
     p.set_defaults(func=cmd_run)
 
 
 #: Fields whose flag's value goes to RunConfig as it is (dest = field name); the others are handled below.
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "max_memory", "limit",
-                "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
+                "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "cosine_layers", "token_shares", "ifd", "skip_invalid",
                 "trust_remote_code", "method", "eig_batch", "gram_precision", "shard", "truncate_response", "truncate_to", "revision", "cache_dir",
                 "split", "subset", "data_revision", "adapter", "adapter_params")
 
@@ -180,7 +193,23 @@ def read_config_file(path: str) -> dict:
 
 
 #: What drop-in mode sets (over a config file's values).
-DROPIN_KEYS = ("data", "out", "model", "prompt_mode", "modules", "reference", "elementwise", "max_length", "spectrum_k", "record_slice")
+DROPIN_KEYS = ("data", "out", "model", "prompt_mode", "modules", "reference", "elementwise", "max_length", "spectrum_k", "record_slice",
+               "cosine", "cosine_layers")
+
+
+def _refuse_foreign_output(save_path: str) -> None:
+    """Drop-in mode writes SAVE_PATH from its run directory SAVE_PATH.layergrad (the resume is by that
+    store's example ids). A non-empty SAVE_PATH without it was written by something else (the paper's own
+    script): refuse rather than replace it."""
+    import os
+
+    from layergrad.errors import ConfigError
+
+    if os.path.isfile(save_path) and os.path.getsize(save_path) > 0 and not os.path.isdir(save_path + ".layergrad"):
+        raise ConfigError(
+            f"--save_path {save_path} already holds results and there is no {save_path}.layergrad run directory beside it, "
+            "so they were not written by layergrad and would be replaced; move the file aside (or `layergrad import` it "
+            "to analyse it here) and rerun")
 
 
 def _run_config(a):
@@ -193,9 +222,17 @@ def _run_config(a):
     origins = {k: a.config for k in opts}  # what a problem names: the file, else the flag
     problems: list[str] = []
     dropin = a.data_path is not None or a.save_path is not None
+    if (a.format or a.run_scratch_version) and not dropin:
+        raise ConfigError("--format and --run_scratch_version are drop-in flags: use them with --data_path and --save_path")
+    if a.run_scratch_version:
+        raise ConfigError("--run_scratch_version is not supported: the follow-up's script calls model.init_weights() with no "
+                          "seed, so its numbers cannot be reproduced; build the from-scratch model once "
+                          "(AutoModelForCausalLM.from_config(config), save_pretrained(DIR)) and pass --model_name_or_path DIR")
     if dropin:
         if not (a.data_path and a.save_path):
             raise ConfigError("drop-in mode needs both --data_path and --save_path")
+        _refuse_foreign_output(a.save_path)
+        unified = a.format == "unified"
         opts.update(
             data=[a.data_path],
             out=a.save_path + ".layergrad",
@@ -204,8 +241,10 @@ def _run_config(a):
             modules="reference",
             reference=True,
             elementwise=True,
-            max_length=a.max_length if a.max_length is not None else 1024,
-            spectrum_k=0,
+            max_length=a.max_length if a.max_length is not None else (2048 if unified else 1024),
+            spectrum_k=None if unified else 0,  # unified: every singular value (S_list)
+            cosine=unified,
+            cosine_layers=unified,  # the layer x layer matrices, from the factors
         )
         if a.start_idx_ratio or a.end_idx_ratio != -1:
             opts["record_slice"] = [a.start_idx_ratio, a.end_idx_ratio]
@@ -231,14 +270,14 @@ def _run_config(a):
         raise ConfigError(problems + e.problems) from None
     if problems:
         raise ConfigError(problems)
-    return cfg, (a.save_path if dropin else None)
+    return cfg, ((a.save_path, a.format or "reference") if dropin else None)
 
 
 def cmd_run(a) -> int:
     from layergrad.run import engine
     from layergrad.store.paper import export_reference
 
-    cfg, save_path = _run_config(a)
+    cfg, dropin = _run_config(a)
     s = engine.run(cfg)
     if s.rank:  # under torchrun rank 0 alone reports the whole store and exports it, after the final barrier
         print(f"[rank {s.rank}/{s.world_size}] computed {s.computed} examples now; {s.seconds:.1f} s")
@@ -247,7 +286,8 @@ def cmd_run(a) -> int:
     print(f"{s.out}: {s.total} examples ({counts}); computed {s.computed} now, {s.skipped_done} were already stored; {s.seconds:.1f} s")
     for line in s.notes:
         print(line)
-    if save_path:
-        n, _ = export_reference(cfg.out, save_path)
-        print(f"wrote {n} lines to {save_path} (the paper's format)")
+    if dropin:
+        save_path, fmt = dropin
+        n, _ = export_reference(cfg.out, save_path, fmt)
+        print(f"wrote {n} lines to {save_path} ({'the follow-up paper' if fmt == 'unified' else 'the paper'}'s format)")
     return 0

@@ -67,7 +67,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 CSV_SUFFIXES = (".csv", ".tsv")
 SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES
-WRITE_SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES  # write_records' formats
+WRITE_SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES  # write_records' formats
 SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")  # what datasets' save_to_disk writes
 
 
@@ -702,12 +702,30 @@ def load_examples(
 # ----------------------------------------------------------------------------- writing
 
 
+def _csv_text(records: list[dict], delimiter: str) -> str:
+    """Records as CSV text: the union of their fields as the header, one row each."""
+    import csv
+    import io
+
+    header = list(dict.fromkeys(k for r in records for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, delimiter=delimiter, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: "" if v is None else json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+                    for k, v in r.items()})
+    return buf.getvalue()
+
+
 def write_records(examples: list[Example], path) -> Path:
     """Write the examples' original records to ``path``, in the format of its suffix.
 
     ``.json``: a JSON array of the records (``ensure_ascii=False, indent=1``);
     ``.jsonl``/``.ndjson``: the original lines verbatim (records read from another
-    format are serialised, one per line); ``.parquet``: a table of the records.
+    format are serialised, one per line); ``.parquet``: a table of the records;
+    ``.csv``/``.tsv``: a header of every field (in the order first seen), one row per record, by
+    Python's ``csv`` module (quoting only where needed; a CSV record read here, every value text,
+    is written back with the same values); ``None`` is an empty cell, a list or object its JSON text.
     The file appears whole or not at all (written to a temporary file, then renamed).
     """
     path = Path(path)
@@ -722,6 +740,8 @@ def write_records(examples: list[Example], path) -> Path:
             import pyarrow.parquet as pq
 
             pq.write_table(pa.Table.from_pylist([e.record for e in examples]), fh)
+        elif suffix in CSV_SUFFIXES:
+            fh.write(_csv_text([e.record for e in examples], "\t" if suffix == ".tsv" else ",").encode("utf-8"))
         else:
             if suffix in JSONL_SUFFIXES:
                 lines = [e.raw if e.raw is not None else json.dumps(e.record, ensure_ascii=False)

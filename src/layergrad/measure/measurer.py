@@ -31,6 +31,13 @@ With ``token_shares``, also each token's part ``<d_t x_t^T, G>`` of ``||G||_F^2`
 (:func:`~layergrad.spectra.products.token_contributions`), per example over its real tokens, in
 float64, from the ``(T, T)`` Gram matrices (``K_X`` shared with the Gram path and across q/k/v),
 summed over the calls of a module and over the modules of a layer's role group (attn, mlp).
+
+With ``cosine``, the cosines of pairs of gradients (next layer, q~o, k~v) from the factors
+(:func:`~layergrad.spectra.products.gradient_cosine`); with ``cosine_layers`` also every pair of layers
+of one role (kinds ``gap2``, ``gap3``, ...: the follow-up paper's layer x layer matrices). Those keep
+every module's masked ``X`` and ``D`` until the batch's end and cost ``(T^2)(i + o)`` per pair, about
+``L^2 / 2`` pairs per role: cheap for short texts; past ``T ~ i o / (L (i + o))`` forming the dense
+gradients would be cheaper (not done: the factors are exact and need no ``o x i`` matrix).
 """
 from __future__ import annotations
 
@@ -65,6 +72,7 @@ class Measurer:
     spectrum_k: int | None = 64  # None: the full spectrum
     elementwise: bool = False
     cosine: bool = False
+    cosine_layers: bool = False  # with cosine: every pair of layers of one role (kinds gap2, gap3, ...), kept to the batch's end
     method: str = "auto"  # auto | gram | factored | dense
     eig_batch: str = "auto"  # auto | on | off: the Gram path batched over examples and modules (auto: on CUDA)
     eig_queue_bytes: int = 1 << 30  # batched: side matrices queued before a solve (memory bound)
@@ -320,6 +328,11 @@ class Measurer:
             prv = lr.get((t.layer - 1, t.role))
             if prv is not None:
                 out.append(("next_layer", prv, t))
+            if self.cosine_layers:  # every other layer of the role, two or more apart (one apart: next_layer)
+                for (layer, role), other in lr.items():
+                    if role == t.role and abs(layer - t.layer) >= 2:
+                        lo, hi = (t, other) if t.layer < layer else (other, t)
+                        out.append((f"gap{hi.layer - lo.layer}", lo, hi))
             for kind, a, b in (("q_o", "q", "o"), ("k_v", "k", "v")):
                 if t.role in (a, b):
                     other = lr.get((t.layer, b if t.role == a else a))
@@ -330,13 +343,14 @@ class Measurer:
         return [(k, a, b) for k, a, b in out if (a.out_features, a.in_features) == (b.out_features, b.in_features)]
 
     def _cosine(self, t: Target, Xm: Tensor, Dm: Tensor) -> None:
-        self._pending[t.name] = (Xm, Dm)
+        self._pending[t.name] = (Xm, Dm, products.gradient_inner(Xm, Dm, Xm, Dm))  # |G|^2 once per module
         for kind, a, b in self._partners(t):
             other = b if a.name == t.name else a
             if other.name in self._pending:
-                Xa, Da = self._pending[a.name]
-                Xb, Db = self._pending[b.name]
-                self.cosines.append((kind, a.name, b.name, products.gradient_cosine(Xa, Da, Xb, Db).to("cpu", torch.float64)))
+                Xa, Da, aa = self._pending[a.name]
+                Xb, Db, bb = self._pending[b.name]
+                cos = products.gradient_cosine(Xa, Da, Xb, Db, aa=aa, bb=bb)
+                self.cosines.append((kind, a.name, b.name, cos.to("cpu", torch.float64)))
         # a module's factors are needed until each of its partners has arrived
         for name in list(self._pending):
             tgt = self.results[name].target

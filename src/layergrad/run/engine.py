@@ -170,7 +170,8 @@ def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, n
         n, t = len(part), max(encoded[k].n_tokens for k in part)
         n_loss = sum(max(1, encoded[k].n_response) for k in part)
         return memory.estimate_batch_bytes(n, t, shape, targets, stats_itemsize, gather=runner.gather,
-                                           threads=n if batched else threads, n_loss=n_loss, queue_bytes=queue)
+                                           threads=n if batched else threads, n_loss=n_loss, queue_bytes=queue,
+                                           keep_all_gradients=cfg.cosine_layers)
 
     def fits(items):
         parts, too_big, stack = [], [], [list(items)]
@@ -203,6 +204,7 @@ def _runner(cfg: RunConfig, model, targets, tok, ifd_rule, n_layers: int) -> Bat
     """The batch runner with the statistics sink the options ask for (guarded against non-finite values)."""
     sink = FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
                                 elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method,
+                                cosine_layers=cfg.cosine_layers,
                                 eig_batch=cfg.eig_batch, token_shares=cfg.token_shares,
                                 gram_precision=cfg.gram_precision))
     runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id_of(tok), ifd=ifd_rule)

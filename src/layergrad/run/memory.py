@@ -25,6 +25,8 @@ For a batch of ``n`` examples padded to ``t`` tokens, in bytes (``s`` the model 
 * the float64 Gram matrices of the examples solved at once (``parallel`` = ``min(threads, n)``; the
   batched CUDA path solves the whole batch): :data:`GRAM_MATRICES` ``(t, t)`` float64 matrices each,
   plus each example's float64 copies of one module's ``X`` and ``D`` rows;
+* with ``--cosine-layers`` (``keep_all_gradients``), every target's masked ``D`` ``(n, t, out)`` in the
+  statistics dtype, kept until the batch's end for the products of every pair of layers;
 * :data:`SLACK` of the total on top (allocator fragmentation, temporaries not named above).
 
 :func:`available_bytes` is what the machine has free now, and :func:`parse_bytes` reads
@@ -103,14 +105,15 @@ def _input_key(t) -> tuple:
 
 def estimate_batch_bytes(n: int, t: int, model_shape: ModelShape, targets, stats_itemsize: int = 8,
                          gather: bool = True, threads: int = 1, n_loss: int | None = None,
-                         queue_bytes: int = 0) -> int:
+                         queue_bytes: int = 0, keep_all_gradients: bool = False) -> int:
     """A conservative estimate of the peak bytes of one batch of ``n`` examples padded to ``t`` tokens.
 
     ``targets``: the measured :class:`~layergrad.inputs.targets.Target` objects (``layer``, ``role``,
     ``in_features``, ``out_features``); ``stats_itemsize``: the statistics dtype's; ``gather``: the
     head's logits only at the loss positions (``n_loss`` of them; default ``n * t``); ``threads``: the
     examples solved in parallel (at most ``n``); ``queue_bytes``: the batched path's queue of side matrices
-    (``Measurer.eig_queue_bytes``), added as it is. See the module docstring for what is counted.
+    (``Measurer.eig_queue_bytes``), added as it is; ``keep_all_gradients``: ``--cosine-layers`` keeps every
+    target's masked ``D``. See the module docstring for what is counted.
     """
     m, s = model_shape, model_shape.itemsize
     nt = n * t
@@ -129,6 +132,8 @@ def estimate_batch_bytes(n: int, t: int, model_shape: ModelShape, targets, stats
         d_by_layer[tg.layer] = d_by_layer.get(tg.layer, 0) + tg.out_features
     d_feats = max(d_by_layer.values(), default=0)
     captured = (x_feats + d_feats) * nt * (s + stats_itemsize)
+    if keep_all_gradients:  # --cosine-layers: every target's masked D until the batch's end
+        captured += (sum(tg.out_features for tg in targets) - d_feats) * nt * stats_itemsize
     # logits
     logits = (n_loss if gather else nt) * m.vocab * 4 * LOGIT_TENSORS
     # float64 Gram matrices of the examples solved at once, and their float64 rows of one module

@@ -31,6 +31,7 @@ IDENTITY_KEYS = (
     "spectrum_k",
     "elementwise",
     "cosine",  # a run with and without cosine rows would mix examples that have them and ones that don't
+    "cosine_layers",  # the same, for the cosines of every pair of layers
     "ifd",
     "loss_rule",
     "token_shares",  # a run with and without shares parts would mix examples that have them and ones that don't
@@ -44,6 +45,7 @@ IDENTITY_KEYS = (
 #: default system prompt but ``messages`` records the template's: no value of today matches it.
 IDENTITY_DEFAULTS = {
     "token_shares": False,
+    "cosine_layers": False,  # every run before the option
     "gram_precision": "float64",  # every run before the option
     "turns": "last",
     "system_prompt": lambda m: DEFAULT_SYSTEM_PROMPT if str(m.get("prompt_mode", "")).endswith("base")
@@ -104,6 +106,7 @@ def build_manifest(cfg, loaded, mode: str, targets: list, *, data_fingerprint: s
         "spectrum_k": cfg.spectrum_k,
         "elementwise": cfg.elementwise,
         "cosine": cfg.cosine,
+        "cosine_layers": cfg.cosine_layers,
         "ifd": cfg.ifd or False,  # the IFD definition's name (false: off, as runs stored before names were)
         "ifd_rule": ifd_rule,
         "loss_rule": loss_rule,
@@ -128,6 +131,7 @@ _OPTION = {
     "spectrum_k": ("--spectrum-k", lambda v: "all" if v is None else str(v)),
     "elementwise": ("--elementwise", lambda v: "on" if v else "off"),
     "cosine": ("--cosine", lambda v: "on" if v else "off"),
+    "cosine_layers": ("--cosine-layers", lambda v: "on" if v else "off"),
     "ifd": ("--ifd", lambda v: str(v) if v else "off"),
     "loss_rule": ("the loss definition (the layergrad version that wrote the run)", None),
     "limit": ("--limit", lambda v: "none" if v is None else str(v)),

@@ -8,6 +8,10 @@ One line per example: ``instruction``, ``output``, ``loss``, and per weight para
 The format stores no token counts. :func:`import_reference` counts each example's response tokens as
 the paper's script tokenised it (:func:`response_lengths`), with a tokenizer the user names, so that
 the analysis can control imported results for length as it does layergrad's own runs.
+
+The follow-up paper's format (``unified``: every singular value and the layer x layer cosines) is
+:mod:`layergrad.store.unified`; :func:`export_reference` writes either, :func:`import_reference` reads
+either (told apart line by line: a line with ``S_list`` or ``cosine_sim`` is the follow-up's).
 """
 from __future__ import annotations
 
@@ -61,9 +65,20 @@ def to_reference_lines(run_dir: str | Path) -> tuple[list[str], int]:
     return lines, missing
 
 
-def export_reference(run_dir: str | Path, to: str | Path) -> tuple[int, int]:
-    """Write the paper's format atomically; returns ``(examples written, modules without M_*)``."""
-    lines, missing = to_reference_lines(run_dir)
+FORMATS = ("reference", "unified")  # the first paper's script's lines, the follow-up's
+
+
+def export_reference(run_dir: str | Path, to: str | Path, fmt: str = "reference") -> tuple[int, int]:
+    """Write the paper's format (``fmt="unified"``: the follow-up's) atomically; returns ``(examples
+    written, modules without M_*)`` (unified: ``(examples, cosine entries missing, written as null)``)."""
+    if fmt == "unified":
+        from layergrad.store import unified
+
+        lines, missing = unified.to_lines(load_results(run_dir))
+    elif fmt == "reference":
+        lines, missing = to_reference_lines(run_dir)
+    else:
+        raise ReferenceFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     Path(to).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic("".join(line + "\n" for line in lines), Path(to))
     return len(lines), missing
@@ -91,7 +106,7 @@ def response_lengths(records: list[tuple[str, str]], tokenizer, prompt_mode: str
 def import_reference(path: str | Path, to: str | Path, group: str | None = None, *, tokenizer=None,
                      tokenizer_name: str | None = None, prompt_mode: str = "base",
                      max_length: int | None = PAPER_MAX_LENGTH) -> int:
-    """Read a JSONL file written by the paper's code into a run directory; returns the examples read.
+    """Read a JSONL file written by the paper's code (either script's) into a run directory; returns the examples read.
 
     ``tokenizer`` (a loaded tokenizer, named ``tokenizer_name`` in the manifest): each example's token
     counts (``n_tokens``, ``n_prompt_tokens``, ``n_response_tokens``) as the paper's script tokenised it in
@@ -99,7 +114,7 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None,
     """
     path = Path(path)
     group = group or path.stem
-    examples, modules, module_names = [], [], []
+    examples, modules, module_names, cosines, formats = [], [], [], [], set()
     seen: dict[str, int] = {}
     problems = []
     with open(path, encoding="utf-8") as fh:
@@ -118,9 +133,13 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None,
             if not isinstance(rec.get("loss"), (int, float)):
                 bad.append("loss")
             params = {k: v for k, v in rec.items() if k not in ("instruction", "output", "loss")}
-            for name, v in params.items():
-                if not isinstance(v, dict) or any(not isinstance(v.get(k), (int, float)) for k in ("S_sum", "S_max", "S_min", "frobenius_norm")):
-                    bad.append(name)
+            fmt = "unified" if unified.is_unified(rec) else "reference"
+            if fmt == "unified":
+                bad += unified.problems_of(rec)
+            else:
+                for name, v in params.items():
+                    if not isinstance(v, dict) or any(not isinstance(v.get(k), (int, float)) for k in ("S_sum", "S_max", "S_min", "frobenius_norm")):
+                        bad.append(name)
             if bad:
                 problems.append(f"{path}: line {lineno}: field(s) {', '.join(repr(b) for b in bad)} missing or not numeric as the reference format requires")
                 continue
@@ -133,6 +152,13 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None,
                 id=ex_id, group=group, source=str(path), index=lineno - 1, order=order, status="ok",
                 instruction=rec["instruction"], output=rec["output"], loss=float(rec["loss"]),
             ))
+            formats.add(fmt)
+            if fmt == "unified":
+                mods, cos = unified.rows_of(rec, ex_id)
+                modules += mods
+                cosines += cos
+                module_names += [m["module"] for m in mods if m["module"] not in module_names]
+                continue
             for name, v in params.items():
                 module = name[: -len(".weight")] if name.endswith(".weight") else name
                 if module not in module_names:
@@ -151,6 +177,10 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None,
         raise ReferenceFormatError("\n".join(problems) + "\nFix or remove these lines; nothing was imported.")
     if not examples:
         raise ReferenceFormatError(f"{path}: no records")
+    if len(formats) > 1:
+        raise ReferenceFormatError(f"{path}: mixes lines of the first paper's script (S_sum, S_max, S_min) and the follow-up's "
+                                   "(S_list, cosine_sim); import each kind from its own file")
+    fmt = formats.pop()
     if tokenizer is not None:
         encoded = response_lengths([(e["instruction"], e["output"]) for e in examples], tokenizer, prompt_mode, max_length, str(path))
         for row, enc in zip(examples, encoded):
@@ -169,8 +199,11 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None,
         "length_prompt_mode": prompt_mode if tokenizer is not None else None,
         "length_max_length": max_length if tokenizer is not None else None,
     }
+    if fmt == "unified":  # every singular value; the cosines the file holds
+        manifest.update(modules="unified", spectrum_k=None, cosine=bool(cosines),
+                        cosine_layers=any(c["kind"].startswith("gap") for c in cosines), imported_format="unified")
     store.open(manifest)
     if store.done_ids():
         raise ReferenceFormatError(f"{to} already holds results; import into an empty directory")
-    store.write_part(examples, modules)
+    store.write_part(examples, modules, cosines or None)
     return len(examples)

@@ -108,7 +108,7 @@ MODULES = pa.schema(
 COSINE = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # example id
-        pa.field("kind", pa.string()),  # next_layer | q_o | k_v
+        pa.field("kind", pa.string()),  # next_layer | q_o | k_v | gapK: the same role K >= 2 layers apart (--cosine-layers)
         pa.field("role", pa.string()),  # role of module_a
         pa.field("layer", pa.int32()),  # layer of module_a
         pa.field("module_a", pa.string()),

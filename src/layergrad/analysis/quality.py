@@ -1,0 +1,139 @@
+"""The quality study's effects: for each quality metric (and model, and pool), its high split against
+its low split on spectral properties of the gradients.
+
+:func:`quality_effects` is the one place where the study's statistics are chosen: the pre-specified
+primary analysis of :mod:`.primary` (independent samples: the splits hold different instructions),
+per cell and property on the geometric mean over roles of each example's layer means: the ratio
+high / low overall, and at equal response length where the splits' lengths overlap (``ln y ~ 1 +
+group + ln length``). Holm's adjustment runs over every cell and property of the study (one family
+for the overall p-values, one for those at equal length), and each row gets its verdict word
+(:mod:`.verdicts`). The SIGN compared with the paper's claim is that of the effect at equal length
+where there is one (``basis = "at equal length"``), else of the overall effect (``basis = "overall,
+not length-controlled"``): +1 / -1 where its 95% interval lies above / below 1, 0 where it covers 1.
+
+The follow-up paper's claim (Li et al. 2025, arXiv:2504.10766): higher-quality data have lower nuclear
+norms and higher effective ranks (:data:`CLAIM`: the expected sign of log(high / low)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .groups import Group
+from .multiplicity import holm
+from .primary import ALL_ROLES, primary_table
+from .verdicts import verdict
+
+#: property -> the sign of log(high / low) the paper reports (-1: high quality has the lower value)
+CLAIM = {"nuclear": -1, "effective_rank": +1}
+PROPERTIES = ("nuclear", "effective_rank")
+ANALYSIS = ("ratio of geometric means high/low (geometric mean over roles of each example's layer means), overall and at equal "
+            "length (ln y ~ 1 + group + ln length, HC3) where the lengths overlap; Holm over the study")
+COLUMNS = ["model", "pool", "metric", "property", "n_high", "n_low", "ratio", "ratio_ci_low", "ratio_ci_high", "p_holm",
+           "length_control", "adj_ratio", "adj_ci_low", "adj_ci_high", "adj_p_holm", "verdict", "basis", "effect", "effect_ci_low",
+           "effect_ci_high", "sign", "claim", "agrees", "median_tokens_high", "median_tokens_low", "length_overlap", "analysis"]
+
+
+@dataclass
+class QualityCell:
+    """One metric's two splits measured on one model (``pool``: the other axes' labels, e.g. ``her``)."""
+
+    model: str
+    pool: str
+    metric: str
+    high: Group
+    low: Group
+
+
+def length_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of all finite lengths of ``a`` and ``b`` that lie inside the other split's range: 1 when
+    the ranges coincide, 0 when no example of one split is as long as any of the other."""
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if not len(a) or not len(b):
+        return float("nan")
+    inside = ((a >= b.min()) & (a <= b.max())).sum() + ((b >= a.min()) & (b <= a.max())).sum()
+    return float(inside / (len(a) + len(b)))
+
+
+def _sign(low: float, high: float) -> int:
+    """+1 / -1 when the interval of the ratio lies above / below 1, else 0 (the sign is not settled)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return 0
+    return 1 if low > 1 else -1 if high < 1 else 0
+
+
+def quality_effects(cells: list[QualityCell], properties=PROPERTIES) -> pd.DataFrame:
+    """One row per cell and property (:data:`COLUMNS`, module docstring): high vs low, and whether the effect's
+    sign agrees with the paper's claim (``agrees``: yes | no | unsettled, or empty where the paper claims none)."""
+    rows = []
+    for c in cells:
+        t = primary_table([c.low, c.high], list(properties), pairing="none")
+        for _, r in t[t["role"] == ALL_ROLES].iterrows():
+            rows.append({"model": c.model, "pool": c.pool, "metric": c.metric, "property": r["metric"], "n_high": r["n_b"],
+                         "n_low": r["n_a"], "ratio": r["ratio"], "ratio_ci_low": r["ci_low"], "ratio_ci_high": r["ci_high"],
+                         "p_value": r["p_value"], "length_control": r["length_control"], "adj_ratio": r["adj_ratio"],
+                         "adj_ci_low": r["adj_ci_low"], "adj_ci_high": r["adj_ci_high"], "adj_p_value": r["adj_p_value"],
+                         "median_tokens_high": float(np.nanmedian(c.high.lengths)) if np.isfinite(c.high.lengths).any() else np.nan,
+                         "median_tokens_low": float(np.nanmedian(c.low.lengths)) if np.isfinite(c.low.lengths).any() else np.nan,
+                         "length_overlap": length_overlap(c.high.lengths, c.low.lengths), "analysis": ANALYSIS})
+    df = pd.DataFrame(rows)
+    if len(df) == 0:
+        return pd.DataFrame(columns=COLUMNS)
+    df["p_holm"] = holm(df["p_value"].to_numpy(float))
+    df["adj_p_holm"] = holm(df["adj_p_value"].to_numpy(float))
+    df["verdict"] = [verdict(r) for r in df.to_dict("records")]
+    at_equal = df["length_control"].isin(["equal", "model"])
+    df["basis"] = np.where(at_equal, "at equal length", "overall, not length-controlled")
+    for col, adj, raw in (("effect", "adj_ratio", "ratio"), ("effect_ci_low", "adj_ci_low", "ratio_ci_low"),
+                          ("effect_ci_high", "adj_ci_high", "ratio_ci_high")):
+        df[col] = np.where(at_equal, df[adj], df[raw])
+    df["sign"] = [_sign(lo, hi) for lo, hi in zip(df["effect_ci_low"], df["effect_ci_high"])]
+    df["claim"] = [CLAIM.get(p) for p in df["property"]]
+    df["agrees"] = ["" if cl is None else "unsettled" if sg == 0 else "yes" if sg == cl else "no" for sg, cl in zip(df["sign"], df["claim"])]
+    return df[COLUMNS]
+
+
+# -- exploratory: the records' own quality scores against the spectral summaries --------------------
+CORRELATION_COLUMNS = ["model", "pool", "score", "property", "n", "spearman", "p_value", "partial_spearman", "partial_p_value"]
+
+
+def _partial_rank_correlation(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[float, float]:
+    """Spearman correlation of ``x`` and ``y`` controlling for ``z``: the Pearson correlation of the ranks
+    of ``x`` and ``y`` after a least-squares fit on the ranks of ``z`` is removed from each; its p-value
+    from Student's t with ``n - 3`` degrees of freedom."""
+    from scipy import stats
+
+    rx, ry, rz = (stats.rankdata(v) for v in (x, y, z))
+    A = np.column_stack([np.ones_like(rz), rz])
+    ex = rx - A @ np.linalg.lstsq(A, rx, rcond=None)[0]
+    ey = ry - A @ np.linalg.lstsq(A, ry, rcond=None)[0]
+    if not (ex.std() > 0 and ey.std() > 0):
+        return float("nan"), float("nan")
+    r = float(np.corrcoef(ex, ey)[0, 1])
+    df = len(x) - 3
+    if df < 1 or abs(r) >= 1:
+        return r, float("nan") if df < 1 else 0.0
+    t = r * np.sqrt(df / (1 - r * r))
+    return r, float(2 * stats.t.sf(abs(t), df))
+
+
+def score_correlations(frame: pd.DataFrame, scores: list[str], properties=PROPERTIES) -> pd.DataFrame:
+    """Per model and pool, each score against each property over the scored examples (``frame``: one row
+    per example with ``model``, ``pool``, ``n_response_tokens``, the scores and the properties): Spearman's
+    rho (``scipy.stats.spearmanr``) and the partial rank correlation on response length. Exploratory."""
+    from scipy import stats
+
+    rows = []
+    for (model, pool), g in frame.groupby(["model", "pool"], sort=False):
+        for s in scores:
+            for p in properties:
+                d = g[[s, p, "n_response_tokens"]].apply(pd.to_numeric, errors="coerce").dropna()
+                if len(d) < 4 or d[s].nunique() < 2 or d[p].nunique() < 2:
+                    continue
+                rho, pv = stats.spearmanr(d[s], d[p])
+                prho, ppv = _partial_rank_correlation(d[s].to_numpy(float), d[p].to_numpy(float), d["n_response_tokens"].to_numpy(float))
+                rows.append({"model": model, "pool": pool, "score": s, "property": p, "n": len(d), "spearman": float(rho),
+                             "p_value": float(pv), "partial_spearman": prho, "partial_p_value": ppv})
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)

@@ -1,0 +1,183 @@
+"""The unification page of a quality study: do the quality metrics agree on the gradients' spectra?
+
+From the experiment's runs (``[quality]`` in the TOML: which matrix axis names the metric and which
+the high/low split), per model, pool and metric the high split against the low split on each property
+(:func:`layergrad.analysis.quality.quality_effects`), written as ``quality_effects.csv|md|tex``, an
+agreement matrix figure (metrics x properties: the ratio high/low, its interval, its sign) and
+``index.html``.
+"""
+from __future__ import annotations
+
+import html as htmlmod
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, quality_effects, score_correlations
+
+from . import figures, html, tables
+
+CAPTION = ("Per model, pool and quality metric: the high split against the low split on each spectral property "
+           "(the primary analysis: ratio of geometric means high/low overall and at equal length, 95% t intervals, "
+           "Holm-adjusted p over the study, verdict); effect: at equal length where the lengths overlap, else overall "
+           "(basis); sign +1/-1 where its interval lies above/below 1; agrees: the sign the follow-up paper reports "
+           "(nuclear lower and effective rank higher for high quality); lengths: median response tokens and the share of "
+           "examples inside the other split's length range.")
+
+
+def agreement_figure(effects: pd.DataFrame):
+    """Rows: model / pool / metric; columns: properties. Colour: log2(ratio high/low); text: the ratio, its
+    interval and a mark: check where the sign agrees with the paper, cross where it contradicts it, ? unsettled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(zip(effects["model"], effects["pool"], effects["metric"])))
+    props = list(dict.fromkeys(effects["property"]))
+    val = np.full((len(rows), len(props)), np.nan)
+    fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(props), 1.0 + 0.55 * len(rows)), layout="constrained")
+    mark = {"yes": "\u2713", "no": "\u2717", "unsettled": "?", "": ""}
+    texts = []
+    for _, r in effects.iterrows():
+        i, j = rows.index((r["model"], r["pool"], r["metric"])), props.index(r["property"])
+        val[i, j] = np.log2(r["effect"]) if r["effect"] > 0 else np.nan
+        star = "" if r["basis"] == "at equal length" else "*"
+        texts.append((i, j, f"{r['effect']:.3g}{star} {mark[r['agrees']]}\n[{r['effect_ci_low']:.3g}, {r['effect_ci_high']:.3g}]"))
+    lim = max(float(np.nanmax(np.abs(val))) if np.isfinite(val).any() else 1.0, 0.1)
+    for i, j, text in texts:  # white on the dark ends of the scale
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if abs(val[i, j]) > 0.6 * lim else "black")
+    im = ax.imshow(val, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(props)), [f"{p}\n(paper: high {'<' if CLAIM.get(p) == -1 else '>' if CLAIM.get(p) == 1 else '?'} low)"
+                                      for p in props])
+    ax.set_yticks(range(len(rows)), [" / ".join(x for x in r if x) for r in rows], fontsize=8)
+    fig.colorbar(im, ax=ax, label="log2(ratio of geometric means high / low)")
+    ax.set_title("Do the quality metrics agree? high vs low split per metric, at equal length\n"
+                 "\u2713 sign as the paper, \u2717 opposite, ? interval covers 1; * lengths do not overlap: overall, "
+                 "not length-controlled", fontsize=9)
+    return fig
+
+
+CORRELATION_CAPTION = ("Exploratory: over every scored example of a model and pool (each record once, whatever its splits), "
+                       "Spearman's rho between a record's own quality score and its spectral summary (mean over layers and "
+                       "roles), and the partial rank correlation controlling for the number of response tokens.")
+
+
+def example_frame(cells: list[QualityCell], scores: list[str]) -> pd.DataFrame:
+    """One row per scored example of each model and pool: its ``scores`` (the records' own fields, read
+    from the runs' data files), each property's mean over layers and roles, and its response tokens."""
+    from layergrad.inputs.data import Fields, load_examples
+
+    rows, seen = [], set()
+    for c in cells:
+        for g in (c.high, c.low):
+            exs, _ = load_examples([str(p) for p in g.manifest.get("data") or []], group=g.manifest.get("group"),
+                                   fields=Fields(**(g.manifest.get("fields") or {})), skip_invalid=True)
+            rec = {e.id: e.record for e in exs}
+            means = {m: np.nanmean(v.reshape(len(v), -1), axis=1) if v.size else np.full(len(v), np.nan)
+                     for m, v in g.values.items()}
+            for k, i in enumerate(g.ids):
+                if (c.model, c.pool, i) in seen or i not in rec:
+                    continue
+                seen.add((c.model, c.pool, i))
+                rows.append({"model": c.model, "pool": c.pool, "id": i, "n_response_tokens": g.lengths[k],
+                             **{s: rec[i].get(s) for s in scores}, **{m: float(v[k]) for m, v in means.items()}})
+    return pd.DataFrame(rows)
+
+
+def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), n_perm: int = 2000, n_boot: int = 2000,
+               seed: int = 0, properties=("nuclear", "effective_rank"), scores=None) -> Path:
+    """Compute the effects (and, for ``scores``, the correlations) and write the page under ``out``;
+    returns ``out/index.html``. ``scores`` default: the cells' metric names that are fields of the records."""
+    import warnings
+
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    effects = quality_effects(cells, properties)
+    files = tables.write_table(effects, out, "quality_effects", CAPTION)
+    wanted = list(dict.fromkeys(c.metric for c in cells)) if scores is None else list(scores)
+    frame = example_frame(cells, wanted) if cells else pd.DataFrame()
+    present = [s for s in wanted if s in frame.columns and pd.to_numeric(frame[s], errors="coerce").notna().any()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant inputs are skipped by score_correlations
+        corr = score_correlations(frame, present, properties) if present else pd.DataFrame()
+    corr_files = tables.write_table(corr, out, "quality_correlations", CORRELATION_CAPTION) if len(corr) else {}
+    fig = agreement_figure(effects)
+    figures.save(fig, out / "figures", "agreement")
+    fig_ref = html.FigureRef("figures/agreement.png", "figures/agreement.svg",
+                             "Agreement matrix: each quality metric's high split over its low split, per spectral property.",
+                             int(fig.get_size_inches()[0] * 96))
+    shown = effects.drop(columns=["analysis"])
+    table = html.TableRef(title="quality_effects.csv", html=html.jinja2.utils.markupsafe.Markup(tables.to_html(shown, 400, "quality_effects.csv")),
+                          files=[(ext, p.name) for ext, p in files.items()], n_rows=len(effects), caption=CAPTION)
+    words = []
+    for (model, pool, metric), g in effects.groupby(["model", "pool", "metric"], sort=False):
+        parts = [f"{r['property']}: {r['verdict']}, {r['effect']:.3g} [{r['effect_ci_low']:.3g}, {r['effect_ci_high']:.3g}] "
+                 f"{r['basis']} ({'agrees with the paper' if r['agrees'] == 'yes' else r['agrees'] or 'no claim'})" for _, r in g.iterrows()]
+        lens = g.iloc[0]
+        words.append(f"<li><strong>{htmlmod.escape(' / '.join(x for x in (model, pool, metric) if x))}</strong> "
+                     f"(n = {int(lens['n_high'])} high, {int(lens['n_low'])} low; median response tokens {lens['median_tokens_high']:.0f} "
+                     f"vs {lens['median_tokens_low']:.0f}, length overlap {lens['length_overlap']:.2f}): "
+                     f"{htmlmod.escape('; '.join(parts))}</li>")
+    runs = pd.DataFrame([{"model": c.model, "pool": c.pool, "metric": c.metric, "high": c.high.label, "n_high": c.high.n,
+                          "low": c.low.label, "n_low": c.low.n} for c in cells])
+    methods = [f"Statistic: {ANALYSIS} (layergrad.analysis.quality.quality_effects; the primary analysis of the reports' Methods, "
+               "independent samples). Verdict words: layergrad.analysis.verdicts.RULES.",
+               "Claim checked: the follow-up paper (Li et al. 2025) reports lower nuclear norms and higher effective ranks "
+               "for higher-quality data; 'agrees' compares the sign of the interval with that claim.",
+               "Length: the splits differ in response length for some metrics (e.g. OpenHermes reward); a norm falls and an "
+               "effective rank rises with length for mechanical reasons, so an effect whose splits barely overlap in length "
+               "(no common support: basis 'overall, not length-controlled', marked * in the figure) cannot be told apart from length "
+               "by this page."]
+    page = html.render(title=title, subtitle="quality study: do the quality metrics agree?", runs_table=tables.to_html(runs, 400, ""),
+                       notes=list(notes), methods=methods,
+                       sections=[html.Section("agreement", "Agreement matrix", figures=[fig_ref], tables=[table]),
+                                 *([html.Section("correlations", "Quality scores and spectra (exploratory)", intro=CORRELATION_CAPTION,
+                                                 tables=[html.TableRef(title="quality_correlations.csv", html=html.jinja2.utils.markupsafe.Markup(
+                                                     tables.to_html(corr, 400, "quality_correlations.csv")),
+                                                     files=[(ext, p.name) for ext, p in corr_files.items()], n_rows=len(corr),
+                                                     caption=CORRELATION_CAPTION)])] if len(corr) else [])],
+                       findings="<ul>" + "".join(words) + "</ul>")
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def study_cells(conf: dict, jobs) -> tuple[list[QualityCell], list[str]]:
+    """The cells of an experiment's ``[quality]`` table (see :mod:`layergrad.experiment`) from its runs
+    (``jobs``), and a note for each metric whose high or low split has no run."""
+    from layergrad.analysis.groups import load_group
+    from layergrad.experiment import ExperimentError
+
+    q = conf["quality"]  # keys checked by experiment.load_config
+    where = f"{conf.get('_path', 'experiment')}: [quality]"
+    m_axis, l_axis = q.get("metric", "metric"), q.get("level", "level")
+    high, low = q.get("high", "high"), q.get("low", "low")
+    axes = {g["label"]: g.get("axes") or {} for g in conf["groups"]}
+    if not any(m_axis in a and l_axis in a for a in axes.values()):
+        raise ExperimentError(f"{where}: no group has the axes {m_axis!r} and {l_axis!r}; name them in [matrix] "
+                              f"or give [[groups]] axes = {{ {m_axis} = ..., {l_axis} = ... }}")
+    runs: dict[tuple, dict[str, str]] = {}  # (model, pool, metric) -> level -> run dir
+    for job in jobs:
+        a = axes.get(job.label, {})
+        if m_axis not in a or a.get(l_axis) not in (high, low):
+            continue
+        pool = " / ".join(v for k, v in a.items() if k not in (m_axis, l_axis) and v)
+        runs.setdefault((job.model_name, pool, a[m_axis]), {})[a[l_axis]] = (job.label, job.cfg.out)
+    cells, notes = [], []
+    for (model, pool, metric), by_level in runs.items():
+        if high not in by_level or low not in by_level:
+            notes.append(f"{model} / {pool} / {metric}: only the {next(iter(by_level))!r} split was run; no comparison")
+            continue
+        cells.append(QualityCell(model, pool, metric, load_group(*by_level[high]), load_group(*by_level[low])))
+    return cells, notes
+
+
+def study_page(conf: dict, jobs, out: Path, opts: dict) -> Path:
+    """The experiment's quality page (``reports/quality/index.html``)."""
+    cells, notes = study_cells(conf, jobs)
+    props = tuple(conf["quality"].get("properties", ("nuclear", "effective_rank")))
+    return write_page(cells, out, title=f"{conf['name']}: quality metrics", notes=notes, n_perm=opts.get("n_perm", 2000),
+                      n_boot=opts.get("n_boot", 2000), seed=opts.get("seed", 0), properties=props,
+                      scores=conf["quality"].get("scores"))

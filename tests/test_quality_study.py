@@ -1,0 +1,141 @@
+"""The quality study: [quality] in an experiment TOML, its effects (high vs low per metric) against a
+float64 recomputation from the stored rows, the agreement page, and the experiment's hook."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import DATA, write_json
+from layergrad.analysis.groups import load_group
+from layergrad.analysis.quality import CLAIM, QualityCell, length_overlap, quality_effects
+from layergrad.experiment import ExperimentError, load_config, plan, run_experiment
+from layergrad.report.quality import study_cells
+from layergrad.store import load_results
+
+SHORT = ["Yes.", "No.", "It is 7.", "Four."]
+LONG = ["Step 1: add 3 and 4. Step 2: the sum is 7. The answer is 7.",
+        "First, 12 plus 30 is 42, because 10 + 30 = 40 and 2 more is 42. So 42.",
+        "A lion would not salute; salutes are a military custom of people. No.",
+        "Ava had 3 apples, bought 4 more, and now holds 3 + 4 = 7 apples in total."]
+
+
+def _toml(tmp_path, model, metrics=("m1", "m2"), quality="", report=""):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    for m in metrics:
+        for level, outs in (("highest", LONG), ("lowest", SHORT)):
+            write_json(tmp_path / "data" / f"{m}_pool_{level}.json",
+                       [{"instruction": f"Q{i} for {m}?", "output": o, "score": i} for i, o in enumerate(outs)])
+    path = tmp_path / "q.toml"
+    path.write_text(f"""name = "q"
+out = "{tmp_path / 'out'}"
+data_root = "data"
+[run]
+prompt_mode = "base"
+modules = "q,k,v,o"
+progress = false
+[[models]]
+name = "tiny"
+model = "{model}"
+[matrix]
+data = "{{metric}}_pool_{{level}}.json"
+label = "{{metric}} / {{level}}"
+metric = {list(metrics)!r}
+level = {{ "high" = "highest", "low" = "lowest" }}
+[[matrix.comparisons]]
+title = "{{metric}}: high vs low"
+each = ["metric"]
+{quality}
+{report}""".replace("'", '"'))
+    return path
+
+
+def _per_example(run_dir, prop, geometric=False):
+    """Each example's mean of ``prop`` over its modules (q/k/v/o in every layer: the mean over layers and roles);
+    ``geometric``: per role the mean over layers, then the geometric mean over roles (the primary analysis's outcome)."""
+    res = load_results(run_dir)
+    mods = res.modules[res.modules["layer"] >= 0]
+    if geometric:
+        per_role = mods.groupby(["id", "role"])[prop].mean()
+        v = np.exp(np.log(per_role).groupby(level="id").mean())
+    else:
+        v = mods.groupby("id")[prop].mean()
+    return v.reindex(res.ok["id"]).to_numpy(np.float64), res.ok["n_response_tokens"].to_numpy(float)
+
+
+def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_folder):
+    path = _toml(tmp_path, tiny_folder, quality="[quality]\nmetric = \"metric\"\nlevel = \"level\"")
+    run_experiment(path, reports=False, log=lambda *_: None)
+    conf = load_config(path)
+    jobs, _ = plan(conf)
+    cells, notes = study_cells(conf, jobs)
+    assert [(c.model, c.pool, c.metric) for c in cells] == [("tiny", "", "m1"), ("tiny", "", "m2")] and not notes
+    eff = quality_effects(cells)
+    assert len(eff) == 4
+    runs = {j.label: j.cfg.out for j in jobs}
+    for _, r in eff.iterrows():
+        hi, len_hi = _per_example(runs[f"{r['metric']} / high"], r["property"], geometric=True)
+        lo, len_lo = _per_example(runs[f"{r['metric']} / low"], r["property"], geometric=True)
+        assert r["n_high"] == 4 and r["n_low"] == 4
+        assert r["ratio"] == pytest.approx(np.exp(np.log(hi).mean() - np.log(lo).mean()), rel=1e-10)
+        assert r["ratio_ci_low"] <= r["ratio"] <= r["ratio_ci_high"]
+        lo_e, hi_e = r["effect_ci_low"], r["effect_ci_high"]
+        sign = 1 if lo_e > 1 else -1 if hi_e < 1 else 0
+        assert r["sign"] == sign and r["verdict"]
+        assert r["agrees"] == ("unsettled" if sign == 0 else "yes" if sign == CLAIM[r["property"]] else "no")
+        assert r["median_tokens_high"] == np.median(len_hi) and r["median_tokens_low"] == np.median(len_lo)
+        assert r["median_tokens_high"] > r["median_tokens_low"]  # LONG vs SHORT outputs
+    from layergrad.report.quality import write_page
+
+    index = write_page(cells, tmp_path / "page", title="t", n_perm=200, n_boot=400, scores=["score"])
+    text = index.read_text()
+    assert "Agreement matrix" in text and "at equal length" in text and "exploratory" in text
+    assert (tmp_path / "page" / "figures" / "agreement.png").stat().st_size > 0
+    back = pd.read_csv(tmp_path / "page" / "quality_effects.csv")
+    assert np.allclose(back["ratio"], eff["ratio"], rtol=1e-12)
+    # correlations of the records' own score with each property over all 16 examples, against the textbook
+    # partial-correlation formula on ranks (the code regresses ranks instead)
+    from scipy import stats
+
+    corr = pd.read_csv(tmp_path / "page" / "quality_correlations.csv")
+    assert len(corr) == 2 and set(corr["n"]) == {16}
+    for _, r in corr.iterrows():
+        xs, ys, zs = [], [], []
+        for j in jobs:
+            v, n_tok = _per_example(j.cfg.out, r["property"])
+            xs += list(range(4))  # "score" = i of Q{i}, in record order (= run order here)
+            ys += list(v)
+            zs += list(n_tok)
+        x, y, z = (stats.rankdata(a) for a in (xs, ys, zs))
+        assert r["spearman"] == pytest.approx(stats.spearmanr(xs, ys)[0], abs=1e-12)
+        rxy, rxz, ryz = np.corrcoef(x, y)[0, 1], np.corrcoef(x, z)[0, 1], np.corrcoef(y, z)[0, 1]
+        assert r["partial_spearman"] == pytest.approx((rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2)), abs=1e-10)
+
+
+def test_length_overlap():
+    assert length_overlap(np.array([1.0, 2, 3]), np.array([1.0, 2, 3])) == 1
+    assert length_overlap(np.array([1.0, 2]), np.array([5.0, 6])) == 0
+    assert length_overlap(np.array([1.0, 4]), np.array([3.0, 9, np.nan])) == pytest.approx(2 / 4)  # 4 in [3, 9], 3 in [1, 4]
+
+
+@pytest.mark.slow  # a whole experiment: one full comparison report (figures) besides the quality page, ~20 s of CPU
+def test_the_experiment_writes_the_quality_page_and_refuses_bad_quality_keys(tmp_path, tiny_folder):
+    bad = _toml(tmp_path, tiny_folder, metrics=("m1",), quality="[quality]\nmetrc = \"metric\"\nproperties = [\"nuclearr\"]")
+    with pytest.raises(ExperimentError) as e:
+        load_config(bad)
+    assert "unknown key 'metrc' (did you mean 'metric'?)" in str(e.value) and "did you mean 'nuclear'?" in str(e.value)
+    path = _toml(tmp_path, tiny_folder, metrics=("m1",), quality="[quality]", report="[report]\nn_boot = 100\nn_perm = 100")
+    overview = run_experiment(path, log=lambda *_: None)
+    assert "quality/index.html" in overview.read_text()
+    eff = pd.read_csv(tmp_path / "out" / "reports" / "quality" / "quality_effects.csv")
+    assert list(eff["property"]) == ["nuclear", "effective_rank"] and set(eff["metric"]) == {"m1"}
+
+
+@pytest.mark.skipif(not (DATA / "quality_10k").exists(), reason="shared/data/quality_10k not present beside the repository")
+def test_the_shipped_study_plans_every_present_split():
+    from conftest import REPO
+
+    conf = load_config(REPO / "experiments" / "quality.toml")
+    jobs, notes = plan(conf)
+    assert len(jobs) == 15  # 2 pools x 4 metrics x 2 splits, less Magpie's reward (absent), and the R1 traces
+    assert any("reward_mag" in n for n in notes)
