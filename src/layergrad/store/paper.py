@@ -112,6 +112,8 @@ def import_reference(path: str | Path, to: str | Path, group: str | None = None,
     counts (``n_tokens``, ``n_prompt_tokens``, ``n_response_tokens``) as the paper's script tokenised it in
     ``prompt_mode`` (:func:`response_lengths`); ``None``: no counts (null), as before.
     """
+    from layergrad.store import unified
+
     path = Path(path)
     group = group or path.stem
     examples, modules, module_names, cosines, formats = [], [], [], [], set()
