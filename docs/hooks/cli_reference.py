@@ -47,7 +47,7 @@ def render_command(name: str, parser: argparse.ArgumentParser) -> str:
     formatter = parser._get_formatter()
     out = [f"## `layergrad {name}`", ""]
     if parser.description:
-        out += ["```text", parser.description.strip(), "```", ""]
+        out += [_cell(parser.description), ""]
     out += ["```text", parser.format_usage().strip(), "```", ""]
     for group in parser._action_groups:
         actions = [a for a in group._group_actions if a.help is not argparse.SUPPRESS
@@ -63,7 +63,7 @@ def render_command(name: str, parser: argparse.ArgumentParser) -> str:
 
 
 def render_all() -> str:
-    os.environ.setdefault("COLUMNS", "100")  # argparse wraps usage lines by the terminal width
+    os.environ["COLUMNS"] = "80"  # argparse wraps by the terminal's width: the same page from any terminal
     src = str(Path(__file__).resolve().parents[2] / "src")  # this checkout's code, as mkdocstrings reads it
     if src not in sys.path:
         sys.path.insert(0, src)
