@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +70,12 @@ def test_wheel_in_a_clean_venv(tmp_path, tokenizer):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(LAYERGRAD_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
+    # built from a copy: setuptools' build/ folder in the checkout could leak stale files into the wheel
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "site", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "out"))
     dist = tmp_path / "dist"
-    done = _sh([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)], env, tmp_path)
+    done = _sh([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)], env, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (wheel,) = dist.glob("layergrad-*-py3-none-any.whl")
 
@@ -82,7 +87,7 @@ def test_wheel_in_a_clean_venv(tmp_path, tokenizer):
         assert done.returncode == 0, f"pip install {step}: {done.stderr[-3000:]}"
 
     where = _sh([str(py), "-c", "import layergrad, torch; print(layergrad.__file__, torch.__version__)"], env, tmp_path)
-    assert str(venv) in where.stdout and str(REPO) not in where.stdout, where.stdout + where.stderr
+    assert str(venv) in where.stdout and str(REPO) not in where.stdout and str(source) not in where.stdout, where.stdout + where.stderr
     assert "+cpu" in where.stdout or "cuda" not in where.stdout, where.stdout
 
     done = _sh([str(lg), "--help"], env, tmp_path)
