@@ -196,3 +196,12 @@ def test_site_builds_strict(tmp_path):
         html = page.read_text(encoding="utf-8")
         external = re.findall(r'<(?:script|img)[^>]+src="https?://[^"]+"|<link[^>]+href="https?://[^"]+"', html)
         assert not external, f"{page.relative_to(site)} loads external assets: {external}"
+
+
+def test_changelog_has_this_version():
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    headings = re.findall(r"^## (\S+)", (REPO / "CHANGELOG.md").read_text(encoding="utf-8"), flags=re.M)
+    assert version in headings, f"CHANGELOG.md has no section for version {version} (sections: {headings})"
+    assert headings[0] == "Unreleased" or headings[0] == version, "the newest section comes first"
