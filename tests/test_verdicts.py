@@ -139,3 +139,11 @@ def test_verdict_of_a_row_by_hand():
     assert verdict({**base, "adj_ci_low": 0.7, "adj_ci_high": 1.3}) == "unclear at equal length"
     assert verdict({**base, "length_control": "lengths unknown"}) == "lower, length not controlled"
     assert verdict({**base, "ratio": 1.5, "length_control": "lengths unknown"}) == "higher, length not controlled"
+
+
+def test_the_docs_print_the_rules_of_the_code():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "statistics.md").read_text()
+    for word, when in RULES:
+        assert f"| {word} | {when} |" in text, word
