@@ -58,3 +58,11 @@ def test_torchrun_ddp_equals_one_process(tmp_path):
     # label tokens on both ranks (average_tokens_across_devices), so rank 0's + rank 1's = the single process's
     r0, r1, single = (json.loads((tmp_path / d / f"losses-r{r}.json").read_text())["losses"] for d, r in (("ddp", 0), ("ddp", 1), ("one", 0)))
     np.testing.assert_allclose(np.add(r0, r1), single, rtol=1e-9)
+    # the live summaries are reduced over the ranks: rank 0 logs the single process's means
+    live = {r: json.loads((tmp_path / "ddp" / f"losses-r{r}.json").read_text())["live"] for r in (0, 1)}
+    alone = json.loads((tmp_path / "one" / "losses-r0.json").read_text())["live"]
+    assert [e["step"] for e in alone] == [1, 3] and live[0] == live[1]
+    for got, want in zip(live[0], alone, strict=True):
+        assert got.keys() == want.keys() and got["layergrad/examples"] == want["layergrad/examples"] == 4
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-6), k

@@ -1,6 +1,6 @@
 """Run by tests/test_trl_distributed.py, under torchrun (or alone): a tiny float64 GPT-2 trained twice with the
-same examples in order, without and then with LayerGradCallback; writes each rank's micro-batch losses and a
-flag for bitwise-equal losses and weights.
+same examples in order, without and then with LayerGradCallback; writes each rank's micro-batch losses, a
+flag for bitwise-equal losses and weights, and the live summaries of its log history.
 
     torchrun --standalone --nproc_per_node 2 tests/torchrun_callback.py OUT PER_DEVICE_BATCH
 """
@@ -49,19 +49,22 @@ def train(out: Path, batch: int, callback: bool):
                              dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
     cbs = [LayerGradCallback(out / "rec", every_n_steps=2, modules="all", stats_dtype="float64", spectrum_k=None)] if callback else []
     ds = [{k: v for k, v in it.items() if k != "record"} for it in items(tok, data)]
-    InOrder(model=model, args=args, train_dataset=ds, data_collator=collate(tok.pad_token_id), callbacks=cbs).train()
+    trainer = InOrder(model=model, args=args, train_dataset=ds, data_collator=collate(tok.pad_token_id), callbacks=cbs)
+    trainer.train()
     hook.remove()
-    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    live = [{k: v for k, v in e.items() if k.startswith("layergrad/") or k == "step"} for e in trainer.state.log_history
+            if any(k.startswith("layergrad/") for k in e)]
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, live
 
 
 def main():
     out, batch = Path(sys.argv[1]), int(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
-    plain_losses, plain_w = train(out, batch, callback=False)
-    losses, w = train(out, batch, callback=True)
+    plain_losses, plain_w, _ = train(out, batch, callback=False)
+    losses, w, live = train(out, batch, callback=True)
     same = plain_losses == losses and all(torch.equal(plain_w[k], w[k]) for k in w)
-    (out / f"losses-r{rank}.json").write_text(json.dumps({"losses": losses, "bitwise_unchanged": same}))
+    (out / f"losses-r{rank}.json").write_text(json.dumps({"losses": losses, "bitwise_unchanged": same, "live": live}))
 
 
 if __name__ == "__main__":
