@@ -182,9 +182,9 @@ def test_padding_free_and_packing_are_refused_naming_the_option(tmp_path, option
     tok = make_tokenizer()
     rows = [{"prompt": r["instruction"] + "\n", "completion": r["output"]} for r in MANY[:4]]
     cb = LayerGradCallback(tmp_path / "rec", every_n_steps=1, modules="attn")
-    with pytest.raises(UnsupportedTraining, match=r"padding-free or packed.*padding_free=False, packing=False"):
+    with pytest.raises(UnsupportedTraining, match=r"(padding_free|packing)=True puts several examples.*padding_free=False, packing=False"):
         sft(tmp_path, tok, rows, callbacks=[cb], steps=1, dtype="float32", **option)
-    assert not any((tmp_path / "rec").glob("parts/*"))  # nothing half-measured was stored
+    assert not (tmp_path / "rec").exists()  # refused before the first step
 
 
 def test_live_summaries_in_the_tensorboard_event_file(tmp_path, monkeypatch):

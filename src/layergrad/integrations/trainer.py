@@ -403,6 +403,13 @@ class LayerGradCallback(TrainerCallback):
 
 
 def _refuse_unsupported(args) -> None:
+    options = [o for o in ("padding_free", "packing") if getattr(args, o, False)]
+    if options:  # TRL's SFTConfig; "wrapped" packing leaves no position ids to find the examples by
+        raise UnsupportedTraining(
+            f"LayerGradCallback measures one example per batch row, but {' and '.join(f'{o}=True' for o in options)} puts "
+            "several examples in one row. Turn it off: SFTConfig(padding_free=False, packing=False), or measure "
+            "checkpoints with `layergrad run`"
+        )
     fsdp = getattr(args, "fsdp", None)
     if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         raise UnsupportedTraining(
