@@ -78,10 +78,10 @@ def put_first(callback) -> bool:
     """Move ``callback`` to the front of the Trainer's callback list; ``False`` if that list is not found.
 
     The Trainer keeps no public way to order callbacks and passes no handle to them, so the list is
-    found as the one object that holds ``callback`` among other ``TrainerCallback`` items. Called
-    from the callback's own ``on_train_begin``: the list's iterator is past the callback, and moving
-    it from there to the front leaves the items after it where they were, so the event in progress
-    still reaches every callback once.
+    found as the one list that holds ``callback`` among other ``TrainerCallback`` items. Called from
+    the callback's own ``on_train_begin``, while the handler iterates that list and stands at the
+    callback: moving it from there to the front shifts only the items before it, so the iteration
+    goes on with the same next item and the event in progress still reaches every callback once.
     """
     from transformers import TrainerCallback
 
