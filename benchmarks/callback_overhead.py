@@ -1,32 +1,48 @@
-"""Overhead of LayerGradCallback: the same Trainer run with and without it (every step, every 10 steps;
-attn and all modules), on a random Llama of a given width. Prints a Markdown table row per setting.
+"""Overhead of LayerGradCallback: the same Trainer run with and without it, on the default model
+(SmolLM2-135M-Instruct, from the embedded wheel) or a random Llama of a given width.
+
+In-process comparison (prints a Markdown table row per setting, attn and all modules, every 10 and 1):
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/callback_overhead.py --hidden 256 --layers 4 --steps 30
+
+One training per process, for paired whole-process timings (``--every 0``: no callback), e.g. with
+``/usr/bin/time -v`` or hyperfine, A/B in turn:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/callback_overhead.py --model default --steps 20 --once --every 10
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/callback_overhead.py --model default --steps 20 --once --every 0
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+def make_model(args):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if args.model == "default":
+        from layergrad.inputs.models import default_model_folder
+
+        model = AutoModelForCausalLM.from_pretrained(default_model_folder(), dtype=torch.float32)
+        return model, model.config.vocab_size
+    cfg = LlamaConfig(vocab_size=512, hidden_size=args.hidden, intermediate_size=args.hidden * 2, num_hidden_layers=args.layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return LlamaForCausalLM(cfg), 512
 
 
 def run(args, callback):
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=args.hidden, intermediate_size=args.hidden * 2, num_hidden_layers=args.layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    model = LlamaForCausalLM(cfg)
+    model, vocab = make_model(args)
     g = torch.Generator().manual_seed(1)
     ds = []
     for _ in range(args.steps * args.batch):
-        ids = torch.randint(3, 512, (args.seq,), generator=g).tolist()
+        ids = torch.randint(3, vocab, (args.seq,), generator=g).tolist()
         ds.append({"input_ids": ids, "labels": [-100] * (args.seq // 2) + ids[args.seq // 2:], "attention_mask": [1] * args.seq})
     collate = lambda b: {k: torch.tensor([x[k] for x in b]) for k in b[0]}  # noqa: E731
     with tempfile.TemporaryDirectory() as d:
@@ -44,12 +60,20 @@ def main():
     from layergrad.integrations import LayerGradCallback
 
     p = argparse.ArgumentParser()
+    p.add_argument("--model", choices=["random", "default"], default="random")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--modules", default="attn")
+    p.add_argument("--once", action="store_true", help="one training (with --every N, 0 = no callback); print its time")
+    p.add_argument("--every", type=int, default=10)
     args = p.parse_args()
+    if args.once:
+        cb = None if args.every == 0 else (lambda out: LayerGradCallback(out, every_n_steps=args.every, modules=args.modules))
+        print(f"train {run(args, cb):.2f} s (every {args.every}, {args.modules})")
+        return
     base = min(run(args, None) for _ in range(2))
     print(f"| hidden {args.hidden}, {args.layers} layers, batch {args.batch} x {args.seq} tokens, {args.steps} steps | plain | {base:.2f} s | 1.00x |")
     for modules in ("attn", "all"):

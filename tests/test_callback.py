@@ -172,3 +172,37 @@ def test_label_smoothing_is_refused_not_mismeasured(tmp_path, tokenizer):
     rescale.check_fit(fit, torch.float64)
     assert fit.alpha == pytest.approx(0.25, rel=1e-12)
     assert rescale.example_scales(fit, labels).tolist() == pytest.approx([1 / (0.25 * 2), 1 / (0.25 * 3)], rel=1e-12)
+
+
+def test_fused_head_rescaling_reads_every_multiplier_and_refuses_dft():
+    """TRL's fused head: loss = -sum(lp) / N times the trainer's multipliers (here an fp16 loss scale of 1024 and a
+    world size of 2); alpha is read off the log-probabilities' gradient exactly; DFT's p-weighted loss is refused."""
+    from layergrad.integrations import rescale
+
+    labels = torch.tensor([[-100, 1, 2, -100, -100], [-100, -100, 4, 5, 6]])
+    mask = labels[:, 1:] != -100
+    lp = (-torch.rand(2, 4, dtype=torch.float64) * 3).masked_fill(~mask, 0.0).requires_grad_(True)
+    loss = -lp.sum() / 5 * 1024 * 2
+    (g,) = torch.autograd.grad(loss, lp)
+    fit = rescale.fit_alpha_logprobs(g, labels)
+    rescale.check_fit(fit, torch.float64)
+    assert fit.alpha == pytest.approx(1024 * 2 / 5, rel=1e-12) and fit.residual < 1e-15
+    assert rescale.own_losses_from_logprobs(lp, labels).tolist() == pytest.approx(
+        [-float(lp[0, :2].sum()) / 2, -float(lp[1, 1:].sum()) / 3], rel=1e-12)
+    dft = -(lp * lp.detach().exp()).sum() / 5
+    (g,) = torch.autograd.grad(dft, lp)
+    with pytest.raises(rescale.RescaleError, match="loss_type='dft'"):
+        rescale.check_fit(rescale.fit_alpha_logprobs(g, labels), torch.float64)
+
+
+def test_packed_rows_refused_padded_rows_not():
+    from layergrad.integrations.trainer import UnsupportedTraining, _refuse_packed
+
+    left_padded = {"position_ids": torch.tensor([[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]),
+                   "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])}
+    _refuse_packed(left_padded)  # repeated positions only in the padding
+    _refuse_packed({"position_ids": torch.arange(6).view(1, 6)})
+    for packed in ({"position_ids": torch.tensor([[0, 1, 2, 0, 1, 2]])},
+                   {"cu_seq_lens_q": torch.tensor([0, 3, 6], dtype=torch.int32)}):
+        with pytest.raises(UnsupportedTraining, match=r"padding_free=False, packing=False"):
+            _refuse_packed(packed)

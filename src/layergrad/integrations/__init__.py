@@ -1,6 +1,7 @@
 """Integrations with training loops: :class:`LayerGradCallback` for ``transformers.Trainer`` and
 TRL's ``SFTTrainer`` (:mod:`.trainer`), on the exact rescaling of a training step's output gradients
-to each example's own mean-loss gradient (:mod:`.rescale`).
+to each example's own mean-loss gradient (:mod:`.rescale`), with live summaries for the trainer's logs
+(:mod:`.live`).
 
 May import: :mod:`layergrad.inputs`, :mod:`layergrad.measure`, :mod:`layergrad.run`,
 :mod:`layergrad.store`, torch and transformers.

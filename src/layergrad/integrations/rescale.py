@@ -13,7 +13,13 @@ examples of a batch do not interact, example i's output gradient at every module
 ``alpha`` is read off the logits' gradient (a least-squares fit over the label positions, in
 float64), so every multiplier the trainer applies is included without guessing it; the fit's
 residual must be rounding-sized, else the loss is not a scaled token cross-entropy (label
-smoothing, a custom loss) and :class:`RescaleError` is raised. Tensors only.
+smoothing, a custom loss) and :class:`RescaleError` is raised.
+
+TRL's ``SFTTrainer`` never forms the logits: its fused LM head returns per-token log-probabilities
+``lp_t`` (zero off the label positions) and its loss is ``-sum_t lp_t / N``. Then the backward's
+gradient at ``lp_t`` is ``-alpha`` at every label position, the same ``alpha``
+(:func:`fit_alpha_logprobs`), and each example's loss is ``-mean`` of its own ``lp_t``
+(:func:`own_losses_from_logprobs`). Tensors only.
 """
 from __future__ import annotations
 
@@ -81,6 +87,29 @@ def fit_alpha(grad_logits: Tensor, logits: Tensor, labels: Tensor) -> Fit | None
     return Fit(alpha, resid)
 
 
+def own_losses_from_logprobs(log_probs: Tensor, labels: Tensor) -> Tensor:
+    """``(n,)`` float64 mean cross-entropy per example from a fused head's ``(n, t - 1)`` log-probabilities
+    (aligned with ``labels[:, 1:]``; NaN without label tokens)."""
+    mask = labels[:, 1:] != IGNORE  # (n, t - 1)
+    lp = log_probs.detach().to(torch.float64) * mask.to(log_probs.device)
+    count = mask.sum(-1).to(device=lp.device, dtype=torch.float64)
+    return (-lp.sum(-1) / count).cpu()
+
+
+def fit_alpha_logprobs(grad_log_probs: Tensor, labels: Tensor) -> Fit | None:
+    """``alpha`` with ``grad_log_probs[label positions] = -alpha`` (a fused head's loss ``-sum lp_t / N``).
+
+    Positions off the labels never reach the model (the fused head scatters its values into zeros),
+    so only the label positions are read. ``None`` without label tokens."""
+    mask = (labels[:, 1:] != IGNORE).to(grad_log_probs.device)  # (n, t - 1)
+    if not bool(mask.any()):
+        return None
+    g = grad_log_probs[mask].to(torch.float64)  # (M,)
+    alpha = -float(g.mean())
+    resid = float((g + alpha).norm()) / max(float(g.norm()), 1e-300)
+    return Fit(alpha, resid)
+
+
 def tolerance(dtype: torch.dtype) -> float:
     """The largest fit residual accepted for logits of ``dtype`` (rounding-sized)."""
     return max(1e-4, 16 * torch.finfo(dtype).eps)
@@ -91,7 +120,7 @@ def check_fit(fit: Fit, dtype: torch.dtype) -> None:
         raise RescaleError(
             f"the trainer's loss gradient at the logits is not a positive multiple of the token cross-entropy's "
             f"(fit alpha={fit.alpha:.6g}, relative residual {fit.residual:.2e} > {tolerance(dtype):.1e}): label smoothing, "
-            "a custom compute_loss or loss weights cannot be rescaled to per-example mean losses exactly; "
+            "a custom compute_loss, loss weights or TRL's loss_type='dft' cannot be rescaled to per-example mean losses exactly; "
             "train with the model's own labels loss, or measure checkpoints with `layergrad run`"
         )
 

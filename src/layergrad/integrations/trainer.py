@@ -16,6 +16,15 @@ frozen for its backward) leaves no gradient behind. Gradient checkpointing: a la
 the backward is not a second call (:meth:`~layergrad.measure.capture.Capture.seal`). Under torchrun
 each rank writes its own parts (writer ``r<rank>``); FSDP is refused.
 
+TRL's ``SFTTrainer``: its fused LM head returns per-token log-probabilities instead of logits; the
+rescaling then reads ``alpha`` off their gradient (:func:`.rescale.fit_alpha_logprobs`).
+Completion-only and assistant-only losses arrive as ``-100`` labels, so an example's response tokens
+are exactly the trainer's loss tokens. Padding-free and packed batches (several examples in one row,
+marked by restarting ``position_ids``) are refused, naming the option to turn off.
+
+Live curves: at each recorded step the step's summaries (:mod:`.live`) are added to the Trainer's
+logs, so every ``report_to`` backend (TensorBoard, W&B, MLflow, ...) plots them beside the loss.
+
 Store: a normal run directory; each recorded example is one row per step, ``id`` ``"<example>@<step>"``
 with the columns ``step``, ``epoch`` and ``example_id`` (:data:`layergrad.store.schema.TRAINING_FIELDS`).
 A trainer's batches carry no record ids (the trainer drops unused columns), so ``example_id`` is the
@@ -37,13 +46,13 @@ from transformers import TrainerCallback
 from layergrad import __version__, vocab
 from layergrad.errors import ConfigError, LayergradError
 from layergrad.inputs.targets import find_targets
-from layergrad.integrations import rescale
+from layergrad.integrations import live, rescale
 from layergrad.measure.capture import Capture
 from layergrad.measure.guard import FiniteGuard
 from layergrad.measure.measurer import Measurer
 from layergrad.run.loss import LOSS_RULE
 from layergrad.store import RunStore
-from layergrad.store.rows import example_row, module_rows_of
+from layergrad.store.rows import depth_thirds, example_row, module_rows_of
 from layergrad.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -84,13 +93,15 @@ class LayerGradCallback(TrainerCallback):
     ``out``: the run directory. ``modules``: as ``layergrad run --modules``. ``probe``: data file(s)
     measured every ``every_n_steps`` steps as group ``probe_group`` (needs the tokenizer: the
     trainer's ``processing_class``, or ``tokenizer=``). ``stats_dtype``, ``spectrum_k``, ``method``:
-    as in ``layergrad run``.
+    as in ``layergrad run``. ``log_metrics``: the metrics whose per-role, per-third means are added
+    to the Trainer's logs at each recorded step (:mod:`.live`; default nuclear norm and effective
+    rank; any of :data:`.live.LOGGABLE`; ``()`` logs nothing and leaves the logging cadence alone).
     """
 
     def __init__(self, out, every_n_steps: int = 10, modules: str = "attn", *, group: str = "train",
                  probe=None, probe_group: str = "probe", probe_batch_size: int = 4, tokenizer=None,
                  prompt_mode: str = "auto", max_length: int | None = None, stats_dtype: str = "float32",
-                 spectrum_k: int | None = 64, method: str = "auto"):
+                 spectrum_k: int | None = 64, method: str = "auto", log_metrics=live.DEFAULT_LOG_METRICS):
         problems = []
         if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
             problems.append(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
@@ -98,8 +109,13 @@ class LayerGradCallback(TrainerCallback):
             problems.append(f"stats_dtype {stats_dtype!r}: choose one of {', '.join(vocab.STATS_DTYPES)}")
         if method not in vocab.METHODS:
             problems.append(f"method {method!r}: choose one of {', '.join(vocab.METHODS)}")
+        bad = [m for m in log_metrics if m not in live.LOGGABLE]
+        if bad:
+            problems.append(f"log_metrics {bad!r}: choose among {', '.join(live.LOGGABLE)}")
         if problems:
             raise ConfigError(problems, source="LayerGradCallback")
+        self.log_metrics = tuple(log_metrics)
+        self._pending: dict[str, float] = {}
         self.out = Path(out)
         self.every_n_steps = every_n_steps
         self.modules = modules
@@ -133,11 +149,18 @@ class LayerGradCallback(TrainerCallback):
         self.by_layer_role = {(t.layer, t.role): t for t in self.targets if t.layer >= 0}
         self.rank = int(getattr(args, "process_index", 0) or 0)
         self.store = RunStore(self.out, writer=f"r{self.rank}")
-        self.store.open(self._manifest(model, args))
+        manifest = self._manifest(model, args)
+        self.store.open(manifest)
         self.sink = _Rescaled(FiniteGuard(self._measurer()))
         self._probe = self._load_probe() if self.probe and self.rank == 0 else None
         self._handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
                          model.register_forward_hook(self._post, with_kwargs=True)]
+        self.thirds = depth_thirds(manifest["n_layers"])
+        roles = list(dict.fromkeys(t.role for t in self.targets if t.layer >= 0))
+        self.log_keys = live.summary_keys(self.log_metrics, roles, ("early", "middle", "late")) if self.log_metrics else []
+        if self.log_keys and not live.put_first(self):
+            warnings.warn("LayerGradCallback: the Trainer's callback list was not found; the live summaries reach only the "
+                          "callbacks after this one (report_to's reporters come first)", stacklevel=2)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step, self._epoch = int(state.global_step), float(state.epoch or 0.0)
@@ -156,8 +179,19 @@ class LayerGradCallback(TrainerCallback):
         ex_rows, mod_rows = self._rows
         if ex_rows:
             self.store.write_part(ex_rows, mod_rows)
+        if self._on and self.log_keys:  # every rank: the sums are reduced over the ranks
+            totals = live.all_ranks(live.sums_and_counts(self.log_keys, ex_rows, mod_rows, self.thirds))
+            self._pending = live.summaries(self.log_keys, totals)
+            control.should_log = True  # logged at this step, beside the trainer's loss
         self._rows = ([], [])
         self._on = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._pending and logs is not None:
+            logs.update(self._pending)
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(self._pending)
+            self._pending = {}
 
     def on_train_end(self, args, state, control, **kwargs):
         self._close_micro()
@@ -184,6 +218,7 @@ class LayerGradCallback(TrainerCallback):
                 "a compute_loss_func or label smoothing takes them out of the batch"
             )
         ids = kwargs.get("input_ids", args[0] if args else None)
+        _refuse_packed(kwargs)
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
         n_items = kwargs.get("num_items_in_batch")
@@ -193,25 +228,42 @@ class LayerGradCallback(TrainerCallback):
         return None
 
     def _post(self, module, args, kwargs, output):
-        if self._capture is None or self._micro is None or "logits" in self._micro:
+        if self._capture is None or self._micro is None or "loss" in self._micro:
             return None
         self._capture.seal()  # layers recomputed in the backward (checkpointing) are not new calls
-        logits = output["logits"] if isinstance(output, dict) or hasattr(output, "keys") else output[1]
         m = self._micro
-        m["logits"] = logits.detach()
-        m["loss"] = rescale.own_losses(logits, m["labels"])  # (n,) float64
+        fused = _get(output, "log_probs")
+        if fused is not None:  # TRL's fused LM head: per-token log-probabilities, no logits
+            if any(t.role == "lm_head" for t in self.targets):
+                raise UnsupportedTraining("TRL's fused LM head never calls lm_head as a module, so its inputs and output "
+                                          "gradients cannot be captured: leave lm_head out of modules=")
+            m["log_probs"] = fused.detach()
+            m["loss"] = rescale.own_losses_from_logprobs(fused, m["labels"])  # (n,) float64
+            for name in ("entropy", "log_sum_sq_probs", "mean_logits"):  # metrics only; a loss on them is not a CE
+                other = _get(output, name)
+                if other is not None and other.requires_grad:
+                    other.register_hook(_no_gradient(name))
+            watched = fused
+        else:
+            logits = output["logits"] if isinstance(output, dict) or hasattr(output, "keys") else output[1]
+            m["logits"] = logits.detach()
+            m["loss"] = rescale.own_losses(logits, m["labels"])  # (n,) float64
+            watched = logits
         self.sink.begin(m["mask"], self._capture.consumers(), self.by_layer_role)
-        if logits.requires_grad:
-            logits.register_hook(self._on_logits_grad)
+        if watched.requires_grad:
+            watched.register_hook(self._on_logits_grad)
         return None
 
     def _on_logits_grad(self, g):
         m = self._micro
-        fit = rescale.fit_alpha(g, m["logits"], m["labels"])
+        if "log_probs" in m:
+            fit, dtype = rescale.fit_alpha_logprobs(g, m["labels"]), m["log_probs"].dtype
+        else:
+            fit, dtype = rescale.fit_alpha(g, m["logits"], m["labels"]), m["logits"].dtype
         if fit is None:
             self.sink.scales = torch.zeros(m["labels"].shape[0], dtype=torch.float64)
             return None
-        rescale.check_fit(fit, m["logits"].dtype)
+        rescale.check_fit(fit, dtype)
         count = int(rescale.label_counts(m["labels"]).sum())
         kind = "sum/num_items_in_batch" if m["n_items"] is not None else "mean over the micro-batch's label tokens"
         self.reductions[kind] = self.reductions.get(kind, 0) + 1
@@ -225,7 +277,7 @@ class LayerGradCallback(TrainerCallback):
         if cap is None:
             return
         try:
-            if m is None or "logits" not in m or self.sink.scales is None:
+            if m is None or "loss" not in m or self.sink.scales is None:
                 warnings.warn("LayerGradCallback: a training forward pass had no backward through its logits; "
                               "its examples are not recorded", stacklevel=2)
                 return
@@ -351,10 +403,51 @@ class LayerGradCallback(TrainerCallback):
 
 
 def _refuse_unsupported(args) -> None:
+    options = [o for o in ("padding_free", "packing") if getattr(args, o, False)]
+    if options:  # TRL's SFTConfig; "wrapped" packing leaves no position ids to find the examples by
+        raise UnsupportedTraining(
+            f"LayerGradCallback measures one example per batch row, but {' and '.join(f'{o}=True' for o in options)} puts "
+            "several examples in one row. Turn it off: SFTConfig(padding_free=False, packing=False), or measure "
+            "checkpoints with `layergrad run`"
+        )
     fsdp = getattr(args, "fsdp", None)
     if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         raise UnsupportedTraining(
             "LayerGradCallback does not support FSDP: a sharded module's inputs and output gradients are not whole "
             "on any one rank. Train with DDP (torchrun without --fsdp), or save checkpoints and measure them with "
             "`layergrad run` (see `layergrad report --checkpoints`)"
+        )
+
+
+def _get(output, name: str):
+    """``output[name]`` of a dict-like model output, else ``None``."""
+    return output.get(name) if hasattr(output, "keys") and hasattr(output, "get") else None
+
+
+def _no_gradient(name: str):
+    def hook(g):
+        if bool((g != 0).any()):
+            raise rescale.RescaleError(
+                f"the trainer's loss has a gradient at the fused head's {name!r}: it is not a token cross-entropy, so it "
+                "cannot be rescaled to per-example mean losses; measure checkpoints with `layergrad run` instead")
+        return None
+
+    return hook
+
+
+def _refuse_packed(kwargs) -> None:
+    """Refuse rows that hold several examples (padding-free or packed batches): position ids restart in a row."""
+    pos = kwargs.get("position_ids")
+    packed = kwargs.get("cu_seq_lens_q") is not None
+    if pos is not None and pos.dim() == 2 and pos.shape[1] > 1:
+        restart = pos[:, 1:] <= pos[:, :-1]  # (n, t - 1)
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:  # padding may repeat a position; only real neighbours count
+            restart &= mask[:, 1:].bool() & mask[:, :-1].bool()
+        packed = packed or bool(restart.any())
+    if packed:
+        raise UnsupportedTraining(
+            "LayerGradCallback measures one example per batch row, but this batch is padding-free or packed (position_ids "
+            "restart inside a row: several examples share it). Turn it off: SFTConfig(padding_free=False, packing=False) "
+            "(or a collator without padding_free), or measure checkpoints with `layergrad run`"
         )
