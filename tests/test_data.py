@@ -1,4 +1,4 @@
-"""Reading, validating and writing instruction data (layergrad.data)."""
+"""Reading, validating and writing instruction data (layergrad.inputs.data)."""
 from __future__ import annotations
 
 import hashlib

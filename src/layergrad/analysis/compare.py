@@ -4,7 +4,7 @@ Design. Two groups are compared as PAIRED samples when their examples answer the
 instructions (:func:`pair_examples`): an example of ``a`` and one of ``b`` form a pair when they
 share a key, tried in this order: a ``pair_key`` column of the examples (when a run stores one),
 the ``instruction`` text as scored, and the example id with a built-in synthetic style suffix
-removed (``layergrad.synthetic.pair_key``: ``arith-0007-detailed`` -> ``arith-0007``). A key that
+removed (``layergrad.inputs.synthetic.pair_key``: ``arith-0007-detailed`` -> ``arith-0007``). A key that
 occurs more than once in either group is ambiguous and dropped from pairing (counted in
 ``n_dup_keys``), deterministically. The first key giving at least ``max(3, 0.8 min(n_a, n_b))``
 pairs wins; then only the paired examples enter the tests (``n_pairs``; unpaired ones are

@@ -40,7 +40,7 @@ LINALG = "linear algebra failure"
 #: kinds of ``failed`` reasons, each stored as ``"<kind>: <detail>"``
 FAILURE_KINDS = (NONFINITE_LOSS, NONFINITE_GRADIENT, OUT_OF_MEMORY, LINALG)
 
-# ``skipped`` reasons come from :func:`layergrad.prompting.encode`
+# ``skipped`` reasons come from :func:`layergrad.inputs.prompting.encode`
 _SKIPPED_KINDS = (("response truncated away", "response truncated by --max-length"), ("the response has no tokens", "no response tokens"))
 
 
