@@ -74,6 +74,8 @@ class RunConfig:
     token_shares: bool = False  # each token's share of ||G||^2 per depth third and module group (shares parts)
     ifd: str | None = None  # IFD definition: a vocab.IFD_METHODS name (cherry | superfiltering) or None (off); True = the default
     skip_invalid: bool = False  # run the valid records, store the invalid ones with their reason
+    retry: str = "auto"  # stored failed examples on a rerun: auto (those that can change: out of memory, the budget) | all | none
+    add_data: bool = False  # a run directory takes data files other than its stored ones only with this (--add-data)
     trust_remote_code: bool = False
     reference: bool = False  # the paper's tokenisation rule (drop-in compatibility)
     method: str = "auto"  # vocab.METHODS: auto | gram | factored | dense (auto: see the module docstring)
@@ -343,6 +345,8 @@ _CHECKS = {
     "token_shares": _bool,
     "ifd": _ifd,
     "skip_invalid": _bool,
+    "retry": _one_of(("auto", "all", "none"), what="retry value"),
+    "add_data": _bool,
     "trust_remote_code": _bool,
     "reference": _bool,
     "method": _one_of(vocab.METHODS, what="method"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from layergrad import vocab
+from layergrad.errors import LayergradError
 
 RUN_EXAMPLES = """examples:
   layergrad run --data gsm8k_train_with_cot.json --out runs/cot
@@ -99,6 +100,14 @@ def add_parser(sub) -> None:
                    "after '### Response:') or superfiltering (the response alone with no context: without a BOS its "
                    "first token is scored with the prompt only). --ifd alone: cherry, the definition of the paper that "
                    "introduced IFD, whose two means cover the same tokens for every tokenizer")
+    p.add_argument("--retry-failed", dest="retry", action="store_const", const="all", default=None,
+                   help="retry every stored failed example (by default a rerun retries those that failed for a reason "
+                   "that can change: out of memory, over --max-memory; not non-finite values)")
+    p.add_argument("--no-retry", dest="retry", action="store_const", const="none",
+                   help="keep every stored failed example as it is")
+    p.add_argument("--add-data", action="store_true", default=None,
+                   help="add --data files other than those the run directory holds (without it a run of other files "
+                   "is refused; more of the same files, a larger --limit or another --shard grow a run as they are)")
     p.add_argument("--skip-invalid", action="store_true", default=None, help="run the valid records, store invalid ones with their reason")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a model folder's own Python code (transformers' trust_remote_code)")
     p.add_argument("--method", choices=list(vocab.METHODS), default=None, help=argparse.SUPPRESS)
@@ -128,7 +137,7 @@ def add_parser(sub) -> None:
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "max_memory", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "token_shares", "ifd", "skip_invalid",
                 "trust_remote_code", "method", "eig_batch", "gram_precision", "shard", "revision", "cache_dir",
-                "split", "subset", "data_revision", "adapter", "adapter_params")
+                "split", "subset", "data_revision", "adapter", "adapter_params", "retry", "add_data")
 
 
 def read_config_file(path: str) -> dict:
@@ -225,6 +234,12 @@ def _run_config(a):
     return cfg, (a.save_path if dropin else None)
 
 
+class NothingMeasured(LayergradError):
+    """A run in which no example was measured: the command fails (exit 1), after storing what it could."""
+
+    exit_code = 1
+
+
 def cmd_run(a) -> int:
     from layergrad.run import engine
     from layergrad.store.paper import export_reference
@@ -236,6 +251,12 @@ def cmd_run(a) -> int:
         return 0
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s.status_counts.items()))
     print(f"{s.out}: {s.total} examples ({counts}); computed {s.computed} now, {s.skipped_done} were already stored; {s.seconds:.1f} s")
+    if s.failures:
+        print(f"failed: {s.failures}; a rerun retries those that can change (out of memory), --retry-failed all of them")
+    if s.status_counts and not s.status_counts.get("ok"):
+        raise NothingMeasured(f"no example of {s.out} was measured ({counts}"
+                              f"{'; failed: ' + s.failures if s.failures else ''}); see the reasons above, "
+                              "fix their cause and rerun the same command")
     if save_path:
         n, _ = export_reference(cfg.out, save_path)
         print(f"wrote {n} lines to {save_path} (the paper's format)")

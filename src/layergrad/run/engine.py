@@ -44,6 +44,7 @@ class RunSummary:
     skipped_done: int  # already stored before this call
     status_counts: dict  # of the whole store; empty on ranks other than 0 under torchrun
     seconds: float
+    failures: str = ""  # the store's failed examples by why ("4 out of memory, ..."); empty when none
     rank: int = 0  # under torchrun: this process's rank (only rank 0 reports the whole store)
     world_size: int = 1
 
@@ -97,7 +98,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     ifd_rule = NoPromptRule.for_tokenizer(tok, cfg.ifd) if cfg.ifd else None
     manifest = build_manifest(cfg, loaded, mode, targets, data_fingerprint=data_fingerprint(cfg), loss_rule=LOSS_RULE,
                               ifd_rule=ifd_rule.describe() if ifd_rule else None)
-    distributed.open_store(store, manifest, world, wait=wait_for_lock, log=note)  # rank 0 first; takes the writer's lock
+    distributed.open_store(store, manifest, world, wait=wait_for_lock, log=note, add_data=cfg.add_data)  # rank 0 first; takes the writer's lock
     try:
         for msg in store.notes:  # what the run grew by (more data files, a larger --limit)
             note(f"layergrad: {msg}")
@@ -106,7 +107,9 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
             note(msg)
         stored = store.stored_texts()
         refuse_changed_records(stored, examples, scored_text)  # an id names one example: its text must not change
-        done = set(stored)
+        retry = faults.to_retry(store.failed_reasons(), [ex.id for ex in examples], cfg.retry)
+        _note_retries(store, examples, retry, cfg.retry, note)
+        done = set(stored) - set(retry)  # a retried example's new row replaces its failed one (RunStore.superseded)
         if shard is None or shard[0] == 0:  # examples that need no compute: skipped and invalid records
             _write_uncomputed(store, cfg, examples, encoded, problems, done)
 
@@ -134,10 +137,25 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
         if world is not None:
             distributed.barrier()  # every rank's parts are committed past this point
         counts = store.status_counts() if main_rank else {}
+        failures = faults.count_by_label(store.failed_reasons().values()) if main_rank else ""
     finally:
         store.close()  # the writer's lock
     rank, size = (world.rank, world.size) if world else (0, 1)
-    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, rank, size)
+    return RunSummary(Path(cfg.out), len(examples), computed, len(done & {ex.id for ex in examples}), counts,
+                      time.time() - t0, failures, rank, size)
+
+
+def _note_retries(store: RunStore, examples, retry: dict, mode: str, note) -> None:
+    """Say which stored failures this rerun computes again, and which it keeps (and how to retry them)."""
+    if retry:
+        note(f"layergrad: retrying {len(retry)} failed example{'s' if len(retry) != 1 else ''} "
+             f"({faults.count_by_label(retry.values())})")
+    failed = store.failed_reasons()
+    kept = [failed[ex.id] for ex in examples if ex.id in failed and ex.id not in retry]
+    if kept:
+        how = "--no-retry" if mode == "none" else "--retry-failed retries them"
+        note(f"layergrad: keeping {len(kept)} failed example{'s' if len(kept) != 1 else ''} as stored "
+             f"({faults.count_by_label(kept)}; {how})")
 
 
 def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, note):
@@ -149,6 +167,9 @@ def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, n
     """
     shape = memory.model_shape_of(model)
     budget = memory.budget_bytes(cfg.max_memory, runner.device, resident=shape.param_bytes)
+    if budget is not None and budget < shape.param_bytes:
+        note(f"layergrad: --max-memory {cfg.max_memory} ({memory.gib(budget)} GiB) is less than the model's weights "
+             f"alone ({memory.gib(shape.param_bytes)} GiB): no example can fit, each is stored as failed")
     if budget is None:
         note("layergrad: the available memory is unknown here; batches are not planned under a memory budget "
              "(pass --max-memory to set one)")
