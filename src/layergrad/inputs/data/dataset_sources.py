@@ -82,6 +82,18 @@ def _read_dataset(source: str, options: DatasetOptions, *, hub: bool) -> _FileCo
     name, at, rev = source.partition("@") if hub else (source, "", "")
     revision = rev if at else options.revision
     what = "hub dataset" if hub else "dataset folder"
+    if hub:
+        from huggingface_hub import constants
+
+        from layergrad.inputs.models.hub import hub_unreachable
+
+        unreachable = hub_unreachable()  # at once, not after huggingface_hub's retries
+        if unreachable is not None:
+            return _FileContent.failed(source, (
+                f"the hub cannot be reached ({unreachable}): check the network (and HF_ENDPOINT). If the dataset is in "
+                f"the Hugging Face cache ({constants.HF_HUB_CACHE}), set HF_HUB_OFFLINE=1 to read it from there; on a "
+                f"machine without network, download it elsewhere with `hf download {name} --repo-type dataset`, copy "
+                "the cache here and set HF_HUB_OFFLINE=1"))
     try:
         ds = datasets.load_dataset(name, options.subset, split=options.split, revision=revision)
     except ValueError as e:  # an unknown subset or split: datasets' message lists the available ones

@@ -1,6 +1,7 @@
 """``load_model``: what a model name or path is, and the model and tokenizer loaded from it, ready to measure."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from layergrad.inputs.models.cache import _fingerprint
 from layergrad.inputs.models.default import DEFAULT_MODEL, default_model_folder
 from layergrad.inputs.models.dtypes import _checkpoint_dtype, _load_dtype, resolve_dtype
 from layergrad.inputs.models.errors import _EXPECTED, ModelError
-from layergrad.inputs.models.hub import is_hub_id, parse_model_ref, resolve_hub_model
+from layergrad.inputs.models.hub import is_hub_id, offline_while_unreachable, parse_model_ref, resolve_hub_model
 from layergrad.inputs.models.loaders import _load_folder, _load_gguf, progress_bars
 from layergrad.inputs.models.quantized import refuse_quantized
 
@@ -105,7 +106,31 @@ def load_model(
     ``dtype="auto"`` loads fp32 on CPU (fp64 checkpoints stay fp64) and keeps the
     checkpoint's dtype on an accelerator. ``device_map`` (e.g. ``"auto"``) is handed to
     accelerate and takes precedence over ``device``; otherwise the model is moved to ``device``.
+
+    A hub that cannot be reached is found out at once (:func:`~.hub.hub_unreachable`): the model then comes
+    from the cache, or the error says what to do, without huggingface_hub's retries.
     """
+    uses_hub = any(x is not None and str(x) != DEFAULT_MODEL and is_hub_id(str(x)) for x in (name_or_path, adapter))
+    with offline_while_unreachable() if uses_hub else contextlib.nullcontext():
+        return _load(name_or_path, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                     attn_implementation=attn_implementation, progress=progress, revision=revision, cache_dir=cache_dir,
+                     adapter=adapter, adapter_params=adapter_params)
+
+
+def _load(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    progress: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    adapter: str | None = None,
+    adapter_params: bool = False,
+) -> LoadedModel:
     requested = resolve_dtype(dtype)  # fail on a bad name before any slow work
     try:
         target = torch.device(device)
