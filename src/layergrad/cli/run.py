@@ -37,6 +37,8 @@ def _default(name: str) -> str:
 #: tests/test_config.py checks that every field has one (or is in config.NO_FLAG) and that
 #: every "(default X)" in a help text is the field's default.
 def add_parser(sub) -> None:
+    from layergrad.inputs.data.formats import DESCRIPTION
+
     D = _default
     p = sub.add_parser(
         "run",
@@ -56,8 +58,7 @@ def add_parser(sub) -> None:
     p.add_argument("--adapter-params", action="store_true", default=None,
                    help="measure the adapter's own matrices (lora_A, lora_B of each adapted module; roles q.lora_A, ...) "
                    "instead of the merged weights")
-    p.add_argument("--data", nargs="+", help="data: .json/.jsonl/.parquet/.csv files, datasets folders (save_to_disk), "
-                   "or hub dataset ids org/name[@REV]; Alpaca or chat 'messages' records")
+    p.add_argument("--data", nargs="+", help=f"data: {DESCRIPTION}")
     p.add_argument("--split", default=None, help="datasets folders and hub datasets: the split (if not given: the only one, else train)")
     p.add_argument("--subset", default=None, help="datasets folders and hub datasets: the subset (config name)")
     p.add_argument("--data-revision", default=None, help="hub datasets: branch, tag or commit (or --data org/name@REV)")

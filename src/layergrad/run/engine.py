@@ -18,7 +18,7 @@ import torch
 
 from layergrad import vocab
 from layergrad.config import RunConfig, parse_shard
-from layergrad.inputs.data import DataError
+from layergrad.inputs.data import DataError, describe_data
 from layergrad.inputs.dataset import data_fingerprint, load_data
 from layergrad.inputs.models import refuse_quantized
 from layergrad.inputs.prompting import encode, resolve_mode
@@ -79,6 +79,8 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     t0 = time.time()
     note = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     # plan: the examples, the model, what is measured, the batches
+    for line in describe_data(cfg.data):  # a data folder: what it reads and skips, as `validate` says it
+        note(f"layergrad: {line}")
     examples, problems = load_data(cfg)
     _refuse_turnless(cfg, examples)
     loaded = loaded or _load_model(cfg, device)

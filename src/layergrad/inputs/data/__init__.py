@@ -9,8 +9,10 @@ Formats, chosen by the file's suffix, or by what a folder or a name is:
   stays the string ``"42"``, as in the JSON file it was written from; an empty cell is ``""``);
 - a folder written by ``datasets``' ``save_to_disk`` (``state.json`` or ``dataset_dict.json``),
   read by ``datasets.load_from_disk``;
-- any other folder, and a hub dataset id ``org/name`` (or ``org/name@REV``) that is no local
-  path, read by ``datasets.load_dataset`` (the Hugging Face cache, ``HF_HUB_OFFLINE`` and
+- any other folder: every data file in it and its subfolders, each read as above, what is skipped
+  named with its reason (:mod:`.folders`); but a dataset repository folder (a ``README.md`` naming
+  ``configs:``) and a hub dataset id ``org/name`` (or ``org/name@REV``) that is no local
+  path are read by ``datasets.load_dataset`` (the Hugging Face cache, ``HF_HUB_OFFLINE`` and
   ``HF_TOKEN`` as there). :class:`DatasetOptions` holds the subset (config name), split and
   revision. With several splits and none asked for, ``train`` is taken when there is one.
 
@@ -40,13 +42,15 @@ cannot be read at all (missing, not JSON, not a list, empty) is always an error.
 
 The concepts live in submodules named after what they hold: :mod:`.formats` (suffixes), :mod:`.problems`
 (``Problem``, ``DataError``), :mod:`.records` (``Example``, ``Fields``, parsing one record), :mod:`.ids`,
-:mod:`.files` (the file readers), :mod:`.dataset_sources` (``datasets`` folders and hub ids), :mod:`.reading`
+:mod:`.files` (the file readers), :mod:`.dataset_sources` (``datasets`` folders and hub ids), :mod:`.folders`
+(a folder of data files: what it reads and skips), :mod:`.reading`
 (one source, whatever it is), :mod:`.loading` (``load_examples``, ``validate``) and :mod:`.writing`. This
 package re-exports their names, so ``from layergrad.inputs.data import load_examples`` keeps working.
 """
 from __future__ import annotations
 
 from layergrad.inputs.data.dataset_sources import DatasetOptions, is_dataset_source
+from layergrad.inputs.data.folders import describe_data, is_data_folder
 from layergrad.inputs.data.formats import (CSV_SUFFIXES, JSON_SUFFIXES, JSONL_SUFFIXES, PARQUET_SUFFIXES,
                                            SAVED_DATASET_FILES, SUFFIXES, WRITE_SUFFIXES)
 from layergrad.inputs.data.ids import content_id

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from layergrad.inputs.data.dataset_sources import DatasetOptions
 from layergrad.inputs.data.files import _UNPARSED
+from layergrad.inputs.data.folders import folder_sources, is_data_folder
 from layergrad.inputs.data.ids import _explicit_id, content_id
 from layergrad.inputs.data.problems import DataError, Problem, _kind
 from layergrad.inputs.data.reading import _read_file
@@ -23,6 +24,16 @@ def _as_list(paths) -> list:
     return paths
 
 
+def sources_of(paths) -> list[tuple]:
+    """``(path, default group label)`` of every source to read: a data folder (:mod:`.folders`) stands for its
+    files, labelled by the folder's name; anything else for itself, labelled by its stem."""
+    out = []
+    for path in _as_list(paths):
+        files = folder_sources(path)[0] if is_data_folder(path) else []
+        out += [(f, Path(path).name) for f in files] or [(path, Path(path).stem)]
+    return out
+
+
 def _collect(paths, group: str | None, fields: Fields,
              options: DatasetOptions = DatasetOptions()) -> tuple[list[Example], list[Problem]]:
     """Every valid example and every problem in every file."""
@@ -30,7 +41,7 @@ def _collect(paths, group: str | None, fields: Fields,
     parsed: list[Example] = []  # valid examples; id "" where a content id is still to come
     owners: dict[str, tuple[str, int]] = {}  # explicit id -> (source, index) of first use
     resolved: set[Path] = set()
-    for path in _as_list(paths):
+    for path, label in sources_of(paths):
         source = str(path)
         if Path(path).resolve() in resolved:
             problems.append(Problem(source, None, None, "given more than once"))
@@ -39,7 +50,7 @@ def _collect(paths, group: str | None, fields: Fields,
         file_start = len(problems)
         content = _read_file(Path(path), source, options)
         problems.extend(content.problems)
-        label = group if group is not None else Path(path).stem
+        label = group if group is not None else label
         for index, (record, raw, line) in enumerate(zip(content.items, content.raws, content.lines)):
             if record is _UNPARSED:
                 continue

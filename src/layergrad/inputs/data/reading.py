@@ -7,6 +7,7 @@ from pathlib import Path
 
 from layergrad.inputs.data.dataset_sources import DatasetOptions, _is_hub_name, _read_dataset, _read_saved
 from layergrad.inputs.data.files import _FileContent, _read_csv, _read_json, _read_jsonl, _read_parquet
+from layergrad.inputs.data.folders import describe, is_dataset_repo
 from layergrad.inputs.data.formats import (CSV_SUFFIXES, JSONL_SUFFIXES, PARQUET_SUFFIXES, SAVED_DATASET_FILES,
                                            SUFFIXES)
 from layergrad.inputs.data.problems import DataError
@@ -21,9 +22,10 @@ def _read_file(path: Path, source: str, options: DatasetOptions = DatasetOptions
     if path.is_dir():
         if any((path / name).is_file() for name in SAVED_DATASET_FILES):
             return _read_saved(path, source, options)
-        if not any(path.iterdir()):
-            return _FileContent.failed(source, "is a directory; pass the data files in it")
-        return _read_dataset(source, options, hub=False)
+        if is_dataset_repo(path):
+            return _read_dataset(source, options, hub=False)
+        return _FileContent.failed(source, f"a folder with no data file ({', '.join(SUFFIXES)}) in it or its "
+                                   f"subfolders; {describe(path).split(': ', 1)[1]}")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         return _FileContent.failed(source, f"unsupported file type {path.suffix!r}; "
