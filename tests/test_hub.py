@@ -193,13 +193,14 @@ def test_an_unreachable_hub_fails_at_once_saying_what_to_do(tmp_path, hub):
     env = {"HF_HOME": str(home), "HF_ENDPOINT": "http://nonexistent.invalid"}
     argv = ["run", "--data", str(data), "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu", "--limit", "1",
             "--modules", "q"]
-    proc, seconds = _fresh_process(tmp_path, env, *argv[:1], "--model", "Qwen/Qwen2.5-0.5B", *argv[1:])
+    proc, _ = _fresh_process(tmp_path, env, *argv[:1], "--model", "Qwen/Qwen2.5-0.5B", *argv[1:])
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr
     assert "Retrying in" not in err and "Traceback" not in err
     assert "HF_HUB_OFFLINE=1" in err and str(home / "hub") in err and "`hf download Qwen/Qwen2.5-0.5B`" in err
     assert "http://nonexistent.invalid" in err and "cannot be reached" in err
-    assert seconds < 60  # a fresh process (imports included) on a busy machine; the retries alone took ~25 s
+    # no retry: huggingface_hub's five (1+2+4+8+8 s of sleep) each log "Retrying in"; the time of a fresh process
+    # is its imports on a busy machine, so the check is their absence, not a clock
     add_snapshot(home / "hub", "org/tiny", folder, SHA)
     proc, _ = _fresh_process(tmp_path, env, *argv[:1], "--model", "org/tiny", *argv[1:])
     assert proc.returncode == 0, proc.stderr[-2000:]

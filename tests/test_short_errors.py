@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layergrad.cli import build_parser, main
-from layergrad.inputs.data.formats import SUFFIXES
+from layergrad.inputs.data import SUFFIXES
 
 
 def _exit(capsys, argv) -> tuple[int, str]:

@@ -58,7 +58,7 @@ class RunConfig:
     max_length: int | None = 1024  # tokens; longer texts are truncated
     batch_size: int = 8  # examples per padded batch (grouped by length)
     max_batch_tokens: int = 8192  # cap on batch_size x longest sequence in a batch
-    max_memory: str | None = None  # bytes a run may use ("12GB", "12GiB", "500M") or a fraction ("0.8") of the available; None: 0.8
+    max_memory: str | None = None  # bytes a run may use, with a unit ("12GB", "12GiB", "500M") or a fraction in (0, 1] ("0.8") of the available; None: 0.8
     limit: int | None = None  # first N examples of each data file
     split: str | None = None  # datasets sources (folders, hub ids): the split; default the only one, else train
     subset: str | None = None  # datasets sources: the subset (config name)

@@ -80,9 +80,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help=f"examples per padded batch (default {D('batch_size')})")
     p.add_argument("--max-batch-tokens", type=int, default=None, help=f"cap on batch size x longest sequence (default {D('max_batch_tokens')})")
     p.add_argument("--max-memory", default=None, metavar="SIZE|FRACTION",
-                   help="memory the run may use, weights included: 12GB, 12GiB, 500M, or a fraction of the memory "
-                   "available at the start (0.8); batches whose estimated peak exceeds it are split, an example that "
-                   "cannot fit alone is stored as failed without running (default: 0.8 of the available CPU or GPU memory)")
+                   help="memory the run may use, weights included: a size with its unit (12GB, 12GiB, 500MiB, 4096B), or "
+                   "a fraction of the memory available at the start, in (0, 1] (0.8); batches whose estimated peak exceeds "
+                   "it are split, an example that cannot fit alone is stored as failed without running, and a rerun "
+                   "retries it (default: 0.8 of the available CPU or GPU memory)")
     p.add_argument("--limit", type=int, default=None, help="first N examples of each data file (default: all)")
     p.add_argument("--dtype", default=None, help=f"model dtype: auto, fp32, bf16, fp16, fp64 (default {D('dtype')})")
     p.add_argument("--stats-dtype", choices=sorted(set(vocab.STATS_DTYPES.values())), default=None,

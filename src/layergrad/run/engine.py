@@ -28,6 +28,7 @@ from layergrad.measure.measurer import Measurer
 from layergrad.run import distributed, faults, memory
 from layergrad.run.ifd import NoPromptRule, undefined
 from layergrad.run.loss import LOSS_RULE
+from layergrad.run.progress import BAR_FORMAT, BatchProgress
 from layergrad.run.plan import Batch, pad_id_of, plan_batches, shard_batches
 from layergrad.run.step import BatchRunner, ShareLayout, compute_batch, failed_row
 from layergrad.store import RunStore
@@ -127,15 +128,16 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
         main_rank = world is None or world.is_main
         computed = 0
         with tqdm(total=sum(map(len, todo)), unit="ex", desc="layergrad", disable=not cfg.progress or not main_rank,
-                  dynamic_ncols=True) as bar, runner.hooks():
+                  dynamic_ncols=True, bar_format=BAR_FORMAT) as bar, runner.hooks():
             for items in todo:
+                runner.measurer.within(bar, computed + len(items))  # the bar moves module by module inside the batch
                 parts, too_big = fits(items)
                 pieces = [fail(k, reason) for k, reason in too_big]  # never run: nothing is allocated for them
                 for part in parts:
                     pieces += backoff.run(part, compute, fail, cost)
                 store.write_part(*([r for p in pieces for r in p[i]] for i in range(4)))
                 computed += len(items)
-                bar.update(len(items))
+                runner.measurer.settle()
         if world is not None:
             distributed.barrier()  # every rank's parts are committed past this point
         counts = store.status_counts() if main_rank else {}
@@ -217,10 +219,10 @@ def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, n
 
 def _runner(cfg: RunConfig, model, targets, tok, ifd_rule, n_layers: int) -> BatchRunner:
     """The batch runner with the statistics sink the options ask for (guarded against non-finite values)."""
-    sink = FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
+    sink = BatchProgress(FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
                                 elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method,
                                 eig_batch=cfg.eig_batch, token_shares=cfg.token_shares,
-                                gram_precision=cfg.gram_precision))
+                                gram_precision=cfg.gram_precision)), n_targets=len(targets))
     runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id_of(tok), ifd=ifd_rule)
     if cfg.token_shares:
         runner.shares = ShareLayout(depth_thirds(n_layers), tok)

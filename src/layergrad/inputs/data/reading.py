@@ -7,7 +7,7 @@ from pathlib import Path
 
 from layergrad.inputs.data.dataset_sources import DatasetOptions, _is_hub_name, _read_dataset, _read_saved
 from layergrad.inputs.data.files import _FileContent, _read_csv, _read_json, _read_jsonl, _read_parquet
-from layergrad.inputs.data.folders import describe, is_dataset_repo
+from layergrad.inputs.data.folders import folder_sources, is_dataset_repo
 from layergrad.inputs.data.formats import (CSV_SUFFIXES, JSONL_SUFFIXES, PARQUET_SUFFIXES, SAVED_DATASET_FILES,
                                            SUFFIXES)
 from layergrad.inputs.data.problems import DataError
@@ -24,8 +24,10 @@ def _read_file(path: Path, source: str, options: DatasetOptions = DatasetOptions
             return _read_saved(path, source, options)
         if is_dataset_repo(path):
             return _read_dataset(source, options, hub=False)
+        skipped = folder_sources(path)[1]
+        held = ", ".join(f"{p.relative_to(path)} ({why})" for p, why in skipped) if skipped else "nothing"
         return _FileContent.failed(source, f"a folder with no data file ({', '.join(SUFFIXES)}) in it or its "
-                                   f"subfolders; {describe(path).split(': ', 1)[1]}")
+                                   f"subfolders; it holds: {held}")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         return _FileContent.failed(source, f"unsupported file type {path.suffix!r}; "
