@@ -48,7 +48,7 @@ normalize = "mean"
 ''')
     assert main(["experiment", str(conf)]) == 2
     err = capsys.readouterr().err
-    assert "5 problems" in err, err
+    assert "5 problem(s) in the experiment file" in err, err
     assert "groups[1]: unknown key 'labl' (did you mean 'label'?)" in err
     assert "groups[1] needs a string 'label'" in err
     assert "'batchsize'" in err and "batch_size" in err  # the [run] key typo, named with the right key

@@ -105,7 +105,7 @@ def load_config(path: str | Path) -> dict:
             conf["comparisons"] = list(conf.get("comparisons", [])) + comparisons
     problems += _problems(conf)
     if problems:  # every problem of the file at once, before anything runs
-        raise ExperimentError(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}:\n"
+        raise ExperimentError(f"{path}: {len(problems)} problem(s) in the experiment file:\n"
                               + "\n".join(f"  - {p}" for p in problems)
                               + "\n(see `layergrad experiment --help` for the format)")
     return conf

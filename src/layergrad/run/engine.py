@@ -110,8 +110,9 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
             note(msg)
         stored = store.stored_texts()
         refuse_changed_records(stored, examples, scored_text)  # an id names one example: its text must not change
-        retry = faults.to_retry(store.failed_reasons(), [ex.id for ex in examples], cfg.retry)
-        _note_retries(store, examples, retry, cfg.retry, note)
+        failed = store.failed_reasons()  # id -> reason of the examples stored as failed
+        retry = faults.to_retry(failed, [ex.id for ex in examples], cfg.retry)
+        _note_retries(failed, examples, retry, cfg.retry, note)
         done = set(stored) - set(retry)  # a retried example's new row replaces its failed one (RunStore.superseded)
         if shard is None or shard[0] == 0:  # examples that need no compute: skipped and invalid records
             _write_uncomputed(store, cfg, examples, encoded, problems, done)
@@ -145,16 +146,14 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     finally:
         store.close()  # the writer's lock
     rank, size = (world.rank, world.size) if world else (0, 1)
-    return RunSummary(Path(cfg.out), len(examples), computed, len(done & {ex.id for ex in examples}), counts,
-                      time.time() - t0, failures, rank, size)
+    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, failures, rank, size)
 
 
-def _note_retries(store: RunStore, examples, retry: dict, mode: str, note) -> None:
+def _note_retries(failed: dict, examples, retry: dict, mode: str, note) -> None:
     """Say which stored failures this rerun computes again, and which it keeps (and how to retry them)."""
     if retry:
         note(f"layergrad: retrying {len(retry)} failed example{'s' if len(retry) != 1 else ''} "
              f"({faults.count_by_label(retry.values())})")
-    failed = store.failed_reasons()
     kept = [failed[ex.id] for ex in examples if ex.id in failed and ex.id not in retry]
     if kept:
         how = "--no-retry" if mode == "none" else "--retry-failed retries them"
