@@ -69,6 +69,8 @@ def test_other_data_files_need_add_data(tmp_path, tiny_folder, capsys):
     assert f"holds a run of {chats}; --data also names {alpaca}" in err and "--add-data" in err
     assert "Traceback" not in err and "--out" in err
     assert (out / "manifest.json").read_text() == manifest and sorted(p.name for p in (out / "parts").iterdir()) == parts
+    assert main(args(tmp_path / "no-model-here", out, alpaca)) == 2  # refused before any model loads
+    assert "--add-data" in capsys.readouterr().err
     assert main(args(tiny_folder, out, alpaca, extra=["--add-data"])) == 0
     assert json.loads((out / "manifest.json").read_text())["data"] == [str(chats), str(alpaca)]
     assert len(load_results(out).ok) == 4

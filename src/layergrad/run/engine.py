@@ -84,6 +84,8 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
         note(f"layergrad: {line}")
     examples, problems = load_data(cfg)
     _refuse_turnless(cfg, examples)
+    if not cfg.add_data:  # before the model loads (checked again, under the lock, when the store opens)
+        RunStore(cfg.out).refuse_other_data(cfg.data)
     loaded = loaded or _load_model(cfg, device)
     model, tok = loaded.model, loaded.tokenizer
     refuse_quantized(model, what=f"model {cfg.model!r}")

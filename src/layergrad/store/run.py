@@ -137,19 +137,28 @@ class RunStore:
                 + f"\nResults here are kept. To resume them, rerun with the stored settings; to start the new "
                 f"configuration, use another --out directory (for example --out {_free_sibling(self.path)})."
             )
-        stored = list(old.get("data") or [])
-        added = [p for p in manifest.get("data") or [] if p not in stored]
-        if added and not add_data:
-            raise ConfigMismatch(
-                f"{self.path} holds a run of {', '.join(stored)}; --data also names {', '.join(added)}. "
-                f"To add {'these files' if len(added) > 1 else 'this file'} to the run (its reports then hold the examples "
-                f"of every file), pass --add-data; to run {'them' if len(added) > 1 else 'it'} on "
-                f"its own, use another --out directory (for example --out {_free_sibling(self.path)}).")
+        if not add_data:
+            self.refuse_other_data(manifest.get("data") or [], old)
         self._clean_own_temporaries()
         grown, notes = extend_selection(old, manifest)
         if grown != old:
             write_text_atomic(json.dumps(grown, indent=2, sort_keys=True), self.path / MANIFEST)
         return notes
+
+    def refuse_other_data(self, data: list, old: dict | None = None) -> None:
+        """:class:`ConfigMismatch` when ``data`` names files the run does not hold (``--add-data`` allows them),
+        naming the stored files, the new ones and the flag. Nothing when there is no run here yet."""
+        old = self.manifest() if old is None else old
+        if old is None:
+            return
+        stored = list(old.get("data") or [])
+        added = [str(p) for p in data if str(p) not in stored]
+        if added:
+            raise ConfigMismatch(
+                f"{self.path} holds a run of {', '.join(stored)}; --data also names {', '.join(added)}. "
+                f"To add {'these files' if len(added) > 1 else 'this file'} to the run (its reports then hold the examples "
+                f"of every file), pass --add-data; to run {'them' if len(added) > 1 else 'it'} on "
+                f"its own, use another --out directory (for example --out {_free_sibling(self.path)}).")
 
     # ---- parts ----------------------------------------------------------------------------
     def _own(self, tag: str) -> bool:
