@@ -1,4 +1,4 @@
-"""Measure the cost constants of :mod:`layergrad.spectral` on this machine.
+"""Measure the cost constants of :mod:`layergrad.spectra` on this machine.
 
 Prints, for each operation the cost model uses, its time relative to a float64 matrix product of
 the same size (``2 a b c`` operations for ``(a, b) @ (b, c)``), as the constants in spectral.py

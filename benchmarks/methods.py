@@ -1,7 +1,7 @@
 """The computations the benchmark compares, each on a list of encoded examples (one padded batch).
 
 * ``a`` the paper's method: one example at a time, the dense weight gradient of every selected
-  module by autograd (:func:`layergrad.oracle.example_gradients`, logits at every position as the
+  module by autograd (:func:`layergrad.measure.oracle.example_gradients`, logits at every position as the
   paper computes them) and a full ``torch.linalg.svd`` of each in float32, as the paper's script
   (``code_gradient/get_gradient_values.py``; ``../shared/golden/README.md``).
 * ``b`` a plain training step: forward and backward with a gradient for every weight, the same
@@ -10,7 +10,7 @@
   code runs; for context only, no target refers to it.
 * ``c`` the floor: layergrad's own forward and activation-only backward (no parameter needs a
   gradient, the backward stops at the first measured module) with a sink that does nothing.
-* ``d`` layergrad: :class:`layergrad.engine.BatchRunner` with the engine's statistics sink,
+* ``d`` layergrad: :class:`layergrad.run.engine.BatchRunner` with the engine's statistics sink,
   float32 statistics, top-64 spectrum stored.
 
 Every callable returns ``(seconds, payload)``: the seconds cover the computation only (no hook

@@ -413,7 +413,7 @@ def summary(results: dict) -> str:
 
 _DEFINITIONS = {
     "a": "one example at a time: the dense weight gradient of every selected module by autograd "
-         "(`layergrad.oracle.example_gradients`, logits at every position, as the paper's code) and a full "
+         "(`layergrad.measure.oracle.example_gradients`, logits at every position, as the paper's code) and a full "
          "`torch.linalg.svd` of each in float32 (U and V too, as the paper's script computes them; on this CPU a full "
          "SVD of a 2048 x 5632 matrix takes about 1.6 times `svdvals`). A float32 dense SVD leaves rounding noise of "
          "about `u s_1` on each of the `min(out, in) - T` singular values that are exactly 0 in the gradient, which "
@@ -426,7 +426,7 @@ _DEFINITIONS = {
     "c": "layergrad's own forward and activation-only backward (no parameter requires a gradient; the backward stops at "
          "the first measured module), logits only at response positions, the capture hooks in place with a sink that does "
          "nothing: exactly (d) without the statistics.",
-    "d": "`layergrad.engine.BatchRunner` with the engine's statistics sink (float32 statistics, the `auto` method, "
+    "d": "`layergrad.run.engine.BatchRunner` with the engine's statistics sink (float32 statistics, the `auto` method, "
          "top-64 spectrum kept): every metric of every selected module for every example. Writing results to disk is not "
          "included (it is the same for any method).",
     "r": "(GPU only, untimed) the same runner with float64 statistics by the QR path (`Measurer(method=\"factored\", "

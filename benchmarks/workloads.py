@@ -3,7 +3,7 @@
 Models (``CONFIGS``):
 
 * ``default``: the embedded SmolLM2-135M-Instruct (30 layers, width 576, FFN 1536, 9 heads, 3
-  key/value heads, vocabulary 49,152), float32, as ``layergrad.models.load_model("default")`` gives it;
+  key/value heads, vocabulary 49,152), float32, as ``layergrad.inputs.models.load_model("default")`` gives it;
 * ``wide``: a random-weight Llama of width 2048, FFN 5632, 32 heads, 4 key/value heads and 4 layers,
   float32, with the default model's tokenizer (random weights are enough for timing; the seed is fixed);
 * ``llama8b``: a random-weight model of Llama-3-8B's shape (32 layers, width 4096, FFN 14336, 32 heads,
@@ -107,7 +107,7 @@ def load_examples(per_file: int, data_dir: Path | None = None) -> tuple[list, st
         exs, _ = read([str(files[style])])
         out.extend(exs[:per_file])
     missing = ", ".join(str(p) for p in paths if not p.exists())
-    return out, f"SYNTHETIC short-rationale and detailed responses (layergrad.synthetic): real data not found ({missing})"
+    return out, f"SYNTHETIC short-rationale and detailed responses (layergrad.inputs.synthetic): real data not found ({missing})"
 
 
 def encode_all(examples, tokenizer, max_length: int = 1024):

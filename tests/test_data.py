@@ -1,4 +1,4 @@
-"""Reading, validating and writing instruction data (layergrad.data)."""
+"""Reading, validating and writing instruction data (layergrad.inputs.data)."""
 from __future__ import annotations
 
 import hashlib
@@ -201,7 +201,8 @@ def test_file_not_found_directory_and_repeated_path(tmp_path):
     good = write(tmp_path / "good.json", ALPACA)
     problems = validate([missing, tmp_path / "folder.json", good, str(good)])
     assert [p.message for p in problems] == [
-        "file not found", "is a directory; pass the data files in it", "given more than once"]
+        "file not found", "a folder with no data file (.json, .jsonl, .ndjson, .parquet, .csv, .tsv) in it or its "
+        "subfolders; it holds: nothing", "given more than once"]
     assert [p.source for p in problems] == [str(missing), str(tmp_path / "folder.json"), str(good)]
     assert str(problems[0]) == f"{missing}: file not found"
 

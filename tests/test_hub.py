@@ -170,3 +170,47 @@ def test_hf_home_is_honoured_from_the_environment(tmp_path, hub):
     m = load_results(out).manifest
     assert m["model_repo"] == "org/tiny" and m["model_revision"] == SHA
     assert Path(m["model_path"]).is_relative_to(home / "hub")
+
+
+def _fresh_process(tmp_path, env_extra: dict, *argv, offline: bool = False):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra,
+           "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_DATASETS_OFFLINE"):
+        env.pop(k, None)
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "layergrad", *argv], env=env, capture_output=True, text=True, timeout=300)
+    return proc, time.monotonic() - t0
+
+
+def test_an_unreachable_hub_fails_at_once_saying_what_to_do(tmp_path, hub):
+    """No network (an unresolvable HF_ENDPOINT: the name lookup fails locally, nothing leaves the machine):
+    the message comes without huggingface_hub's ~25 s of retries, naming HF_HUB_OFFLINE=1, the cache and
+    `hf download`; a model already in the cache is still loaded from it."""
+    folder, _, data = hub
+    home = tmp_path / "hf-home"
+    env = {"HF_HOME": str(home), "HF_ENDPOINT": "http://nonexistent.invalid"}
+    argv = ["run", "--data", str(data), "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu", "--limit", "1",
+            "--modules", "q"]
+    proc, _ = _fresh_process(tmp_path, env, *argv[:1], "--model", "Qwen/Qwen2.5-0.5B", *argv[1:])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr
+    assert "Retrying in" not in err and "Traceback" not in err
+    assert "HF_HUB_OFFLINE=1" in err and str(home / "hub") in err and "`hf download Qwen/Qwen2.5-0.5B`" in err
+    assert "http://nonexistent.invalid" in err and "cannot be reached" in err
+    # no retry: huggingface_hub's five (1+2+4+8+8 s of sleep) each log "Retrying in"; the time of a fresh process
+    # is its imports on a busy machine, so the check is their absence, not a clock
+    add_snapshot(home / "hub", "org/tiny", folder, SHA)
+    proc, _ = _fresh_process(tmp_path, env, *argv[:1], "--model", "org/tiny", *argv[1:])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Retrying in" not in proc.stderr
+
+
+def test_an_unreachable_hub_dataset_fails_at_once(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": "http://nonexistent.invalid"}
+    proc, _ = _fresh_process(tmp_path, env, "validate", "someorg/somedata")
+    assert proc.returncode == 1, proc.stderr[-2000:]  # validate: the problem is listed, exit 1
+    err = proc.stdout + proc.stderr
+    assert "Retrying in" not in err and "Traceback" not in err
+    assert "HF_HUB_OFFLINE=1" in err and "cannot be reached" in err and "hf download someorg/somedata --repo-type dataset" in err

@@ -1,7 +1,7 @@
 """IFD against an oracle per published definition, written here from each paper's description.
 
-The oracle (``oracle_ifd`` and its helpers) imports nothing from ``layergrad.ifd``,
-``layergrad.prompting`` or ``layergrad.loss``: it builds the run's text itself, tokenises and masks
+The oracle (``oracle_ifd`` and its helpers) imports nothing from ``layergrad.run.ifd``,
+``layergrad.inputs.prompting`` or ``layergrad.run.loss``: it builds the run's text itself, tokenises and masks
 with the tokenizer as the published scripts do (the prompt is the first
 ``len(tokenizer(text[:text.rfind(response)]))`` tokens), and computes its own float64 cross-entropy,
 one example and one sequence at a time:

@@ -17,8 +17,8 @@ LONG = {"instruction": "What is 12 plus 30? " * 8, "output": "The answer is 42."
 
 @pytest.mark.parametrize("text, want", [
     ("12GB", ("bytes", 12e9)), ("12GiB", ("bytes", 12 * 2**30)), ("500M", ("bytes", 500e6)), ("500MiB", ("bytes", 500 * 2**20)),
-    ("0.8", ("fraction", 0.8)), ("1", ("fraction", 1.0)), ("1e9", ("bytes", 1e9)), (" 2 gb ", ("bytes", 2e9)),
-    ("4096", ("bytes", 4096)), ("1.5G", ("bytes", 1.5e9)),
+    ("0.8", ("fraction", 0.8)), ("1", ("fraction", 1.0)), (" 2 gb ", ("bytes", 2e9)),
+    ("4096B", ("bytes", 4096)), ("1.5G", ("bytes", 1.5e9)), ("1e9B", ("bytes", 1e9)), ("1MB", ("bytes", 1e6)),
 ])
 def test_parse_bytes(text, want):
     assert memory.parse_bytes(text) == want
@@ -86,7 +86,7 @@ def test_a_budget_that_splits_batches_changes_no_number(tmp_path, tokenizer, mon
     budget = _estimate(model, tokenizer, 2, longest, n_loss=2 * longest)  # two examples fit, never eight
     assert _estimate(model, tokenizer, 8, longest, n_loss=8) > budget
     sizes.clear()
-    split_cfg = config(tmp_path, records, out="split", batch_size=8, max_batch_tokens=10_000, modules="attn", max_memory=str(budget))
+    split_cfg = config(tmp_path, records, out="split", batch_size=8, max_batch_tokens=10_000, modules="attn", max_memory=f"{budget}B")
     s = engine.run(split_cfg, loaded=loaded(model, tokenizer))
     assert s.status_counts == {"ok": 8} and len(sizes) > 1 and max(sizes) < 8 and sum(sizes) == 8
     split = load_results(split_cfg.out)
@@ -113,7 +113,7 @@ def test_an_example_that_cannot_fit_alone_is_failed_without_running(tmp_path, to
     ran = []
     real = engine.compute_batch
     monkeypatch.setattr(engine, "compute_batch", lambda runner, ex, enc, part: ran.extend(part) or real(runner, ex, enc, part))
-    cfg = config(tmp_path, records, out="budget", batch_size=8, max_batch_tokens=10_000, modules="attn", max_memory=str(budget))
+    cfg = config(tmp_path, records, out="budget", batch_size=8, max_batch_tokens=10_000, modules="attn", max_memory=f"{budget}B")
     s = engine.run(cfg, loaded=loaded(model, tokenizer))
     assert 5 not in ran and sorted(ran) == [0, 1, 2, 3, 4]  # the long one never ran
     assert s.status_counts == {"ok": 5, "failed": 1}

@@ -359,7 +359,7 @@ def test_save_converted_reloads_identically(tmp_path):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("LAYERGRAD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "_default_gguf", lambda: tmp_path / "fake.gguf")
+    monkeypatch.setattr(models.default, "_default_gguf", lambda: tmp_path / "fake.gguf")
     return tmp_path / "cache"
 
 
@@ -371,7 +371,7 @@ def _fake_convert(gguf: Path, folder: Path) -> None:
 
 def test_default_folder_converts_once(fresh_cache, monkeypatch):
     calls = []
-    monkeypatch.setattr(models, "_convert_gguf", lambda g, f: (calls.append(f), _fake_convert(g, f)))
+    monkeypatch.setattr(models.default, "_convert_gguf", lambda g, f: (calls.append(f), _fake_convert(g, f)))
     folder = models.default_model_folder()
     assert folder == fresh_cache / "smollm2-135m-instruct"
     assert models.default_model_folder() == folder and len(calls) == 1
@@ -385,7 +385,7 @@ def test_killed_conversion_leaves_no_folder(fresh_cache, monkeypatch):
         (folder / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert_gguf", half_then_die)
+    monkeypatch.setattr(models.default, "_convert_gguf", half_then_die)
     with pytest.raises(KeyboardInterrupt):
         models.default_model_folder()
     assert list(fresh_cache.iterdir()) == []
@@ -395,7 +395,7 @@ def test_outdated_conversion_is_redone(fresh_cache, monkeypatch):
     stale = fresh_cache / "smollm2-135m-instruct"
     stale.mkdir(parents=True)
     (stale / models.SOURCE_FILE).write_text(json.dumps({"conversion": 0}))
-    monkeypatch.setattr(models, "_convert_gguf", _fake_convert)
+    monkeypatch.setattr(models.default, "_convert_gguf", _fake_convert)
     assert models.default_model_folder() == stale
     assert json.loads((stale / models.SOURCE_FILE).read_text())["conversion"] == models.CONVERSION_VERSION
     assert [p.name for p in fresh_cache.iterdir()] == ["smollm2-135m-instruct"]

@@ -200,7 +200,7 @@ def test_small_groups_warned_and_findings_for_independent_groups(tmp_path):
 
 def test_paper_segments_reproduce_the_papers_mad(tmp_path):
     """--segments paper on an imported 28-layer file gives the paper code's MAD of the same curves."""
-    from layergrad.reference import import_reference
+    from layergrad.store.paper import import_reference
 
     rng = np.random.default_rng(22)
     n, L = 5, 28
@@ -382,13 +382,13 @@ def test_report_in_headless_browser(report, tmp_path):
 
 
 def test_cli_module_imports_nothing_heavy():
-    code = "import sys, layergrad.report.cli; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    code = "import sys, layergrad.cli.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-500:]
 
 
 def test_cli_metric_choices_include_the_derived_metrics():
     from layergrad.analysis.groups import ANALYSIS_METRICS
-    from layergrad.report.cli import _METRICS
+    from layergrad.cli.report import _METRICS
 
     assert tuple(_METRICS) == tuple(ANALYSIS_METRICS)

@@ -47,11 +47,33 @@ def test_more_data_files_and_shards_extend_a_run(tmp_path, tiny_folder, capsys):
     out = tmp_path / "o"
     assert main(args(tiny_folder, out, a, extra=["--shard", "0/2"])) == 0
     assert main(args(tiny_folder, out, a, extra=["--shard", "1/2"])) == 0
-    assert main(args(tiny_folder, out, a, b)) == 0
+    assert main(args(tiny_folder, out, a, b, extra=["--add-data"])) == 0
     assert "computed 3 now, 3 were already stored" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"] == [str(a), str(b)]
     assert len(load_results(out).ok) == 6 and not check([out]).missing
+
+
+def test_other_data_files_need_add_data(tmp_path, tiny_folder, capsys):
+    """A run of one file given another file is refused (exit 2) naming the stored files, the new ones and
+    --add-data; nothing is computed or recorded. With --add-data the run grows by it."""
+    chats = write_json(tmp_path / "chats.json", MANY[:2])
+    alpaca = write_json(tmp_path / "alpaca.json", MANY[2:4])
+    out = tmp_path / "o"
+    assert main(args(tiny_folder, out, chats)) == 0
+    manifest = (out / "manifest.json").read_text()
+    parts = sorted(p.name for p in (out / "parts").iterdir())
+    capsys.readouterr()
+    assert main(args(tiny_folder, out, alpaca)) == 2
+    err = capsys.readouterr().err
+    assert f"holds a run of {chats}; --data also names {alpaca}" in err and "--add-data" in err
+    assert "Traceback" not in err and "--out" in err
+    assert (out / "manifest.json").read_text() == manifest and sorted(p.name for p in (out / "parts").iterdir()) == parts
+    assert main(args(tmp_path / "no-model-here", out, alpaca)) == 2  # refused before any model loads
+    assert "--add-data" in capsys.readouterr().err
+    assert main(args(tiny_folder, out, alpaca, extra=["--add-data"])) == 0
+    assert json.loads((out / "manifest.json").read_text())["data"] == [str(chats), str(alpaca)]
+    assert len(load_results(out).ok) == 4
 
 
 def test_a_record_changed_under_the_same_id_is_refused_naming_it(tmp_path, tiny_folder, capsys):

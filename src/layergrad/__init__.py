@@ -4,11 +4,7 @@ The package, following the data (each subpackage's docstring says what it holds 
 :mod:`layergrad.inputs` (data, prompts, models, targets) -> :mod:`layergrad.measure` (hooks and
 the statistics sink, on the math of :mod:`layergrad.spectra`) -> :mod:`layergrad.run` (the loop)
 -> :mod:`layergrad.store` (Parquet parts) -> :mod:`layergrad.analysis` -> :mod:`layergrad.report`;
-:mod:`layergrad.cli` is the command line. Old flat import paths keep working (:mod:`._compat`).
+:mod:`layergrad.cli` is the command line.
 """
-from layergrad import _compat
-
 __version__ = "0.1.0"
 __all__ = ["__version__"]
-
-_compat.install()

@@ -4,7 +4,7 @@ import sys
 from layergrad.run.distributed import assign_device_group
 
 # Under torchrun with LAYERGRAD_DEVICES_PER_RANK set: narrow CUDA_VISIBLE_DEVICES to this
-# rank's own GPUs, before anything imports torch (see layergrad.distributed).
+# rank's own GPUs, before anything imports torch (see layergrad.run.distributed).
 assign_device_group()
 
 from .cli import main  # noqa: E402

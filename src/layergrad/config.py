@@ -63,7 +63,7 @@ class RunConfig:
     max_length: int | None = 1024  # tokens; longer texts are truncated
     batch_size: int = 8  # examples per padded batch (grouped by length)
     max_batch_tokens: int = 8192  # cap on batch_size x longest sequence in a batch
-    max_memory: str | None = None  # bytes a run may use ("12GB", "12GiB", "500M") or a fraction ("0.8") of the available; None: 0.8
+    max_memory: str | None = None  # bytes a run may use, with a unit ("12GB", "12GiB", "500M") or a fraction in (0, 1] ("0.8") of the available; None: 0.8
     limit: int | None = None  # first N examples of each data file
     split: str | None = None  # datasets sources (folders, hub ids): the split; default the only one, else train
     subset: str | None = None  # datasets sources: the subset (config name)
@@ -80,6 +80,8 @@ class RunConfig:
     token_shares: bool = False  # each token's share of ||G||^2 per depth third and module group (shares parts)
     ifd: str | None = None  # IFD definition: a vocab.IFD_METHODS name (cherry | superfiltering) or None (off); True = the default
     skip_invalid: bool = False  # run the valid records, store the invalid ones with their reason
+    retry: str = "auto"  # stored failed examples on a rerun: auto (those that can change: out of memory, the budget) | all | none
+    add_data: bool = False  # a run directory takes data files other than its stored ones only with this (--add-data)
     trust_remote_code: bool = False
     reference: bool = False  # the paper's tokenisation rule (drop-in compatibility)
     method: str = "auto"  # vocab.METHODS: auto | gram | factored | dense (auto: see the module docstring)
@@ -367,6 +369,8 @@ _CHECKS = {
     "token_shares": _bool,
     "ifd": _ifd,
     "skip_invalid": _bool,
+    "retry": _one_of(("auto", "all", "none"), what="retry value"),
+    "add_data": _bool,
     "trust_remote_code": _bool,
     "reference": _bool,
     "method": _one_of(vocab.METHODS, what="method"),

@@ -136,13 +136,35 @@ def load_config(path: str | Path) -> dict:
         raise ExperimentError(f"{path}: not valid TOML: {e}") from None
     conf["_base"] = path.resolve().parent
     conf["_path"] = str(path)
+    problems: list[str] = []
     if "matrix" in conf:
-        groups, comparisons = expand_matrix(conf["matrix"], path)
-        conf["groups"] = list(conf.get("groups", [])) + groups
-        conf["comparisons"] = list(conf.get("comparisons", [])) + comparisons
+        try:
+            groups, comparisons = expand_matrix(conf["matrix"], path)
+        except ExperimentError as e:
+            problems.append(str(e).removeprefix(f"{path}: "))
+        else:
+            conf["groups"] = list(conf.get("groups", [])) + groups
+            conf["comparisons"] = list(conf.get("comparisons", [])) + comparisons
+    problems += _problems(conf)
+    if not problems:
+        try:
+            conf["groups"] = _partners_first(conf["groups"], path)
+        except ExperimentError as e:
+            problems.append(str(e).removeprefix(f"{path}: "))
+    if problems:  # every problem of the file at once, before anything runs
+        raise ExperimentError(f"{path}: {len(problems)} problem(s) in the experiment file:\n"
+                              + "\n".join(f"  - {p}" for p in problems)
+                              + "\n(see `layergrad experiment --help` for the format)")
+    return conf
+
+
+def _problems(conf: dict) -> list[str]:
+    """Every problem of a loaded experiment file: its keys, models, groups, comparisons, the run options of
+    every model x group (as :func:`plan` builds them) and [report]."""
     problems = [f"unknown key {k!r}{did_you_mean(k, TOP_KEYS, template=' (did you mean {!r}?)')}" for k in conf
                 if k not in TOP_KEYS and not k.startswith("_")]
     problems += [f"missing '{key}'" for key in ("name", "models", "groups") if key not in conf]
+    models = [m for m in conf.get("models", []) if isinstance(m, dict) and isinstance(m.get("model"), str)]
     for i, m in enumerate(conf.get("models", [])):
         if not isinstance(m, dict) or not isinstance(m.get("model"), str):
             problems.append(f"models[{i}] needs a string 'model' (a folder, a .gguf file or 'default')")
@@ -157,25 +179,51 @@ def load_config(path: str | Path) -> dict:
 
             problems += [f"[quality] properties: unknown metric {p!r}{did_you_mean(str(p), ANALYSIS_METRICS, template=' (did you mean {!r}?)')}"
                          for p in q.get("properties", []) if p not in ANALYSIS_METRICS]
+    groups = []
     for i, g in enumerate(conf.get("groups", [])):
         bad = [k for k in (g if isinstance(g, dict) else {}) if k not in GROUP_KEYS]
         problems += [f"groups[{i}]: unknown key {k!r}{did_you_mean(k, GROUP_KEYS, template=' (did you mean {!r}?)')}" for k in bad]
-    if problems:
-        raise ExperimentError(f"{path}: " + "; ".join(problems) + " (see `layergrad experiment --help` for the format)")
-    labels = [g.get("label") for g in conf["groups"]]
-    for i, g in enumerate(conf["groups"]):
-        for k in ("label", "data"):
-            if not isinstance(g.get(k), str):
-                raise ExperimentError(f"{path}: groups[{i}] needs a string '{k}'")
+        missing = [k for k in ("label", "data") if not isinstance(g, dict) or not isinstance(g.get(k), str)]
+        problems += [f"groups[{i}] needs a string '{k}'" for k in missing]
+        if not missing:
+            groups.append(g)
+    labels = [g["label"] for g in groups]
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
-        raise ExperimentError(f"{path}: group labels must be unique; repeated: {', '.join(sorted(dup))}")
-    conf["groups"] = _partners_first(conf["groups"], path)
+        problems.append(f"group labels must be unique; repeated: {', '.join(sorted(dup))}")
     for i, c in enumerate(conf.get("comparisons", [])):
         unknown = [g for g in c.get("groups", []) if g not in labels]
         if unknown or len(c.get("groups", [])) < 1:
-            raise ExperimentError(f"{path}: comparisons[{i}] ({c.get('title')!r}) names unknown group(s) {unknown}; groups are: {', '.join(labels)}")
-    return conf
+            problems.append(f"comparisons[{i}] ({c.get('title')!r}) names unknown group(s) {unknown}; groups are: {', '.join(labels)}")
+    runs: dict[str, list[str]] = {}  # problem -> the runs it concerns, as plan() reports them
+    for m in models:
+        for g in groups:
+            opts, origins = _run_options(conf, m, g)
+            opts.update(data=[g["data"]], group=g["label"], out=".")
+            try:
+                RunConfig.from_dict(opts, origins=origins)
+            except ConfigError as e:
+                for problem in e.problems:
+                    runs.setdefault(problem, []).append(f"{m.get('name') or m['model']} · {g['label']}")
+    n_jobs = len(models) * len(groups)
+    problems += [p if len(who) == n_jobs else f"{p} (runs: {', '.join(who)})" for p, who in runs.items()]
+    return problems + _report_problems(conf)
+
+
+def _run_options(conf: dict, m: dict, g: dict) -> tuple[dict, dict]:
+    """The run options of model ``m`` x group ``g`` ([run], then the model's, then the group's [groups.run]), and
+    where each came from; without data, group and out."""
+    mname = m.get("name") or m["model"]
+    opts = dict(conf.get("run", {}))
+    origins = {k: "[run]" for k in opts}
+    opts.update({k: v for k, v in m.items() if k not in ("name",)})
+    origins.update({k: f"[[models]] {mname!r}" for k in m if k != "name"})
+    opts.update(g.get("run", {}))
+    origins.update({k: f"[groups.run] of {g['label']!r}" for k in g.get("run", {})})
+    if "truncate_response" in g:
+        opts["truncate_response"] = g["truncate_response"]
+        origins["truncate_response"] = f"group {g['label']!r}"
+    return opts, origins
 
 
 def _partners_first(groups: list[dict], path) -> list[dict]:
@@ -365,15 +413,7 @@ def plan(conf: dict, out: Path | None = None) -> tuple[list[Job], list[str]]:
                 if not path.exists():
                     notes.append(f"skipped group {g['label']!r}: {path} not found (set data_root or $LAYERGRAD_DATA)")
                     continue
-            opts = dict(conf.get("run", {}))
-            origins = {k: "[run]" for k in opts}
-            opts.update({k: v for k, v in m.items() if k not in ("name",)})
-            origins.update({k: f"[[models]] {mname!r}" for k in m if k != "name"})
-            opts.update(g.get("run", {}))
-            origins.update({k: f"[groups.run] of {g['label']!r}" for k in g.get("run", {})})
-            if "truncate_response" in g:
-                opts["truncate_response"] = g["truncate_response"]
-                origins["truncate_response"] = f"group {g['label']!r}"
+            opts, origins = _run_options(conf, m, g)
             if g.get("truncate_to") is not None:  # the partner group's run for this model (load_config put it first)
                 if (mname, g["truncate_to"]) not in planned:
                     notes.append(f"skipped group {g['label']!r}: it is cut to the lengths of group {g['truncate_to']!r}, "
@@ -491,16 +531,28 @@ def _cross_model_reports(conf: dict, jobs: list[Job], out: Path, log) -> list[tu
 def report_options(conf: dict) -> dict:
     """``[report]`` options of the experiment file passed to every report (segments, correction, pairing, n_perm, n_boot, seed,
     metrics, normalise)."""
+    problems = _report_problems(conf)
+    if problems:
+        raise ExperimentError(f"{conf.get('_path', 'experiment')}: " + "; ".join(problems))
     opts = dict(conf.get("report", {}))
-    allowed = ("segments", "correction", "pairing", "n_perm", "n_boot", "seed", "metrics", "normalise")
-    bad = [k for k in opts if k not in allowed]
-    if bad:
-        raise ExperimentError(f"{conf.get('_path', 'experiment')}: [report] takes {', '.join(allowed)}; unknown: {', '.join(bad)}")
     if "metrics" in opts:
         opts["metrics"] = tuple(opts["metrics"])
-    if opts.get("normalise", "none") not in ("none", "mean", "zscore"):
-        raise ExperimentError(f"{conf.get('_path', 'experiment')}: [report] normalise = {opts['normalise']!r}; choose none, mean or zscore")
     return opts
+
+
+_REPORT_KEYS = ("segments", "correction", "pairing", "n_perm", "n_boot", "seed", "metrics", "normalise")
+
+
+def _report_problems(conf: dict) -> list[str]:
+    opts = conf.get("report", {})
+    if not isinstance(opts, dict):
+        return [f"[report] must be a table of {', '.join(_REPORT_KEYS)}"]
+    bad = [k for k in opts if k not in _REPORT_KEYS]
+    problems = [f"[report] takes {', '.join(_REPORT_KEYS)}; unknown: "
+                + ", ".join(f"{k!r}{did_you_mean(k, _REPORT_KEYS, template=' (did you mean {!r}?)')}" for k in bad)] if bad else []
+    if opts.get("normalise", "none") not in ("none", "mean", "zscore"):
+        problems.append(f"[report] normalise = {opts['normalise']!r}; choose none, mean or zscore")
+    return problems
 
 
 def _overview_html(name: str, links, notes, out: Path | None = None) -> str:
@@ -556,7 +608,10 @@ def add_parser(subparsers):
 
     p = subparsers.add_parser("experiment", help="run a whole study from a TOML file, then its reports",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="experiment TOML file")
+    from layergrad.inputs.data.formats import DESCRIPTION
+
+    p.add_argument("config", help=f"experiment TOML file; a group's data (relative to data_root): {DESCRIPTION}, "
+                   "or builtin:STYLE")
     p.add_argument("--out", help="output directory (default: the file's 'out')")
     p.add_argument("--no-reports", action="store_true", help="only the runs")
     p.set_defaults(func=lambda a: (run_experiment(a.config, a.out, reports=not a.no_reports), 0)[1])

@@ -1,7 +1,7 @@
 """Data-quality scores beside the gradient spectra: correlations and a high/low split.
 
 Inputs are a run's :class:`~layergrad.store.Results` and its score table
-(:func:`layergrad.selection.score_table`: one row per example, one column per METRIC name such as
+(:func:`layergrad.analysis.selection.score_table`: one row per example, one column per METRIC name such as
 ``ifd``, ``loss``, ``effective_rank:attn:mean``). Pure functions, no plotting, no file I/O.
 
 - :func:`score_summary`: the distribution of each score per group (the report's histograms/boxes).
@@ -9,7 +9,7 @@ Inputs are a run's :class:`~layergrad.store.Results` and its score table
   pairwise complete (an example with a NaN in one score leaves only the pairs with that score).
 - :func:`split_ids`/:func:`split_groups`: the examples with the highest and the lowest scores
   (a ``fraction`` of the eligible ones each; ``0.5``: the two halves, the middle example of an odd
-  count in neither), ranked as :func:`layergrad.selection.select` ranks (same eligibility, ties by
+  count in neither), ranked as :func:`layergrad.analysis.selection.select` ranks (same eligibility, ties by
   input order). :func:`split_groups` gives two :class:`~layergrad.analysis.groups.Group`, so the
   per-layer curves of :mod:`curves` and :mod:`mad` apply to them unchanged.
 - :func:`split_curves`: per half, role set and layer, the mean over examples of the per-example
@@ -84,7 +84,7 @@ def spearman_matrix(table: pd.DataFrame, columns: list[str] | None = None, min_n
 
 def split_ids(table: pd.DataFrame, by: str, fraction: float = 0.5, *, ifd_filter: bool = False) -> tuple[list[str], list[str]]:
     """``(high, low)`` ids: the first and the last ``floor(fraction * eligible)`` eligible examples,
-    ranked once as :func:`layergrad.selection.select` ranks them (highest first, ties by input order).
+    ranked once as :func:`layergrad.analysis.selection.select` ranks them (highest first, ties by input order).
 
     One ranking, cut at both ends: the two parts are disjoint also when ties straddle a cut.
     """

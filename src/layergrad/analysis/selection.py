@@ -22,7 +22,7 @@ Selection (:func:`select`): the eligible examples are those with status ``ok`` a
 for ``ifd`` and ``ifd_ppl`` Cherry_LLM's filter also drops ``score > 1`` (the prompt makes the
 response harder; ``score == 1`` is kept, as ``if mean_rate > 1: continue`` in Cherry_LLM's
 ``cherry_seletion/data_by_IFD.py`` keeps it; switch off with ``ifd_filter=False``). The same filter
-applies whichever IFD definition the run used (see :mod:`layergrad.ifd`). ``top`` takes the highest scores, ``bottom`` the
+applies whichever IFD definition the run used (see :mod:`layergrad.run.ifd`). ``top`` takes the highest scores, ``bottom`` the
 lowest; a count ``k`` takes ``min(k, eligible)``, a fraction ``f`` takes ``floor(f * eligible)``.
 Ties are broken by input order (the run's ``order``: data file order, then record order): the
 earlier record wins, so a selection is the same on every machine and every rerun.

@@ -14,7 +14,8 @@ import sys
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser with a did-you-mean for unknown flags and choices (Python 3.11 has no ``suggest_on_error``)."""
+    """argparse's parser with a did-you-mean for unknown flags and choices (Python 3.11 has no ``suggest_on_error``),
+    and errors of one line that point to ``--help`` instead of printing the usage."""
 
     def error(self, message: str):
         from layergrad.vocab import did_you_mean
@@ -25,14 +26,15 @@ class ArgumentParser(argparse.ArgumentParser):
             hints = [f"{w}{did_you_mean(w.split('=', 1)[0], flags, template=' (did you mean {}?)')}"
                      for w in m.group(1).split() if w.startswith("-")]
             if hints:
-                message = f"unrecognized arguments: {m.group(1)}; unknown flag(s): {', '.join(hints)}"
+                message = f"unknown flag{'s' if len(hints) > 1 else ''} {', '.join(hints)}"
         m = re.match(r"argument (.*): invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:
             choices = re.findall(r"'([^']*)'", m.group(3))
             hint = did_you_mean(m.group(2), choices, template=" (did you mean {!r}?)")
             if hint:
                 message = f"argument {m.group(1)}: invalid choice: {m.group(2)!r}{hint}; choose from {m.group(3)}"
-        super().error(message)
+        # one line, not the usage: the did-you-mean is what a user reads; the flags are a --help away
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from layergrad import vocab
+from layergrad.errors import LayergradError
 
 RUN_EXAMPLES = """examples:
   layergrad run --data gsm8k_train_with_cot.json --out runs/cot
@@ -40,6 +41,8 @@ def _default(name: str) -> str:
 #: tests/test_config.py checks that every field has one (or is in config.NO_FLAG) and that
 #: every "(default X)" in a help text is the field's default.
 def add_parser(sub) -> None:
+    from layergrad.inputs.data.formats import DESCRIPTION
+
     D = _default
     p = sub.add_parser(
         "run",
@@ -59,8 +62,7 @@ def add_parser(sub) -> None:
     p.add_argument("--adapter-params", action="store_true", default=None,
                    help="measure the adapter's own matrices (lora_A, lora_B of each adapted module; roles q.lora_A, ...) "
                    "instead of the merged weights")
-    p.add_argument("--data", nargs="+", help="data: .json/.jsonl/.parquet/.csv files, datasets folders (save_to_disk), "
-                   "or hub dataset ids org/name[@REV]; Alpaca or chat 'messages' records")
+    p.add_argument("--data", nargs="+", help=f"data: {DESCRIPTION}")
     p.add_argument("--split", default=None, help="datasets folders and hub datasets: the split (if not given: the only one, else train)")
     p.add_argument("--subset", default=None, help="datasets folders and hub datasets: the subset (config name)")
     p.add_argument("--data-revision", default=None, help="hub datasets: branch, tag or commit (or --data org/name@REV)")
@@ -82,9 +84,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help=f"examples per padded batch (default {D('batch_size')})")
     p.add_argument("--max-batch-tokens", type=int, default=None, help=f"cap on batch size x longest sequence (default {D('max_batch_tokens')})")
     p.add_argument("--max-memory", default=None, metavar="SIZE|FRACTION",
-                   help="memory the run may use, weights included: 12GB, 12GiB, 500M, or a fraction of the memory "
-                   "available at the start (0.8); batches whose estimated peak exceeds it are split, an example that "
-                   "cannot fit alone is stored as failed without running (default: 0.8 of the available CPU or GPU memory)")
+                   help="memory the run may use, weights included: a size with its unit (12GB, 12GiB, 500MiB, 4096B), or "
+                   "a fraction of the memory available at the start, in (0, 1] (0.8); batches whose estimated peak exceeds "
+                   "it are split, an example that cannot fit alone is stored as failed without running, and a rerun "
+                   "retries it (default: 0.8 of the available CPU or GPU memory)")
     p.add_argument("--limit", type=int, default=None, help="first N examples of each data file (default: all)")
     p.add_argument("--dtype", default=None, help=f"model dtype: auto, fp32, bf16, fp16, fp64 (default {D('dtype')})")
     p.add_argument("--stats-dtype", choices=sorted(set(vocab.STATS_DTYPES.values())), default=None,
@@ -106,6 +109,14 @@ def add_parser(sub) -> None:
                    "after '### Response:') or superfiltering (the response alone with no context: without a BOS its "
                    "first token is scored with the prompt only). --ifd alone: cherry, the definition of the paper that "
                    "introduced IFD, whose two means cover the same tokens for every tokenizer")
+    p.add_argument("--retry-failed", dest="retry", action="store_const", const="all", default=None,
+                   help="retry every stored failed example (by default a rerun retries those that failed for a reason "
+                   "that can change: out of memory, over --max-memory; not non-finite values)")
+    p.add_argument("--no-retry", dest="retry", action="store_const", const="none",
+                   help="keep every stored failed example as it is")
+    p.add_argument("--add-data", action="store_true", default=None,
+                   help="add --data files other than those the run directory holds (without it a run of other files "
+                   "is refused; more of the same files, a larger --limit or another --shard grow a run as they are)")
     p.add_argument("--skip-invalid", action="store_true", default=None, help="run the valid records, store invalid ones with their reason")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a model folder's own Python code (transformers' trust_remote_code)")
     p.add_argument("--method", choices=list(vocab.METHODS), default=None, help=argparse.SUPPRESS)
@@ -150,7 +161,7 @@ def add_parser(sub) -> None:
 _PLAIN_FLAGS = ("data", "out", "group", "prompt_mode", "system_prompt", "turns", "modules", "max_length", "batch_size", "max_batch_tokens", "max_memory", "limit",
                 "dtype", "stats_dtype", "device", "device_map", "elementwise", "cosine", "cosine_layers", "token_shares", "ifd", "skip_invalid",
                 "trust_remote_code", "method", "eig_batch", "gram_precision", "shard", "truncate_response", "truncate_to", "revision", "cache_dir",
-                "split", "subset", "data_revision", "adapter", "adapter_params")
+                "split", "subset", "data_revision", "adapter", "adapter_params", "retry", "add_data")
 
 
 def read_config_file(path: str) -> dict:
@@ -273,6 +284,12 @@ def _run_config(a):
     return cfg, ((a.save_path, a.format or "reference") if dropin else None)
 
 
+class NothingMeasured(LayergradError):
+    """A run in which no example was measured: the command fails (exit 1), after storing what it could."""
+
+    exit_code = 1
+
+
 def cmd_run(a) -> int:
     from layergrad.run import engine
     from layergrad.store.paper import export_reference
@@ -286,6 +303,12 @@ def cmd_run(a) -> int:
     print(f"{s.out}: {s.total} examples ({counts}); computed {s.computed} now, {s.skipped_done} were already stored; {s.seconds:.1f} s")
     for line in s.notes:
         print(line)
+    if s.failures:
+        print(f"failed: {s.failures}; a rerun retries those that can change (out of memory), --retry-failed all of them")
+    if s.status_counts and not s.status_counts.get("ok"):
+        raise NothingMeasured(f"no example of {s.out} was measured ({counts}"
+                              f"{'; failed: ' + s.failures if s.failures else ''}); see the reasons above, "
+                              "fix their cause and rerun the same command")
     if dropin:
         save_path, fmt = dropin
         n, _ = export_reference(cfg.out, save_path, fmt)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from layergrad.inputs.data import DatasetOptions, Example, Fields, dataset_digest, is_dataset_source, load_examples
+from layergrad.inputs.data.folders import folder_sources, is_data_folder
 
 
 def dataset_options(cfg) -> DatasetOptions:
@@ -22,12 +23,15 @@ def data_fingerprint(cfg) -> str:
     options = dataset_options(cfg)
     for p in cfg.data:
         h.update(str(Path(p).name).encode())
-        if is_dataset_source(p):
-            h.update(dataset_digest(p, options).encode())
-            continue
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        for source in folder_sources(p)[0] if is_data_folder(p) else [Path(p)]:  # a data folder: each file it reads
+            if source != Path(p):
+                h.update(str(source.relative_to(p)).encode())
+            if is_dataset_source(source):
+                h.update(dataset_digest(source, options).encode())
+                continue
+            with open(source, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
     selection = [cfg.group, cfg.fields, cfg.limit, cfg.record_slice]
     if options != DatasetOptions():  # only then, so runs stored before these options keep their fingerprint
         selection.append([options.split, options.subset, options.revision])

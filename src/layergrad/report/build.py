@@ -72,7 +72,7 @@ def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: i
     ``group`` column (see :func:`layergrad.analysis.load_groups`). Groups are compared in order.
 
     The Scores panel splits the examples of all groups together into the ``split_fraction`` with
-    the highest and the lowest ``split_by`` (a METRIC of :mod:`layergrad.selection`; default
+    the highest and the lowest ``split_by`` (a METRIC of :mod:`layergrad.analysis.selection`; default
     ``ifd`` when the runs were made with ``--ifd``, else ``loss``).
 
     Raises :class:`layergrad.analysis.AnalysisError` (or its subclass ``IncompatibleGroups``)

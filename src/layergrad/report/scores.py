@@ -1,6 +1,6 @@
 """The report's Scores panel: data-quality scores beside the gradient spectra, all groups together.
 
-The tables come from :mod:`layergrad.selection` (``score_table``) and :mod:`layergrad.analysis.scores`
+The tables come from :mod:`layergrad.analysis.selection` (``score_table``) and :mod:`layergrad.analysis.scores`
 (summary, Spearman, high/low split); this module only assembles the report's runs into one
 :class:`~layergrad.store.run.Results` and shapes the tables the figures are drawn from:
 

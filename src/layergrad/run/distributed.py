@@ -255,7 +255,7 @@ def _broadcast_from_main(value):
     return box[0]
 
 
-def open_store(store, manifest: dict, world: World | None, *, wait: bool = False, log=None) -> None:
+def open_store(store, manifest: dict, world: World | None, *, wait: bool = False, log=None, add_data: bool = False) -> None:
     """Rank 0 creates or checks the manifest; then the others check it.
 
     Rank 0's error (e.g. :class:`store.ConfigMismatch`) is raised on every rank, with
@@ -264,12 +264,12 @@ def open_store(store, manifest: dict, world: World | None, *, wait: bool = False
     import torch.distributed as dist
 
     if world is None or not dist.is_initialized():
-        store.open(manifest, wait=wait, log=log)
+        store.open(manifest, wait=wait, log=log, add_data=add_data)
         return
     error = None
     if world.is_main:
         try:
-            store.open(manifest, wait=wait, log=log)
+            store.open(manifest, wait=wait, log=log, add_data=add_data)
         except Exception as e:  # sent to the other ranks, then raised here too
             error = e
     sent = _broadcast_from_main(None if error is None else (type(error), str(error)))

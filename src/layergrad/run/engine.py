@@ -18,7 +18,7 @@ import torch
 
 from layergrad import vocab
 from layergrad.config import RunConfig, parse_shard
-from layergrad.inputs.data import DataError
+from layergrad.inputs.data import DataError, describe_data
 from layergrad.inputs.dataset import data_fingerprint, load_data
 from layergrad.inputs.models import refuse_quantized
 from layergrad.inputs.prompting import encode, resolve_mode
@@ -28,6 +28,7 @@ from layergrad.measure.measurer import Measurer
 from layergrad.run import distributed, faults, memory, truncate
 from layergrad.run.ifd import NoPromptRule, undefined
 from layergrad.run.loss import LOSS_RULE
+from layergrad.run.progress import BAR_FORMAT, BatchProgress
 from layergrad.run.plan import Batch, pad_id_of, plan_batches, shard_batches
 from layergrad.run.step import BatchRunner, ShareLayout, compute_batch, failed_row
 from layergrad.store import RunStore
@@ -45,6 +46,7 @@ class RunSummary:
     status_counts: dict  # of the whole store; empty on ranks other than 0 under torchrun
     seconds: float
     notes: list = field(default_factory=list)  # lines for the user (what --truncate-* did)
+    failures: str = ""  # the store's failed examples by why ("4 out of memory, ..."); empty when none
     rank: int = 0  # under torchrun: this process's rank (only rank 0 reports the whole store)
     world_size: int = 1
 
@@ -79,10 +81,14 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     t0 = time.time()
     note = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     # plan: the examples, the model, what is measured, the batches
+    for line in describe_data(cfg.data):  # a data folder: what it reads and skips, as `validate` says it
+        note(f"layergrad: {line}")
     examples, problems = load_data(cfg)
     _refuse_turnless(cfg, examples)
     # --truncate-to: a missing or unusable partner run is refused before the model loads
     partners = truncate.load_partners(cfg.truncate_to, examples) if cfg.truncate_to is not None else None
+    if not cfg.add_data:  # before the model loads (checked again, under the lock, when the store opens)
+        RunStore(cfg.out).refuse_other_data(cfg.data)
     loaded = loaded or _load_model(cfg, device)
     model, tok = loaded.model, loaded.tokenizer
     if partners is not None and partners.manifest.get("model_fingerprint") not in (None, loaded.fingerprint):
@@ -104,7 +110,7 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
     ifd_rule = NoPromptRule.for_tokenizer(tok, cfg.ifd) if cfg.ifd else None
     manifest = build_manifest(cfg, loaded, mode, targets, data_fingerprint=data_fingerprint(cfg), loss_rule=LOSS_RULE,
                               ifd_rule=ifd_rule.describe() if ifd_rule else None, truncation=truncation)
-    distributed.open_store(store, manifest, world, wait=wait_for_lock, log=note)  # rank 0 first; takes the writer's lock
+    distributed.open_store(store, manifest, world, wait=wait_for_lock, log=note, add_data=cfg.add_data)  # rank 0 first; takes the writer's lock
     try:
         for msg in store.notes:  # what the run grew by (more data files, a larger --limit)
             note(f"layergrad: {msg}")
@@ -113,7 +119,10 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
             note(msg)
         stored = store.stored_texts()
         refuse_changed_records(stored, examples, scored_text)  # an id names one example: its text must not change
-        done = set(stored)
+        failed = store.failed_reasons()  # id -> reason of the examples stored as failed
+        retry = faults.to_retry(failed, [ex.id for ex in examples], cfg.retry)
+        _note_retries(failed, examples, retry, cfg.retry, note)
+        done = set(stored) - set(retry)  # a retried example's new row replaces its failed one (RunStore.superseded)
         if shard is None or shard[0] == 0:  # examples that need no compute: skipped and invalid records
             _write_uncomputed(store, cfg, examples, encoded, problems, done)
 
@@ -129,22 +138,36 @@ def _run(cfg: RunConfig, loaded, world: distributed.World | None, device: str, w
         main_rank = world is None or world.is_main
         computed = 0
         with tqdm(total=sum(map(len, todo)), unit="ex", desc="layergrad", disable=not cfg.progress or not main_rank,
-                  dynamic_ncols=True) as bar, runner.hooks():
+                  dynamic_ncols=True, bar_format=BAR_FORMAT) as bar, runner.hooks():
             for items in todo:
+                runner.measurer.within(bar, computed + len(items))  # the bar moves module by module inside the batch
                 parts, too_big = fits(items)
                 pieces = [fail(k, reason) for k, reason in too_big]  # never run: nothing is allocated for them
                 for part in parts:
                     pieces += backoff.run(part, compute, fail, cost)
                 store.write_part(*([r for p in pieces for r in p[i]] for i in range(4)))
                 computed += len(items)
-                bar.update(len(items))
+                runner.measurer.settle()
         if world is not None:
             distributed.barrier()  # every rank's parts are committed past this point
         counts = store.status_counts() if main_rank else {}
+        failures = faults.count_by_label(store.failed_reasons().values()) if main_rank else ""
     finally:
         store.close()  # the writer's lock
     rank, size = (world.rank, world.size) if world else (0, 1)
-    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, cut_notes, rank, size)
+    return RunSummary(Path(cfg.out), len(examples), computed, len(done), counts, time.time() - t0, cut_notes, failures, rank, size)
+
+
+def _note_retries(failed: dict, examples, retry: dict, mode: str, note) -> None:
+    """Say which stored failures this rerun computes again, and which it keeps (and how to retry them)."""
+    if retry:
+        note(f"layergrad: retrying {len(retry)} failed example{'s' if len(retry) != 1 else ''} "
+             f"({faults.count_by_label(retry.values())})")
+    kept = [failed[ex.id] for ex in examples if ex.id in failed and ex.id not in retry]
+    if kept:
+        how = "--no-retry" if mode == "none" else "--retry-failed retries them"
+        note(f"layergrad: keeping {len(kept)} failed example{'s' if len(kept) != 1 else ''} as stored "
+             f"({faults.count_by_label(kept)}; {how})")
 
 
 def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, note):
@@ -156,6 +179,9 @@ def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, n
     """
     shape = memory.model_shape_of(model)
     budget = memory.budget_bytes(cfg.max_memory, runner.device, resident=shape.param_bytes)
+    if budget is not None and budget < shape.param_bytes:
+        note(f"layergrad: --max-memory {cfg.max_memory} ({memory.gib(budget)} GiB) is less than the model's weights "
+             f"alone ({memory.gib(shape.param_bytes)} GiB): no example can fit, each is stored as failed")
     if budget is None:
         note("layergrad: the available memory is unknown here; batches are not planned under a memory budget "
              "(pass --max-memory to set one)")
@@ -202,11 +228,11 @@ def _memory_plan(cfg: RunConfig, runner: BatchRunner, model, targets, encoded, n
 
 def _runner(cfg: RunConfig, model, targets, tok, ifd_rule, n_layers: int) -> BatchRunner:
     """The batch runner with the statistics sink the options ask for (guarded against non-finite values)."""
-    sink = FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
+    sink = BatchProgress(FiniteGuard(Measurer(stats_dtype=getattr(torch, vocab.STATS_DTYPES[cfg.stats_dtype]), spectrum_k=cfg.spectrum_k,
                                 elementwise=cfg.elementwise, cosine=cfg.cosine, method=cfg.method,
                                 cosine_layers=cfg.cosine_layers,
                                 eig_batch=cfg.eig_batch, token_shares=cfg.token_shares,
-                                gram_precision=cfg.gram_precision))
+                                gram_precision=cfg.gram_precision)), n_targets=len(targets))
     runner = BatchRunner(model, targets, sink, next(model.parameters()).device, pad_id_of(tok), ifd=ifd_rule)
     if cfg.token_shares:
         runner.shares = ShareLayout(depth_thirds(n_layers), tok)

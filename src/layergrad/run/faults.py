@@ -40,7 +40,7 @@ LINALG = "linear algebra failure"
 #: kinds of ``failed`` reasons, each stored as ``"<kind>: <detail>"``
 FAILURE_KINDS = (NONFINITE_LOSS, NONFINITE_GRADIENT, OUT_OF_MEMORY, LINALG)
 
-# ``skipped`` reasons come from :func:`layergrad.prompting.encode`
+# ``skipped`` reasons come from :func:`layergrad.inputs.prompting.encode`
 _SKIPPED_KINDS = (("response truncated away", "response truncated by --max-length"), ("the response has no tokens", "no response tokens"),
                   ("no usable --truncate-to partner", "no usable --truncate-to partner"))  # run/truncate.py NO_PARTNER
 
@@ -94,6 +94,39 @@ def reason_kind(status: str, reason: str | None) -> str | None:
             if text.startswith(prefix):
                 return kind
     return text or "(no reason given)"
+
+
+#: failure kinds a rerun retries by default: they depend on the memory at hand (or the --max-memory budget),
+#: not on the example; a non-finite value or a failed factorisation comes back the same for the same model
+#: and data, so it is retried only with ``--retry-failed``
+RETRYABLE_KINDS = (OUT_OF_MEMORY,)
+_BUDGET = "GiB > budget "  # in does_not_fit's reason: the estimate exceeded --max-memory, nothing ran
+
+
+def to_retry(failed: dict[str, str], ids, retry: str) -> dict[str, str]:
+    """The stored failures (id -> reason) among ``ids`` that a rerun computes again: ``retry`` ``auto``
+    (those of :data:`RETRYABLE_KINDS`), ``all`` or ``none``."""
+    if retry == "none":
+        return {}
+    return {i: failed[i] for i in ids if i in failed
+            and (retry == "all" or reason_kind("failed", failed[i]) in RETRYABLE_KINDS)}
+
+
+def failure_label(reason: str | None) -> str:
+    """Why an example failed, in a few words: the budget apart from a real out-of-memory error."""
+    if reason and _BUDGET in reason:
+        budget = reason.split(_BUDGET, 1)[1].rstrip(")")
+        return f"does not fit the memory budget ({budget}; --max-memory)"
+    return reason_kind("failed", reason) or ""
+
+
+def count_by_label(reasons) -> str:
+    """``"3 does not fit the memory budget (0.00 GiB; --max-memory), 1 non-finite loss"``: most frequent first."""
+    counts: dict[str, int] = {}
+    for r in reasons:
+        label = failure_label(r)
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # ---------------------------------------------------------------------------------------

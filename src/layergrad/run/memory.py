@@ -176,24 +176,28 @@ def available_bytes(device="cpu") -> int | None:
         return None
 
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+_UNITS = {"b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
 def parse_bytes(text) -> tuple[str, float]:
-    """``--max-memory``: ``("bytes", n)`` for a size (``12GB``, ``12GiB``, ``500M``, ``1e9``: decimal
-    units K/M/G/T, binary KiB/MiB/GiB/TiB) or ``("fraction", f)`` for a number ``0 < f <= 1`` (of the
-    available memory). Raises ``ValueError`` with a message for anything else."""
+    """``--max-memory``: ``("bytes", n)`` for a size with its unit (``12GB``, ``12GiB``, ``500M``, ``4096B``:
+    decimal units K/M/G/T, binary KiB/MiB/GiB/TiB) or ``("fraction", f)`` for a number ``0 < f <= 1`` without
+    a unit (of the available memory). A number above 1 without a unit is refused: ``12`` was meant as 12 GiB,
+    not 12 bytes. Raises ``ValueError`` with a message for anything else."""
     raw = str(text).strip()
     m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(?:e(\d+))?\s*([a-zA-Z]*)", raw)
     unit = m.group(3).lower() if m else ""
-    if not m or unit not in _UNITS:
+    if not m or (unit and unit not in _UNITS):
         raise ValueError(f"must be a size such as 12GB, 12GiB or 500M, or a fraction of the available memory "
                          f"such as 0.8, got {text!r}")
     value = float(m.group(1)) * (10 ** int(m.group(2)) if m.group(2) else 1)
-    if not unit and value <= 1:
+    if not unit:
         if value <= 0:
             raise ValueError(f"a fraction of the available memory must be > 0 (or give a size such as 12GB), got {text!r}")
+        if value > 1:
+            raise ValueError(f"{text!r} has no unit: did you mean {raw}GiB? A size needs its unit (12GB, 12GiB, "
+                             f"500MiB, 4096B); a number without one is a fraction of the available memory, in (0, 1]")
         return "fraction", value
     size = value * _UNITS[unit]
     if size < 1:

@@ -5,7 +5,7 @@ ways with their cost functions (:mod:`.methods`), the metrics of a spectrum (:mo
 entries, inner products and cosines of gradients from factors (:mod:`.products`).
 
 May import: torch and :mod:`layergrad.vocab` (and, lazily, CuPy: the optional extra `layergrad[gpu]`). No ``nn.Module``, no hooks, no file I/O.
-``layergrad.spectra`` re-exports every name (the old ``layergrad.spectral``).
+``layergrad.spectra`` re-exports every name of its submodules.
 """
 from layergrad.spectra.batched import *  # noqa: F401,F403
 from layergrad.spectra.methods import *  # noqa: F401,F403

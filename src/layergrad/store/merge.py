@@ -72,15 +72,17 @@ def _open(path) -> Source:
     if manifest is None:
         raise FileNotFoundError(f"{path} is not a layergrad run directory (no manifest.json); give the --out directories of the shard runs")
     src = Source(Path(path), manifest, store)
+    superseded = store.superseded()  # failed rows a retry replaced: not copies of the example
     for tag in store.committed_tags():
         tables = store.read_part_tables(tag, examples_only=True)
         if tables is None:
             src.notes.append(f"{path}: part {tag} is unreadable and was left out")
             continue
         ex = tables[0]
-        ids = ex.column("id").to_pylist()
-        src.parts[tag] = ids
-        src.statuses.update(zip(ids, ex.column("status").to_pylist()))
+        gone = superseded.get(tag, set())
+        pairs = [(i, s) for i, s in zip(ex.column("id").to_pylist(), ex.column("status").to_pylist()) if i not in gone]
+        src.parts[tag] = [i for i, _ in pairs]
+        src.statuses.update(pairs)
     return src
 
 

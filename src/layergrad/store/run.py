@@ -86,13 +86,15 @@ class RunStore:
         except (ValueError, UnicodeDecodeError) as e:  # written atomically by us, so not ours
             raise ConfigMismatch(f"{p} is not a layergrad manifest ({e}); use another --out directory") from None
 
-    def open(self, manifest: dict, *, lock: bool = True, wait: bool = False, log=None) -> list[str]:
+    def open(self, manifest: dict, *, lock: bool = True, wait: bool = False, log=None, add_data: bool = False) -> list[str]:
         """Take this writer's lock, then create the directory with ``manifest``, or check that it
         holds the same run and extend its recorded selection (data files, ``--limit``).
 
         Raises :class:`~layergrad.store.lock.RunLocked` when another process holds the writer's lock
         (``wait``: wait for it instead), :class:`ConfigMismatch` naming every differing option; nothing
-        is written then. Returns notes of what the run's selection grew by. :meth:`close` releases the lock.
+        is written then; also when ``manifest`` names data files the run does not hold and ``add_data`` is
+        false (a run grows by other files only on purpose). Returns notes of what the run's selection grew by.
+        :meth:`close` releases the lock.
         """
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ class RunStore:
             if lock:
                 self._lock.acquire(wait=wait, log=log)
             with ManifestLock(self.path) if lock else _nothing():
-                self.notes = self._open_manifest(manifest)
+                self.notes = self._open_manifest(manifest, add_data)
         except BaseException:
             self.close()
             raise
@@ -118,7 +120,7 @@ class RunStore:
     def __exit__(self, *exc):
         self.close()
 
-    def _open_manifest(self, manifest: dict) -> list[str]:
+    def _open_manifest(self, manifest: dict, add_data: bool = False) -> list[str]:
         old = self.manifest()
         if old is None:
             write_text_atomic(json.dumps(manifest, indent=2, sort_keys=True), self.path / MANIFEST)
@@ -135,11 +137,28 @@ class RunStore:
                 + f"\nResults here are kept. To resume them, rerun with the stored settings; to start the new "
                 f"configuration, use another --out directory (for example --out {_free_sibling(self.path)})."
             )
+        if not add_data:
+            self.refuse_other_data(manifest.get("data") or [], old)
         self._clean_own_temporaries()
         grown, notes = extend_selection(old, manifest)
         if grown != old:
             write_text_atomic(json.dumps(grown, indent=2, sort_keys=True), self.path / MANIFEST)
         return notes
+
+    def refuse_other_data(self, data: list, old: dict | None = None) -> None:
+        """:class:`ConfigMismatch` when ``data`` names files the run does not hold (``--add-data`` allows them),
+        naming the stored files, the new ones and the flag. Nothing when there is no run here yet."""
+        old = self.manifest() if old is None else old
+        if old is None:
+            return
+        stored = list(old.get("data") or [])
+        added = [str(p) for p in data if str(p) not in stored]
+        if added:
+            raise ConfigMismatch(
+                f"{self.path} holds a run of {', '.join(stored)}; --data also names {', '.join(added)}. "
+                f"To add {'these files' if len(added) > 1 else 'this file'} to the run (its reports then hold the examples "
+                f"of every file), pass --add-data; to run {'them' if len(added) > 1 else 'it'} on "
+                f"its own, use another --out directory (for example --out {_free_sibling(self.path)}).")
 
     # ---- parts ----------------------------------------------------------------------------
     def _own(self, tag: str) -> bool:
@@ -194,6 +213,36 @@ class RunStore:
                         for c in ("id", "instruction", "output")]
                 texts.update((i, (a, b)) for i, a, b in zip(*cols))
         return texts
+
+    def _example_rows(self) -> list[tuple[str, str, str, str | None]]:
+        """``(tag, id, status, reason)`` of every row of the committed parts that can be used, in part order."""
+        rows = []
+        for tag in self._committed_tags():
+            tables = self.read_part_tables(tag, examples_only=True)
+            if tables is None:
+                continue
+            e = tables[0]
+            reasons = e.column("reason").to_pylist() if "reason" in e.column_names else [None] * e.num_rows
+            rows += zip([tag] * e.num_rows, e.column("id").to_pylist(), e.column("status").to_pylist(), reasons)
+        return rows
+
+    def superseded(self) -> dict[str, set[str]]:
+        """Per part tag, the ids whose ``failed`` row a retry replaced: the example has another row in the
+        store that is not failed, or a failed one in a later part. Every reader leaves these rows out."""
+        rows = self._example_rows()
+        ok = {i for _, i, status, _ in rows if status != "failed"}
+        last_failed = {i: tag for tag, i, status, _ in rows if status == "failed"}
+        out: dict[str, set[str]] = {}
+        for tag, i, status, _ in rows:
+            if status == "failed" and (i in ok or last_failed[i] != tag):
+                out.setdefault(tag, set()).add(i)
+        return out
+
+    def failed_reasons(self) -> dict[str, str]:
+        """Id -> reason of the examples whose only use is a ``failed`` row (the latest, when retried before)."""
+        rows = self._example_rows()
+        ok = {i for _, i, status, _ in rows if status != "failed"}
+        return {i: reason or "" for _, i, status, reason in rows if status == "failed" and i not in ok}
 
     def status_counts(self) -> dict[str, int]:
         """How many examples of the whole store have each status."""
@@ -333,7 +382,10 @@ class RunStore:
     # ---- reading --------------------------------------------------------------------------
     def read_tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
         """Committed rows as Arrow tables, in part order (not yet sorted)."""
+        import pyarrow.compute as pc
+
         ex, mod, cos = [], [], []
+        superseded = self.superseded()  # failed rows a retry replaced
         for tag in self._committed_tags():
             problem = self.part_problem(tag)
             e = read_part(self.parts / f"examples-{tag}.parquet") if problem is None else None
@@ -346,6 +398,8 @@ class RunStore:
                               "rerun `layergrad run` with the same settings to move it to parts/unreadable/ and "
                               "compute its examples again", stacklevel=2)
                 continue
+            if tag in superseded:
+                e = e.filter(pc.invert(pc.is_in(e.column("id"), value_set=pa.array(sorted(superseded[tag]), pa.string()))))
             ex.append(e)
             mod.append(m)
             if c is not None:
