@@ -148,7 +148,8 @@ def test_html_states_methods_and_notes(report):
 
 
 def _findings_numbers(page: str) -> list[tuple[str, int, str]]:
-    sec = page[page.index('<section id="findings">'):page.index("</section>")]
+    start = page.index('<section id="findings">')
+    sec = page[start:page.index("</section>", start)]
     return [(htmllib.unescape(v), int(r), c) for r, c, v in
             re.findall(r'<a class="fnum" href="findings.csv" title="findings.csv row (\d+), column ([a-z_]+)">([^<]*)</a>', sec)]
 
