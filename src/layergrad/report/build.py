@@ -62,7 +62,7 @@ class Report:
 
 def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
                  split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
-                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none") -> Path:
+                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none", progress: bool = True) -> Path:
     """Write the report for ``runs`` (``[(label, run_dir), ...]``) under ``out``; return ``out/index.html``.
 
     Each run is one group under its label; a label of ``None`` splits the run by its examples'
@@ -77,7 +77,7 @@ def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: i
     """
     return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm, split_by=split_by,
                        split_fraction=split_fraction, segments=segments, correction=correction, pairing=pairing,
-                       normalise=normalise).index
+                       normalise=normalise, progress=progress).index
 
 
 def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]]:

@@ -98,7 +98,7 @@ def _against_step(series, df: pd.DataFrame, metric: str) -> Figure:
         ax.set_title(role, fontsize=9)
         ax.set_xlabel("training step")
     axes[0].set_ylabel(metric)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7, title="third of depth", title_fontsize=7)
+    figures.legend_below(fig, axes[0].get_legend_handles_labels()[0], "third of depth", 7)
     fig.suptitle(figures.wrap(f"Mean {metric} per third of the depth against training step (95% bootstrap CI)",
                               fig.get_size_inches()[0] - 0.3), fontsize=9)
     return fig

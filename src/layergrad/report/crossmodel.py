@@ -85,7 +85,7 @@ def _curves(groups, df, metric: str, normalise: str) -> Figure:
         ax.set_title(role, fontsize=9)
         ax.set_xlabel("relative depth")
     axes[0].set_ylabel(figures.metric_label(metric) + ("" if normalise == "none" else f" ({normalise})"))
-    fig.legend(handles=axes[0].get_legend_handles_labels()[0], loc="outside right upper", title="model", fontsize=8, title_fontsize=8)
+    figures.legend_below(fig, axes[0].get_legend_handles_labels()[0], "model")
     figures._title(fig, f"Mean {figures.metric_label(metric)} against relative depth", groups)
     return fig
 

@@ -91,6 +91,14 @@ def wrap(text: str, width_in: float, fontsize: float = 9) -> str:
     return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) or line for line in text.split("\n"))
 
 
+def legend_below(fig: Figure, handles, title: str, fontsize: float = 8):
+    """A figure legend under the axes (constrained layout makes room): the title block sits on top, so the two never meet."""
+    if not handles:
+        return None
+    return fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7 if title == "role" else 4),
+                      title=title, fontsize=fontsize, title_fontsize=fontsize, frameon=False)
+
+
 def _title(fig: Figure, headline: str, groups: list[Group]) -> None:
     width = fig.get_size_inches()[0] - 0.3
     fig.suptitle(wrap(f"{headline}\n{provenance(groups)}", width), fontsize=9, linespacing=1.4)
@@ -110,8 +118,11 @@ def save(fig: Figure, out: Path, name: str) -> dict[str, Path]:
 def layout_problems(fig: Figure) -> list[str]:
     """What is wrong with ``fig``'s layout once drawn: a title (figure or axes) or legend reaching past the
     figure's edge, and a title box intersecting a legend box. Empty when the layout is clean."""
-    fig.canvas.draw()  # a Figure without pyplot gets its Agg canvas on first draw
-    r = fig.canvas.get_renderer()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the layout as saved (savefig draws on an Agg canvas too)
+    canvas.draw()
+    r = canvas.get_renderer()
     fb = fig.bbox
     titles = [("suptitle", fig._suptitle)] if fig._suptitle is not None and fig._suptitle.get_text() else []
     titles += [(f"axes title {ax.get_title()!r}", ax.title) for ax in fig.axes if ax.get_visible() and ax.get_title()]
@@ -166,7 +177,7 @@ def curves_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fig
             _log_axis(ax.yaxis)
         ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=colors[s], lw=2, label=s) for s in series]
-    fig.legend(handles=handles, loc="outside right upper", title="role", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "role")
     _title(fig, f"{metric_label(metric).capitalize()} per layer: mean over examples, 95% bootstrap CI", groups)
     return fig
 
@@ -193,7 +204,7 @@ def mad_figure(groups: list[Group], mad: pd.DataFrame, metric: str) -> Figure:
             ax.set_ylabel(f"MAD of {metric_label(metric)}")
         ax.grid(axis="y", alpha=0.3, lw=0.5)
     handles = [Patch(color=gcol[g.label], label=g.label) for g in groups]
-    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "group")
     _title(fig, f"MAD between consecutive layers of the mean {metric_label(metric)} curve (thirds of depth), 95% BC bootstrap CI", groups)
     return fig
 
@@ -279,7 +290,7 @@ def cosine_figure(groups: list[Group], cos: pd.DataFrame, kind: str) -> Figure:
             ax.set_ylabel("gradient cosine similarity")
         ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=colors[s], lw=2, label=s) for s in series]
-    fig.legend(handles=handles, loc="outside right upper", title="role", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "role")
     _title(fig, f"Gradient cosine similarity ({what}): mean over examples, 95% bootstrap CI", groups)
     return fig
 
@@ -374,7 +385,7 @@ def overlay_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fi
             _log_axis(ax.yaxis)
         ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=gcol[g.label], lw=2, label=f"{g.label} (n={g.n})") for g in groups]
-    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "group")
     _title(fig, f"{metric_label(metric).capitalize()} per layer, all groups on the same axes: mean over examples, 95% bootstrap CI", groups)
     return fig
 

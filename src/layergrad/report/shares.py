@@ -63,7 +63,7 @@ def curve_figure(groups: list[Group], curve: pd.DataFrame) -> Figure:
                 ax.set_ylabel("share of |G|² per bin")
             ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=colors[g.label], lw=2, label=g.label) for g in groups if g.label in set(curve["group"])]
-    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
+    figures.legend_below(fig, handles, "group")
     figures._title(fig, "Where in the response the gradient comes from: mean token share per bin "
                         "(dashed: 1/bins, all of it spread evenly over the response)", groups)
     return fig
