@@ -24,15 +24,15 @@ FAST = {"n_boot": 50, "n_perm": 99}
 GOLDEN = Path("/work/shared/golden/reference_base.jsonl")
 
 
-def two_groups(tmp: Path, roles, n=(6, 7), lengths=True, seed=0):
-    """Two runs, 'short' and 'long' (larger nuclear norms), ``roles`` measured; lengths overlapping or unknown."""
+def two_groups(tmp: Path, roles, n=(6, 7), seed=0):
+    """Two runs, 'short' and 'long' (larger nuclear norms), ``roles`` measured; lengths overlapping."""
     rng = np.random.default_rng(seed)
     runs = []
     for label, shift, k in (("short", 0.0, n[0]), ("long", 0.5, n[1])):
         vals = {"nuclear": noise(rng, k, len(roles), L, loc=1.0 + shift, scale=0.1),
                 "effective_rank": noise(rng, k, len(roles), L, loc=3.0 + shift, scale=0.2),
                 "top1_share": noise(rng, k, len(roles), L, loc=0.4, scale=0.02)}
-        lens = rng.integers(20, 40, k) if lengths else None
+        lens = rng.integers(20, 40, k)
         runs.append((label, make_run(tmp / label, vals, roles, lengths=lens, data=(f"{label}.json",),
                                      loss=rng.uniform(0.5, 2.0, k), seed=seed + k)))
     return runs
@@ -44,15 +44,15 @@ METRICS = ("nuclear", "effective_rank")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Reports built once for the module (figures at 72 dpi: the layout is the same, the PNGs faster to write):
-    attn-only (two groups, lengths), mlp-only without lengths (two groups), one group of every module."""
+    attn-only (two groups), mlp-only (two groups), one group of every module."""
     tmp = tmp_path_factory.mktemp("pages")
     old, figures.DPI = figures.DPI, 72
     cache = {}
 
     def get(kind: str):
         if kind not in cache:
-            roles = {"attn-only": ATTN, "mlp-only, no lengths": MLP, "one group, all modules": ATTN + MLP}[kind]
-            runs = two_groups(tmp / kind.replace(" ", "_").replace(",", ""), roles, lengths="no lengths" not in kind)
+            roles = {"attn-only": ATTN, "mlp-only": MLP, "one group, all modules": ATTN + MLP}[kind]
+            runs = two_groups(tmp / kind.replace(" ", "_").replace(",", ""), roles)
             runs = runs[:1] if kind.startswith("one group") else runs
             out = tmp / ("out-" + kind.replace(" ", "_").replace(",", ""))
             cache[kind] = (runs, make_report(runs, out, metrics=METRICS, progress=False, **FAST), out)
@@ -145,7 +145,7 @@ def test_layout_check_finds_overlap_and_cut_titles():
     assert figures.layout_problems(fig) == []
 
 
-@pytest.mark.parametrize("kind", ["attn-only", "mlp-only, no lengths"])
+@pytest.mark.parametrize("kind", ["attn-only", "mlp-only"])
 def test_every_figure_has_clean_layout(built, kind):
     """Titles (figure and axes) and legends inside the figure and never intersecting, for every figure of a report,
     with long group labels."""
@@ -178,7 +178,7 @@ def test_every_figure_has_clean_layout(built, kind):
 # ---- every section right for every run ------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["attn-only", "mlp-only, no lengths", "one group, all modules"])
+@pytest.mark.parametrize("kind", ["attn-only", "mlp-only", "one group, all modules"])
 def test_reports_have_no_empty_section_and_no_nan(built, kind):
     _, rep, out = built(kind)
     page = rep.index.read_text()
@@ -192,8 +192,6 @@ def test_reports_have_no_empty_section_and_no_nan(built, kind):
         assert "Group comparisons : left out: one group: nothing to compare" in text and 'id="verdicts"' not in page
     else:
         assert 'id="verdicts"' in page and page.index('id="verdicts"') < page.index('id="findings"') < page.index('id="methods"')
-    if "no lengths" in kind:
-        assert "response lengths unknown" in text and "Length effect : left out" in text
     # Methods last
     assert page.index('id="methods"') > max(m.start() for m in re.finditer(r'class="lg-section" id="(?!methods)', page))
 
@@ -212,7 +210,10 @@ def test_imported_paper_results_report_cleanly(tmp_path):
     page = rep.index.read_text()
     assert_sections_right(page, tmp_path / "out")
     text = page_text(page)
-    assert "Length effect : left out" in text and "effective_rank" not in re.findall(r'figures/(\w+)\.png', page)
+    # no lengths, one group, no effective rank stored: each left out with its reason, no empty panel
+    assert "Length effect : left out: no example has both a response length" in text
+    assert "Group comparisons : left out: one group" in text
+    assert not [f for f in re.findall(r'figures/(\w+)\.png', page) if "effective_rank" in f]
     assert 'id="headline-figure"' in page
 
 
@@ -240,7 +241,7 @@ def test_progress_bar_and_no_progress(tmp_path, capsys, monkeypatch):
         steps(part)
     steps.close()
     err = capsys.readouterr().err
-    assert "report" in err and "3/3" in err and "page" in err  # tqdm's bar over the report's parts
+    assert "report:" in err and "/3" in err and "part/s, page" in err  # tqdm's bar over the report's parts
     steps = Progress(False, 3)
     steps("curves")
     steps.close()

@@ -517,7 +517,7 @@ def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds", steps
         s.append(html.left_out("compare", "Group comparisons", "one group: nothing to compare"))
 
     steps("length figure")
-    if len(points):
+    if len(points) and np.isfinite(points["n_response_tokens"].to_numpy(float)).any():
         length = html.Section("length", "Length effect", "Is a difference only a length effect? Each point is one example.")
         length.figures.append(_fig(figures.length_figure(groups, points, t["length"]), out, "length_nuclear", "Response length against the nuclear norm averaged over layers."))
         length.tables.append(_table("length.csv", t["length"], files["length"], None, False, "length"))
