@@ -379,8 +379,8 @@ def _overview_html(name: str, links, notes, out: Path | None = None) -> str:
     n_runs = sum(n for _, _, _, n in links)
     return page.render_page(
         kind="overview", title=f"{name}: experiment overview",
-        question=f"Study {name!r}: {len(links)} report(s) over {n_runs} group run(s); every comparison's verdicts below, "
-                 "each report one click away.",
+        question=f"Study {name!r}: {len(links)} report{'s' if len(links) != 1 else ''} ({n_runs} groups compared); "
+                 "every comparison's verdicts first, each report one click away.",
         verdicts=table, findings="".join(found), notes=notes,
         sections=[reports] if links else [page.left_out("reports", "Reports", "no report was written (run with reports)")])
 

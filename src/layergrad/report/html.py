@@ -84,7 +84,7 @@ def render_page(*, kind: str, title: str, subtitle: str = "", question: str = ""
     for s in sections:
         if not s.why and s.empty():
             raise ValueError(f"section {s.anchor!r} has nothing to show and no reason why")
-    nav = ([("#first-screen", "Answer")] if verdicts or headline else []) + ([("#findings", "Findings")] if findings else [])
+    nav = ([("#first-screen", "Verdicts" if verdicts else "Headline")] if verdicts or headline else []) + ([("#findings", "Findings")] if findings else [])
     nav += [(f"#{s.anchor}", s.title) for s in sections if not s.why]
     nav += ([("#runs", "Runs")] if runs_table else []) + ([("#methods", "Methods")] if methods else [])
     return _env().get_template("page.html").render(

@@ -73,7 +73,7 @@ def cell(r: dict) -> Cell:
     if r["kind"] == "mad":
         lo, hi = _num(r.get("mad_ratio_min")), _num(r.get("mad_ratio_max"))
         effect = (f"ratio {fmt(lo)} to {fmt(hi)} over roles" if np.isfinite(lo) and np.isfinite(hi) else "no ratio (no finite MAD)")
-        why = "no interval for the ratio; not length-controlled"
+        why = "no interval for the ratio"
         if np.isfinite(_num(r.get("mad_cells"))):
             why += f"; intervals disjoint in {fmt(r['mad_cells_disjoint'])} of {fmt(r['mad_cells'])} (role, segment) cells"
         return Cell(verdict, effect, "", "; ".join([why, *flags]), css)
