@@ -2,7 +2,9 @@
 
 Layout of ``OUT``::
 
-    index.html                     the report (static, no scripts, opens from disk); opens with the findings
+    index.html                     the report (static, no scripts, opens from disk; templates/, html.py): the question,
+                                   the verdict table (verdicts.py) and the headline figure on the first screen, then
+                                   the findings, the sections (figures, then tables), runs and Methods last
     findings.csv|md|tex            the findings in words, one row per pair and headline metric, every number a column
     curves.csv|md|tex              group, role, layer, metric, mean, ci_low, ci_high, n
     mad.csv|md|tex                 group, role, segment, metric, mad, ci_low, ci_high
@@ -21,7 +23,7 @@ Layout of ``OUT``::
     status.csv|md|tex              examples that were not ok, by status and reason
     exclusions.csv|md|tex          cells where examples had no finite value
     scores*.csv, split_*.csv       the Scores panel (report/scores.py), when the runs have >= 4 ok examples
-    figures/*.png|svg              PNG at 300 dpi and SVG
+    figures/*.png|svg|pdf          PNG at 300 dpi, SVG and PDF; figures/headline.* is the first screen's figure
 
 The by-step report (``--checkpoints``, or runs recorded during training) writes instead steps.csv,
 layer_steps.csv, checkpoints.csv and its figures (report/checkpoints.py); runs of different models, the

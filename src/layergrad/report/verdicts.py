@@ -166,6 +166,8 @@ def short_findings_html(rows: pd.DataFrame, href: str = "findings.csv") -> str:
         c = cell(r)
         what = column_header(column_key(r))
         line = f"<strong>{e(what)}</strong>: {e(c.verdict)}; {e(c.effect)}" + (f" ({e(c.interval)})" if c.interval else "") + "."
+        if bool(r.get("small_sample")):
+            line += f" Indicative only: n = {e(fmt(r['n_a']))} and {e(fmt(r['n_b']))}."
         out.append(f'<li class="{c.css}"><details><summary>{line}</summary><div>{findings.sentence_html(r, i + 1, href)}</div></details></li>')
     out.append("</ul>")
     return "".join(out)
