@@ -170,6 +170,7 @@ def curves_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fig
             ax.text(0.5, 0.5, f"{metric} not stored\nfor this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_title(f"{g.label} (n={g.n})", fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
         if log:
@@ -286,6 +287,7 @@ def cosine_figure(groups: list[Group], cos: pd.DataFrame, kind: str) -> Figure:
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_title(f"{g.label} (n={g.n})", fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel("gradient cosine similarity")
         ax.grid(alpha=0.3, lw=0.5)
@@ -378,6 +380,7 @@ def overlay_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fi
             ax.fill_between(ds["layer"], ds["ci_low"], ds["ci_high"], color=gcol[g.label], alpha=0.18, lw=0)
         ax.set_title(s, fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
         if log:
