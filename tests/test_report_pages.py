@@ -217,6 +217,21 @@ def test_imported_paper_results_report_cleanly(tmp_path):
     assert 'id="headline-figure"' in page
 
 
+def test_token_share_figure_of_an_attn_only_run_has_clean_layout(tmp_path):
+    """The shares figure with long labels: its title wrapped inside the figure, its legend off the title."""
+    from layergrad.report import shares
+
+    rng = np.random.default_rng(0)
+    run = make_run(tmp_path / "r", {"nuclear": noise(rng, 3, 4, L)}, ATTN, data=("a_rather_long_data_file_name_for_shares.json",))
+    groups = [load_group("answer only, the fast-thinking group", run), load_group("detailed reasoning, the slow group", run)]
+    rows = [(g.label, seg, "attn", k / 10, (k + 1) / 10, rng.uniform(0, 0.2)) for g in groups for seg in ("early", "middle", "late")
+            for k in range(10)]
+    curve = pd.DataFrame(rows, columns=["group", "segment", "module_group", "rel_low", "rel_high", "share"])
+    fig = shares.curve_figure(groups, curve)
+    assert figures.layout_problems(fig) == []
+    assert len(fig.axes) == 3  # attn only: no empty mlp panels
+
+
 def test_token_shares_of_an_attn_only_run_shade_by_attn(tmp_path):
     """The shaded examples use a module group the run measured (no empty 'mlp shares' boxes)."""
     from layergrad.report import shares
