@@ -244,7 +244,7 @@ def test_torchrun_two_ranks_equal_one_process_value_for_value(tmp_path, tokenize
     assert sorted(sum(stat[i] == "ok" for i in ids) for ids in by_writer.values()) == [3, 4]
     assert all(stat[i] == "ok" for i in by_writer["r1"])
     # only rank 0 reports the whole store
-    assert "8 examples (1 invalid, 7 ok, 1 skipped)" in r.stdout and "[rank 1/2] computed" in r.stdout
+    assert "9 examples (1 invalid, 7 ok, 1 skipped)" in r.stdout and "[rank 1/2] computed" in r.stdout
 
 
 DIE_AFTER_ONE_PART = textwrap.dedent(

@@ -17,11 +17,12 @@ from layergrad.analysis import AnalysisError
 from layergrad.report import build_report, make_report
 from helpers import make_run, noise
 from helpers import report_parser
+from browser import browser_check, needs_chromium
+from browser import chromium as _chromium
 
 ROLES = ("q", "k", "v", "o")
 L = 6
 FAST = {"n_boot": 200, "n_perm": 499}
-CHROMIUM = shutil.which("chromium")
 
 
 def _cosine_rows(n, rng):
@@ -149,7 +150,8 @@ def test_html_states_methods_and_notes(report):
 
 
 def _findings_numbers(page: str) -> list[tuple[str, int, str]]:
-    sec = page[page.index('<section id="findings">'):page.index("</section>")]
+    start = page.index('<section id="findings">')
+    sec = page[start:page.index("</section>", start)]
     return [(htmllib.unescape(v), int(r), c) for r, c, v in
             re.findall(r'<a class="fnum" href="findings.csv" title="findings.csv row (\d+), column ([a-z_]+)">([^<]*)</a>', sec)]
 
@@ -190,7 +192,8 @@ def test_small_groups_warned_and_findings_for_independent_groups(tmp_path):
                  instructions=[f"y{i}" for i in range(12)], ids=[f"b{i}" for i in range(12)])
     rep = make_report([("A", a), ("B", b)], tmp_path / "out", **FAST)
     page = rep.index.read_text()
-    sec = htmllib.unescape(re.sub(r"<[^>]+>", " ", page[page.index('<section id="findings">'):page.index("</section>")]))
+    start = page.index('<section id="findings">')
+    sec = htmllib.unescape(re.sub(r"<[^>]+>", " ", page[start:page.index("</section>", start)]))
     assert "Small sample." in sec and "'A' has only 4 examples" in sec
     f = pd.read_csv(tmp_path / "out" / "findings.csv")
     lev = f.query("kind == 'level'")
@@ -296,53 +299,6 @@ def test_cli(tmp_path, capsys):
 
 # ---- headless browser ------------------------------------------------------------------------
 
-_PROBE = """<script>
-window.__lgErrors = [];
-window.addEventListener('error', function (e) {
-  var t = e.target;
-  window.__lgErrors.push(t && t !== window && (t.src || t.href) ? 'failed to load ' + (t.src || t.href) : String(e.message));
-}, true);
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.map.call(document.images, function (i) {
-    return {src: i.getAttribute('src'), width: i.naturalWidth, complete: i.complete};
-  });
-  var pre = document.createElement('pre');
-  pre.id = 'layergrad-probe';
-  pre.textContent = JSON.stringify({errors: window.__lgErrors, images: imgs});
-  document.body.appendChild(pre);
-});
-</script>"""
-
-
-def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
-
-
-def browser_check(page: Path, profile: Path) -> dict:
-    """Load ``page`` in headless chromium: console messages, error events, and every image's natural width.
-
-    A copy of the page with a probe script (error listener + image check on load) is placed beside
-    it, so relative image paths resolve exactly as for the page itself; the probe's findings are
-    read back from the DOM (``--dump-dom``). Console messages come from chromium's log on stderr.
-    """
-    probe = page.with_name("_browser_probe.html")
-    probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + _PROBE, 1), encoding="utf-8")
-    try:
-        res = _chromium(["--dump-dom", "--virtual-time-budget=10000", probe.as_uri()], profile)
-    finally:
-        probe.unlink()
-    m = re.search(r'<pre id="layergrad-probe">(.*?)</pre>', res.stdout, re.S)
-    assert m, f"probe did not run; chromium rc={res.returncode}, stderr tail: {res.stderr[-800:]}"
-    found = json.loads(htmllib.unescape(m.group(1)))
-    found["console"] = [line for line in res.stderr.splitlines() if ":CONSOLE" in line and "_browser_probe" in line]
-    return found
-
-
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not found on PATH: run `make browser` (Debian package chromium)")
-
-
 @needs_chromium
 def test_browser_check_detects_problems(tmp_path):
     """The check itself can fail: a missing image and a script error are caught."""
@@ -360,7 +316,11 @@ def test_report_in_headless_browser(report, tmp_path):
     _, out = report
     found = browser_check(out / "index.html", tmp_path / "profile")
     assert found["errors"] == [] and found["console"] == []
-    assert len(found["images"]) == 3 + 3 + 3 + 1 + 1 + 3 + 4  # overlay, curves, MAD, AUROC, length, cosine, scores (distribution, Spearman, 2 split)
+    # headline, overlay, curves, MAD, AUROC, length, cosine, scores (distribution, Spearman, 2 split)
+    assert len(found["images"]) == 1 + 3 + 3 + 3 + 1 + 1 + 3 + 4
+    # the first screen (1400 x 900, no scrolling) holds the verdict table and the headline figure
+    boxes = found["boxes"]
+    assert boxes["verdicts"]["bottom"] <= 900 and boxes["headline_img"]["bottom"] <= 900, boxes
     bad = [i for i in found["images"] if not (i["complete"] and i["width"] > 0)]
     assert not bad, bad
     shot = tmp_path / "report.png"

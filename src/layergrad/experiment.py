@@ -556,43 +556,42 @@ def _report_problems(conf: dict) -> list[str]:
 
 
 def _overview_html(name: str, links, notes, out: Path | None = None) -> str:
-    """The overview: every comparison's findings in one table (read from each report's findings.csv), then the links."""
+    """The overview (the report's template, report/html.py): first the verdict table of every comparison of the study
+    (read from each report's findings.csv; report/verdicts.py), then each comparison's findings, then the links."""
     import pandas as pd
 
-    from .report.findings import sentence_html
+    from .report import html as page
+    from .report import verdicts
 
-    rows = "\n".join(
-        f'<tr><td>{html.escape(m)}</td><td><a href="{html.escape(str(p))}">{html.escape(t)}</a></td><td>{n}</td></tr>'
-        for m, t, p, n in links
-    )
-    found = []
+    rows = "".join(
+        f'<tr><td>{html.escape(m)}</td><td><a href="{html.escape(str(p))}">{html.escape(t)}</a></td><td class="num">{n}</td></tr>'
+        for m, t, p, n in links)
+    frames, found = [], []
     for m, t, p, n in links:
         f = Path(out or ".") / Path(p).parent / "findings.csv"
         if not f.exists():
             continue
         df = pd.read_csv(f, keep_default_na=True)
-        href = str(Path(p).parent / "findings.csv")
-        for i, r in enumerate(df.to_dict("records")):
-            r = {k: (None if isinstance(v, float) and k in ("pair_by",) and v != v else v) for k, v in r.items()}
-            r["pair_by"] = r.get("pair_by") or ""
-            found.append(
-                f'<tr class="verdict-{html.escape(str(r["verdict"]).replace(" ", "-"))}"><td>{html.escape(m)}</td>'
-                f'<td><a href="{html.escape(str(p))}#findings">{html.escape(t)}</a></td>'
-                f'<td>{html.escape(str(r["group_b"]))} vs {html.escape(str(r["group_a"]))}</td><td>{html.escape(str(r["metric"]))}'
-                f'{" (MAD)" if r["kind"] == "mad" else ""}</td><td><strong>{html.escape(str(r["verdict"]))}</strong></td>'
-                f'<td>{sentence_html(r, i + 1, href)}</td></tr>')
-    note = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    table = ("<h2>Findings</h2><p>Every comparison's findings; each number links to its report's findings.csv "
-             "(the tooltip names row and column).</p><table class=\"findings\"><tr><th>model</th><th>comparison</th><th>pair</th>"
-             "<th>metric</th><th>verdict</th><th>finding</th></tr>" + "".join(found) + "</table>") if found else ""
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)} · layergrad</title>
-<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left;vertical-align:top}}
-table.findings td{{font-size:13px}} a.fnum{{color:inherit;text-decoration:underline dotted #0b57d0}}
-tr.verdict-holds-at-equal-length td:nth-child(5){{color:#1b7a5e}} tr.verdict-not-significant-at-equal-length td:nth-child(5), tr.verdict-not-separable-from-length td:nth-child(5){{color:#b34700}}</style></head>
-<body><h1>{html.escape(name)}</h1><section id="findings">{table}</section>
-<h2>Reports</h2><p>One report per comparison; every number in a report is in the CSV files beside it.</p>
-<table><tr><th>model</th><th>comparison</th><th>groups</th></tr>{rows}</table>{f'<h2>Notes</h2><ul>{note}</ul>' if note else ''}</body></html>
-"""
+        df["pair_by"] = df["pair_by"].fillna("") if "pair_by" in df else ""
+        frames.append(df.assign(_model=m, _comparison=t))
+        found.append(f'<h3><a href="{html.escape(str(p))}#findings">{html.escape(m)} · {html.escape(t)}</a></h3>'
+                     + verdicts.short_findings_html(df, str(Path(p).parent / "findings.csv")))
+    table = ""
+    if frames:
+        every = pd.concat(frames, ignore_index=True)
+        table = verdicts.table_html(verdicts.verdict_table(
+            every, label=lambda r: f"{r['_model']} · {r['_comparison']}: {r['group_b']} vs {r['group_a']}"))
+    reports = page.Section("reports", "Reports", "One report per comparison; every number in a report is in the CSV files beside it.",
+                           tables=[page.TableRef("", page.Markup('<table class="data"><thead><tr><th>model</th><th>comparison</th>'
+                                                                  f'<th class="num">groups</th></tr></thead><tbody>{rows}</tbody></table>'),
+                                                 [], len(links))])
+    n_runs = sum(n for _, _, _, n in links)
+    return page.render_page(
+        kind="overview", title=f"{name}: experiment overview",
+        question=f"Study {name!r}: {len(links)} report{'s' if len(links) != 1 else ''} ({n_runs} groups compared); "
+                 "every comparison's verdicts first, each report one click away.",
+        verdicts=table, findings="".join(found), notes=notes,
+        sections=[reports] if links else [page.left_out("reports", "Reports", "no report was written (run with reports)")])
 
 
 EPILOG = """examples:

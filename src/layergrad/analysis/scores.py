@@ -119,9 +119,21 @@ def split_groups(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *
     return [group_from_results(f"high {name}", subset(results, high)), group_from_results(f"low {name}", subset(results, low))]
 
 
+def measured_role_sets(results) -> tuple[str, ...]:
+    """The role sets a run measured, as :func:`layergrad.analysis.selection.default_metrics` picks them: ``attn``
+    and/or ``mlp``, and ``all`` when it measured neither (e.g. only an lm_head or unknown roles)."""
+    from layergrad.analysis.selection import ROLE_GROUPS
+
+    mods = results.modules
+    roles = set(mods.loc[mods["layer"] >= 0, "role"].dropna()) if len(mods) else set()
+    return tuple(g for g in ("attn", "mlp") if roles & set(ROLE_GROUPS[g])) or ("all",)
+
+
 def split_curves(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *, metrics=("nuclear", "effective_rank"),
-                 roles=("attn", "mlp"), ifd_filter: bool = False) -> pd.DataFrame:
+                 roles=None, ifd_filter: bool = False) -> pd.DataFrame:
     """Columns ``half, roles, layer, metric, mean, n``: per-layer curves of the two halves.
+
+    ``roles``: role sets (``attn``, ``mlp``, ``all``, ``q,k``, ...); default: those the run measured (:func:`measured_role_sets`).
 
     ``mean`` is the mean over the half's examples of METRIC ``<metric>:<roles>:<layer>`` (the
     example's mean over that layer's modules of the role set); ``n`` the examples with a value.
@@ -129,6 +141,7 @@ def split_curves(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *
     from layergrad.analysis.selection import run_depth, metric_values, parse_metric
 
     high, low = split_ids(table, by, fraction, ifd_filter=ifd_filter)
+    roles = measured_role_sets(results) if roles is None else roles
     rows = []
     for metric in metrics:
         for r in roles:
@@ -142,11 +155,12 @@ def split_curves(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *
 
 
 def split_segments(results, table: pd.DataFrame, by: str, fraction: float = 0.5, *, metrics=("nuclear", "effective_rank"),
-                   roles=("attn", "mlp"), ifd_filter: bool = False) -> pd.DataFrame:
+                   roles=None, ifd_filter: bool = False) -> pd.DataFrame:
     """Columns ``half, roles, segment, metric, mean, n``: as :func:`split_curves`, per third and overall."""
     from layergrad.analysis.selection import metric_values, parse_metric
 
     high, low = split_ids(table, by, fraction, ifd_filter=ifd_filter)
+    roles = measured_role_sets(results) if roles is None else roles
     rows = []
     for metric in metrics:
         for r in roles:

@@ -101,6 +101,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="auto (default): groups whose examples share a pair_key or instruction text are compared as paired "
                    "samples; none: always independent; pair_key, instruction, id: pair on that key only (id: the example ids, "
                    "only when both groups number the same records)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr while the report is built")
     p.set_defaults(func=handler)
     return p
 
@@ -121,7 +122,7 @@ def handler(args: argparse.Namespace) -> int:
         rep = make_report(args.runs, args.out, metrics=tuple(args.metrics or _DEFAULT_METRICS), seed=args.seed,
                           n_boot=args.n_boot, n_perm=args.n_perm, split_by=args.split_by, split_fraction=args.split_fraction,
                           segments=args.segments, correction=args.correction, pairing=args.pairing,
-                          normalise=args.normalise, checkpoints=args.checkpoints)
+                          normalise=args.normalise, checkpoints=args.checkpoints, progress=not args.no_progress)
     except (LayergradError, FileNotFoundError) as e:  # AnalysisError, a store's ConfigMismatch, ...
         print(f"layergrad report: error: {e}", file=sys.stderr)
         return 2

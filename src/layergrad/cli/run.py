@@ -300,7 +300,8 @@ def cmd_run(a) -> int:
         print(f"[rank {s.rank}/{s.world_size}] computed {s.computed} examples now; {s.seconds:.1f} s")
         return 0
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s.status_counts.items()))
-    print(f"{s.out}: {s.total} examples ({counts}); computed {s.computed} now, {s.skipped_done} were already stored; {s.seconds:.1f} s")
+    stored = sum(s.status_counts.values()) or s.total  # the counts cover the whole store, invalid records too: they add up
+    print(f"{s.out}: {stored} examples ({counts}); computed {s.computed} now, {s.skipped_done} were already stored; {s.seconds:.1f} s")
     for line in s.notes:
         print(line)
     if s.failures:

@@ -1,4 +1,5 @@
-"""The report: tables (CSV, Markdown, LaTeX), figures (PNG, SVG) and a static HTML page.
+"""The report: tables (CSV, Markdown, LaTeX), figures (PNG, SVG, PDF) and static HTML pages, every page
+(report, cross-model, by-step, training, experiment overview) from one template (``templates/``, :mod:`.html`).
 
 Names are resolved lazily (PEP 562) so that ``layergrad.cli.report`` can register the
 ``report`` command without importing matplotlib or pandas.

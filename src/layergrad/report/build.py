@@ -2,7 +2,9 @@
 
 Layout of ``OUT``::
 
-    index.html                     the report (static, no scripts, opens from disk); opens with the findings
+    index.html                     the report (static, no scripts, opens from disk; templates/, html.py): the question,
+                                   the verdict table (verdicts.py) and the headline figure on the first screen, then
+                                   the findings, the sections (figures, then tables), runs and Methods last
     findings.csv|md|tex            the findings in words, one row per pair and headline metric, every number a column
     curves.csv|md|tex              group, role, layer, metric, mean, ci_low, ci_high, n
     mad.csv|md|tex                 group, role, segment, metric, mad, ci_low, ci_high
@@ -22,7 +24,7 @@ Layout of ``OUT``::
     status.csv|md|tex              examples that were not ok, by status and reason
     exclusions.csv|md|tex          cells where examples had no finite value
     scores*.csv, split_*.csv       the Scores panel (report/scores.py), when the runs have >= 4 ok examples
-    figures/*.png|svg              PNG at 300 dpi and SVG
+    figures/*.png|svg|pdf          PNG at 300 dpi, SVG and PDF; figures/headline.* is the first screen's figure
 
 The by-step report (``--checkpoints``, or runs recorded during training) writes instead steps.csv,
 layer_steps.csv, checkpoints.csv and its figures (report/checkpoints.py); runs of different models, the
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from layergrad.analysis.compare import CORRECTIONS, DEFAULT_CORRECTION, compare_table
@@ -49,7 +52,8 @@ from layergrad.analysis.groups import (AnalysisError, Group, comparability_probl
                                        require_comparable, status_table)
 from layergrad.vocab import did_you_mean
 
-from . import figures, findings, html, scores, tables
+from . import figures, findings, html, scores, tables, verdicts
+from .progress import Progress
 from . import shares as shares_report
 
 FIGURE_METRICS = ("nuclear", "top1_share", "effective_rank")
@@ -65,7 +69,7 @@ class Report:
 
 def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
                  split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
-                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none") -> Path:
+                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none", progress: bool = True) -> Path:
     """Write the report for ``runs`` (``[(label, run_dir), ...]``) under ``out``; return ``out/index.html``.
 
     Each run is one group under its label; a label of ``None`` splits the run by its examples'
@@ -80,7 +84,7 @@ def build_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: i
     """
     return make_report(runs, out, metrics=metrics, seed=seed, n_boot=n_boot, n_perm=n_perm, split_by=split_by,
                        split_fraction=split_fraction, segments=segments, correction=correction, pairing=pairing,
-                       normalise=normalise).index
+                       normalise=normalise, progress=progress).index
 
 
 def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]]:
@@ -106,7 +110,7 @@ def _check_args(runs, metrics) -> tuple[list[tuple[str | None, Path]], list[str]
 def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT, n_perm: int = N_PERM,
                 split_by: str | None = None, split_fraction: float = 0.5, segments: str = "thirds",
                 correction: str = DEFAULT_CORRECTION, pairing: str = "auto", normalise: str = "none",
-                checkpoints=()) -> Report:
+                checkpoints=(), progress: bool = True) -> Report:
     """Like :func:`build_report`, also returning the notes and the tables as DataFrames.
 
     ``checkpoints`` (``--checkpoints`` items: folders, globs, ``STEP=DIR``, ``NAME@STEP=DIR``), or runs
@@ -116,10 +120,11 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     ``segments``: ``thirds`` or ``paper`` (the paper's layer splits, analysis.mad); ``correction``:
     ``maxt`` (max-T, family-wise), ``by`` (Benjamini-Yekutieli) or ``bh`` (Benjamini-Hochberg) over the cells of each
     pair and metric; ``pairing``: ``auto`` (paired where the groups share pair keys or instructions, analysis.design),
-    ``none``, or one key (``pair_key``, ``instruction``, ``id``).
+    ``none``, or one key (``pair_key``, ``instruction``, ``id``). ``progress``: a tqdm bar
+    over the report's parts on stderr (``--no-progress``: none).
     """
     if checkpoints or (runs and _recorded(runs)):
-        return make_step_report(runs, out, checkpoints=checkpoints, metrics=metrics, seed=seed, n_boot=n_boot)
+        return make_step_report(runs, out, checkpoints=checkpoints, metrics=metrics, seed=seed, n_boot=n_boot, progress=progress)
     runs, metrics = _check_args(runs, metrics)
     if segments not in SCHEMES:
         raise AnalysisError(f"unknown segments {segments!r}; choose one of {', '.join(SCHEMES)}")
@@ -136,29 +141,36 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
         # different depth, width or family: compared on relative depth (report.crossmodel)
         from layergrad.report import crossmodel
 
-        index, notes, tables_ = crossmodel.write(groups, out, metrics, n_boot=n_boot, seed=seed, normalise=normalise)
+        index, notes, tables_ = crossmodel.write(groups, out, metrics, n_boot=n_boot, seed=seed, normalise=normalise, progress=progress)
         return Report(index, [n for g in groups for n in g.notes] + notes, tables_)
     if len(groups) > 1:
         require_comparable(groups)  # before any heavy work
+    steps = Progress(progress, 14 + len(groups) * (len(groups) - 1) // 2)
+    steps("scores panel")
     panel, panel_notes = scores.score_panel(per_run, split_by=split_by, fraction=split_fraction, n_boot=n_boot, seed=seed)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    fig_metrics = [m for m in FIGURE_METRICS if m in metrics] or metrics[:3]
 
     t: dict[str, pd.DataFrame] = {}
+    steps("curves")
     t["curves"] = curve_table(groups, metrics, n_boot=n_boot, seed=seed)
+    steps("MAD")
     t["mad"] = mad_table(groups, metrics, n_boot=n_boot, seed=seed, scheme=segments)
     t["design"] = design_table(groups, pairing)
+    steps("comparisons")
     t["compare"] = compare_table(groups, metrics, n_perm=n_perm, seed=seed, pairing=pairing, correction=correction)
     headline = [m for m in findings.HEADLINE if m in metrics]
+    steps("headline tests")
     t["primary"] = primary_table(groups, headline, pairing=pairing)
     t["compare_summary"] = _compare_summary(t["compare"])
     t["evenness"] = evenness_table(groups, [findings.EVENNESS_METRIC], scheme=segments)
     t["evenness_compare"] = evenness_compare_table(groups, [findings.EVENNESS_METRIC], scheme=segments, pairing=pairing)
+    steps("length")
     t["length"] = length_table(groups)
     t["length_partial"] = pd.concat([partial_table(groups, m) for m in dict.fromkeys(["nuclear", *headline])], ignore_index=True)
     t["findings"] = findings.findings_table(t, groups)
     points = length_points(groups)
+    steps("cosine")
     t["cosine"] = cosine_table(groups, n_boot=n_boot, seed=seed)
     t["runs"] = _runs_frame(groups)
     t["status"] = status_table(groups)
@@ -181,28 +193,52 @@ def make_report(runs, out, *, metrics=DEFAULT_METRICS, seed: int = 0, n_boot: in
     for name, df in per_example.items():
         df.to_csv(out / f"{name}.csv", index=False)
 
-    sections = _sections(groups, t, files, points, fig_metrics, out, segments)
+    fig_metrics = _figure_metrics(t["curves"], metrics)
+    primary = _primary_metric(t["curves"], metrics)
+    steps("headline figure")
+    head = None
+    if primary is not None:
+        role, why = _headline_role(groups, t["compare"], primary)
+        head = _fig(figures.headline_figure(groups, t["curves"], primary, role, why), out, "headline",
+                    f"{figures.metric_label(primary).capitalize()} per layer of role {role}{why}, every group on one axis; "
+                    "bands: 95% bootstrap intervals of the mean. Every role: Per-layer curves below.")
+    sections = _sections(groups, t, files, points, fig_metrics, out, segments, steps)
+    steps("scores figures")
     if panel is not None:
-        sections.insert(len(sections) - 1, _scores_section(groups, panel, t, files, out))
+        sections.append(_scores_section(groups, panel, t, files, out))
+    else:
+        sections.append(html.left_out("scores", "Scores", "; ".join(panel_notes) or "too few examples"))
+    steps("token shares")
     share_sec, share_tabs, share_files = shares_report.section(per_run, groups, out, _fig, _table, html, tables.write_table)
     if share_sec is not None:  # only runs made with --token-shares
-        sections.insert(len(sections) - 1, share_sec)
+        sections.append(share_sec)
         t.update(share_tabs)
         files.update(share_files)
-    page = html.render(
+    else:
+        sections.append(html.left_out("token_shares", "Where in the response the gradient comes from",
+                                      "the runs were made without `layergrad run --token-shares`"))
+    sections.append(_data_section(t, files))
+    steps("page")
+    compared = t["findings"] if len(groups) > 1 else t["findings"].iloc[:0]
+    page = html.render_page(
+        kind="report",
         title="layergrad report: " + " vs ".join(g.label for g in groups),
+        question=_question(groups),
         subtitle=_subtitle(seed, n_boot, n_perm),
-        runs_table=tables.to_html(t["runs"]) + '<p class="files">' + " ".join(f'<a href="{p.name}">{p.name}</a>' for p in files["runs"].values()) + "</p>",
-        notes=notes,
-        methods=_methods(groups, n_boot, n_perm, seed, segments, correction) + ([_scores_method(panel)] if panel is not None else []),
-        sections=sections,
-        findings=html.jinja2.utils.markupsafe.Markup(findings.findings_html(t["findings"]) if len(groups) > 1 else findings.findings_html(t["findings"].iloc[:0])),
+        verdicts=verdicts.table_html(verdicts.verdict_table(compared)) if len(compared) else "",
+        headline=head,
+        findings=verdicts.short_findings_html(compared),
         findings_files=[p.name for p in files["findings"].values()] if "findings" in files else [],
         warnings=warnings,
+        notes=notes,
+        sections=sections,
+        runs_table=tables.to_html(t["runs"]) + '<p class="files">' + " ".join(f'<a href="{p.name}">{p.name}</a>' for p in files["runs"].values()) + "</p>",
+        methods=_methods(groups, n_boot, n_perm, seed, segments, correction) + ([_scores_method(panel)] if panel is not None else []),
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
-    _remove_stale(out, sections, {**files, **per_example})
+    _remove_stale(out, sections + ([html.Section("headline", "", figures=[head])] if head else []), {**files, **per_example})
+    steps.close()
     return Report(index, notes, {**t, "length_points": points, **per_example})
 
 
@@ -219,7 +255,8 @@ def _recorded(runs) -> bool:
     return bool(multi)
 
 
-def make_step_report(runs, out, *, checkpoints=(), metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT) -> Report:
+def make_step_report(runs, out, *, checkpoints=(), metrics=DEFAULT_METRICS, seed: int = 0, n_boot: int = N_BOOT,
+                     progress: bool = True) -> Report:
     """The by-step report (report.checkpoints): ``checkpoints`` grouped by step (analysis.checkpoints), and
     ``runs`` (``[(label, dir)]``) recorded during training, each split by its examples' step."""
     from layergrad.analysis import checkpoints as ck
@@ -241,16 +278,18 @@ def make_step_report(runs, out, *, checkpoints=(), metrics=DEFAULT_METRICS, seed
     if dup:
         raise AnalysisError(f"two training runs are named {', '.join(map(repr, dup))}; name them (NAME@STEP=DIR, LABEL=DIR)")
     fig_metrics = [m for m in FIGURE_METRICS if m in metrics] or metrics[:3]
-    index, notes, t = step_report.write(series, out, metrics, fig_metrics, n_boot=n_boot, seed=seed)
+    index, notes, t = step_report.write(series, out, metrics, fig_metrics, n_boot=n_boot, seed=seed, progress=progress,
+                                        kind="by-step" if checkpoints else "training")
     return Report(index, notes, t)
 
 
 def _remove_stale(out: Path, sections: list[html.Section], files: dict) -> None:
     """Delete outputs of an earlier report in ``out`` that this one did not write (e.g. a third
     group's heat maps, cosine tables), so the folder holds exactly what index.html shows."""
-    keep = {Path(f.png).name for s in sections for f in s.figures} | {Path(f.svg).name for s in sections for f in s.figures}
+    keep = {Path(x).name for s in sections for f in s.figures for x in (f.png, f.svg, f.pdf)}
     for p in (out / "figures").glob("*"):
-        if p.suffix in (".png", ".svg") and p.name.split("_")[0] in ("curves", "overlay", "mad", "auroc", "length", "cosine", "scores", "token") and p.name not in keep:
+        if (p.suffix in (".png", ".svg", ".pdf") and p.name.split("_")[0].split(".")[0] in
+                ("curves", "overlay", "mad", "auroc", "length", "cosine", "scores", "token", "headline") and p.name not in keep):
             p.unlink()
     for name in ("cosine", "scores", "scores_summary", "scores_spearman", "split_summary", "split_ids", "split_curves",
                  "token_shares", "token_shares_summary"):
@@ -405,7 +444,7 @@ def _methods(groups: list[Group], n_boot: int, n_perm: int, seed: int, scheme: s
 
 def _fig(fig, out: Path, name: str, caption: str) -> html.FigureRef:
     figures.save(fig, out / "figures", name)
-    return html.FigureRef(f"figures/{name}.png", f"figures/{name}.svg", caption, int(fig.get_size_inches()[0] * 96))
+    return html.FigureRef(f"figures/{name}.png", f"figures/{name}.svg", caption, int(fig.get_size_inches()[0] * 96), f"figures/{name}.pdf")
 
 
 def _table(title: str, df: pd.DataFrame, files: dict, max_rows: int | None = 400, collapsed: bool = False, name: str = "", shown=None) -> html.TableRef:
@@ -417,8 +456,50 @@ def _table(title: str, df: pd.DataFrame, files: dict, max_rows: int | None = 400
     )
 
 
-def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> list[html.Section]:
+def _figure_metrics(curves: pd.DataFrame, metrics) -> list[str]:
+    """The figures' metrics: FIGURE_METRICS (else the first three asked for) that have a finite value (imported runs store no
+    effective rank: no figure of an empty panel)."""
+    stored = set(curves.loc[np.isfinite(curves["mean"].to_numpy(float)), "metric"]) if len(curves) else set()
+    chosen = [m for m in FIGURE_METRICS if m in metrics and m in stored] or [m for m in metrics if m in stored][:3]
+    return chosen
+
+
+def _primary_metric(curves: pd.DataFrame, metrics) -> str | None:
+    """The headline figure's metric: the first headline metric of the findings with values, else the first with values."""
+    ok = _figure_metrics(curves, metrics)
+    return next((m for m in (*findings.HEADLINE, *ok) if m in ok), None)
+
+
+def _headline_role(groups, compare: pd.DataFrame, metric: str) -> tuple[str, str]:
+    """The role the comparisons single out for ``metric`` (most layers significant after the correction, over every pair; ties:
+    the larger mean |log ratio|), with the reason as words; one group or no differences: the first role measured."""
+    roles = list(dict.fromkeys(s for g in groups for s in g.series))
+    c = compare[compare["metric"] == metric] if len(compare) else compare
+    if len(groups) < 2 or not len(c):
+        return roles[0], ""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = c.assign(sig=c["p_adjusted"] < ALPHA, size=np.abs(np.log(c["ratio"].astype(float))))
+    per = score.groupby("role", sort=False).agg(sig=("sig", "sum"), size=("size", "mean"))
+    per = per.reindex([r for r in roles if r in per.index]).sort_values(["sig", "size"], ascending=False, kind="stable")
+    role = str(per.index[0])
+    k = int(per["sig"].iloc[0])
+    return role, (f" (the role with the most significant layers, {k})" if k else " (the role with the largest mean |log ratio|; no layer significant)")
+
+
+def _question(groups) -> str:
+    """The page's question in one line: groups, model, data, n."""
+    d = [g.describe() for g in groups]
+    models = list(dict.fromkeys(f"{x['model_short']} ({x['prompt_mode']})" for x in d))
+    per = "; ".join(f"{x['group']}: {x['data']}, n = {x['n_ok']}" for x in d)
+    if len(groups) == 1:
+        return f"How do the per-example layer gradients of {groups[0].label} look? Model {', '.join(models)} · {per}."
+    names = ", ".join(g.label for g in groups[:-1]) + f" and {groups[-1].label}"
+    return f"Do {names} differ in their per-example layer gradients? Model {', '.join(models)} · {per}."
+
+
+def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds", steps=lambda part: None) -> list[html.Section]:
     s = []
+    steps("curve figures")
     curves = html.Section("curves", "Per-layer curves", "First all groups on the same axes, one panel per role (the paper's style); then one "
                           "panel per group, one line per role. Bands are 95% bootstrap intervals of the mean.")
     for m in fig_metrics:
@@ -429,21 +510,26 @@ def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> li
     curves.tables.append(_table("curves.csv", t["curves"], files["curves"], 2000, True, "curves"))
     s.append(curves)
 
+    steps("MAD figures")
     mad = html.Section("mad", "Layer-to-layer change (MAD)")
-    for m in fig_metrics:
-        mad.figures.append(_fig(figures.mad_figure(groups, t["mad"], m), out, f"mad_{m}", f"MAD of the mean {figures.metric_label(m)} curve per segment."))
-    mad.tables.append(_table("evenness.csv (scale-free, noise-corrected)", t["evenness"], files["evenness"], 1000, len(t["evenness"]) > 60, "evenness"))
-    if len(groups) > 1:
-        mad.tables.append(_table("evenness_compare.csv", t["evenness_compare"], files["evenness_compare"], 1000, len(t["evenness_compare"]) > 60, "evenness_compare"))
-    mad.tables.append(_table("mad.csv (the paper's MAD, in the metric's units)", t["mad"], files["mad"], 1000, len(t["mad"]) > 60, "mad"))
-    mad.intro = "Segments: " + ("the paper's layer splits (--segments paper)" if scheme == "paper" else "thirds of the depth") + f": {describe_segments(groups[0].n_layers, scheme)}."
-    s.append(mad)
+    if groups[0].n_layers < 2:
+        s.append(html.left_out("mad", "Layer-to-layer change (MAD)", "the runs have one layer: no consecutive layers to compare"))
+    else:
+        for m in fig_metrics:
+            mad.figures.append(_fig(figures.mad_figure(groups, t["mad"], m), out, f"mad_{m}", f"MAD of the mean {figures.metric_label(m)} curve per segment."))
+        mad.tables.append(_table("evenness.csv (scale-free, noise-corrected)", t["evenness"], files["evenness"], 1000, len(t["evenness"]) > 60, "evenness"))
+        if len(groups) > 1:
+            mad.tables.append(_table("evenness_compare.csv", t["evenness_compare"], files["evenness_compare"], 1000, len(t["evenness_compare"]) > 60, "evenness_compare"))
+        mad.tables.append(_table("mad.csv (the paper's MAD, in the metric's units)", t["mad"], files["mad"], 1000, len(t["mad"]) > 60, "mad"))
+        mad.intro = "Segments: " + ("the paper's layer splits (--segments paper)" if scheme == "paper" else "thirds of the depth") + f": {describe_segments(groups[0].n_layers, scheme)}."
+        s.append(mad)
 
     if len(groups) > 1:
         comp = html.Section("compare", "Group comparisons", "AUROC above 0.5 (red) means group b tends to have larger values than group a.")
         for j in range(len(groups)):
             for k in range(j + 1, len(groups)):
                 a, b = groups[j], groups[k]
+                steps(f"AUROC {b.label} vs {a.label}")
                 comp.figures.append(_fig(figures.auroc_figure(a, b, t["compare"], fig_metrics, ALPHA), out, f"auroc_{j + 1}_vs_{k + 1}",
                                          f"AUROC of {b.label} against {a.label} per role and layer."))
         comp.tables.append(_table("Primary analysis per pair, metric and role (primary.csv)", t["primary"], files["primary"], None, False, "primary"))
@@ -455,14 +541,20 @@ def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> li
         ref.n_rows = len(c)
         comp.tables.append(ref)
         s.append(comp)
+    else:
+        s.append(html.left_out("compare", "Group comparisons", "one group: nothing to compare"))
 
-    length = html.Section("length", "Length effect", "Is a difference only a length effect? Each point is one example.")
-    if len(points):
+    steps("length figure")
+    if len(points) and np.isfinite(points["n_response_tokens"].to_numpy(float)).any():
+        length = html.Section("length", "Length effect", "Is a difference only a length effect? Each point is one example.")
         length.figures.append(_fig(figures.length_figure(groups, points, t["length"]), out, "length_nuclear", "Response length against the nuclear norm averaged over layers."))
-    length.tables.append(_table("length.csv", t["length"], files["length"], None, False, "length"))
-    if len(groups) > 1:
-        length.tables.append(_table("length_partial.csv", t["length_partial"], files["length_partial"], None, len(t["length_partial"]) > 40, "length_partial"))
-    s.append(length)
+        length.tables.append(_table("length.csv", t["length"], files["length"], None, False, "length"))
+        if len(groups) > 1:
+            length.tables.append(_table("length_partial.csv", t["length_partial"], files["length_partial"], None, len(t["length_partial"]) > 40, "length_partial"))
+        s.append(length)
+    else:
+        s.append(html.left_out("length", "Length effect", "no example has both a response length and a nuclear norm "
+                                                           "(imported results carry no lengths)"))
 
     if len(t["cosine"]):
         cos = html.Section("cosine", "Cross-layer gradient similarity")
@@ -470,12 +562,21 @@ def _sections(groups, t, files, points, fig_metrics, out, scheme="thirds") -> li
             cos.figures.append(_fig(figures.cosine_figure(groups, t["cosine"], kind), out, f"cosine_{kind}", f"Gradient cosine similarity, kind {kind}."))
         cos.tables.append(_table("cosine.csv", t["cosine"], files["cosine"], 2000, True, "cosine"))
         s.append(cos)
-
-    data = html.Section("data", "Examples left out")
-    data.tables.append(_table("status.csv", t["status"], files["status"], 200, False, "status"))
-    data.tables.append(_table("exclusions.csv", t["exclusions"], files["exclusions"], 200, len(t["exclusions"]) > 20, "exclusions"))
-    s.append(data)
+    else:
+        s.append(html.left_out("cosine", "Cross-layer gradient similarity", "the runs hold no cosine rows (made without `layergrad run --cosine`)"))
     return s
+
+
+def _data_section(t, files) -> html.Section:
+    """Examples not ok and cells with excluded values; one line when there are none."""
+    if not len(t["status"]) and not len(t["exclusions"]):
+        return html.left_out("data", "Examples left out", "none: every example is ok and every value finite")
+    data = html.Section("data", "Examples left out")
+    if len(t["status"]):
+        data.tables.append(_table("status.csv", t["status"], files["status"], 200, False, "status"))
+    if len(t["exclusions"]):
+        data.tables.append(_table("exclusions.csv", t["exclusions"], files["exclusions"], 200, len(t["exclusions"]) > 20, "exclusions"))
+    return data
 
 
 def _scores_section(groups, panel: scores.ScorePanel, t, files, out) -> html.Section:

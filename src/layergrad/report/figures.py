@@ -2,11 +2,16 @@
 
 Matplotlib's object API only (``Figure``, no ``pyplot``): no global backend or state is touched,
 so the report can be built from notebooks and servers alike. Each figure is saved as PNG
-(300 dpi) and SVG, and carries a title block naming model, data, prompt mode and examples.
+(300 dpi), SVG and PDF (vector, for papers), and carries a title block naming model, data, prompt
+mode and examples. Colours are colour-blind safe: groups take the Okabe-Ito palette in the order
+of the report's groups (the same group, the same colour, in every figure of a report); roles take
+matplotlib's ``tableau-colorblind10``. Legends sit outside the axes and titles are wrapped to the
+figure's width, so neither is cut nor covers the other (:func:`layout_problems` checks it).
 """
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,8 @@ from matplotlib import rc_context, ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+
+from .tables import WORDS
 
 from layergrad.analysis.groups import Group
 from layergrad.analysis.mad import SEGMENTS
@@ -26,8 +33,11 @@ METRIC_LABELS = {
     "stable_rank": "stable rank", "s_ratio": "S_ratio (S_max / S_sum)", "s_sum_per_loss": "S_sum / loss",
 }
 _ROLE_ORDER = ("q", "k", "v", "o", "qkv", "gate", "up", "gate_up", "down", "lm_head", "unknown")
-_ROLE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-_GROUP_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+# matplotlib's tableau-colorblind10 style, in its order
+_ROLE_COLORS = ["#006BA4", "#FF800E", "#ABABAB", "#595959", "#5F9ED1", "#C85200", "#898989", "#A2C8EC", "#FFBC79", "#CFCFCF"]
+# Okabe & Ito (2008), "Color Universal Design"; yellow last (weak on white)
+_GROUP_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+CORRECTION_WORDS = WORDS["correction"]  # one table of the corrections in words: report.tables
 
 
 def metric_label(metric: str) -> str:
@@ -77,18 +87,57 @@ def _axes(fig: Figure, n: int, max_cols: int, **kw):
     return axes[:n], cols
 
 
+def wrap(text: str, width_in: float, fontsize: float = 9) -> str:
+    """``text`` wrapped (each of its lines) to about ``width_in`` inches at ``fontsize`` points."""
+    chars = max(20, int(width_in * 72 / (0.56 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) or line for line in text.split("\n"))
+
+
+def legend_below(fig: Figure, handles, title: str, fontsize: float = 8):
+    """A figure legend under the axes (constrained layout makes room): the title block sits on top, so the two never meet."""
+    if not handles:
+        return None
+    return fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7 if title == "role" else 4),
+                      title=title, fontsize=fontsize, title_fontsize=fontsize, frameon=False)
+
+
 def _title(fig: Figure, headline: str, groups: list[Group]) -> None:
-    fig.suptitle(f"{headline}\n{provenance(groups)}", fontsize=9, linespacing=1.4)
+    width = fig.get_size_inches()[0] - 0.3
+    fig.suptitle(wrap(f"{headline}\n{provenance(groups)}", width), fontsize=9, linespacing=1.4)
 
 
 def save(fig: Figure, out: Path, name: str) -> dict[str, Path]:
-    """Write ``name.png`` (300 dpi) and ``name.svg`` under ``out``."""
-    paths = {"png": out / f"{name}.png", "svg": out / f"{name}.svg"}
+    """Write ``name.png`` (300 dpi), ``name.svg`` and ``name.pdf`` under ``out``."""
+    paths = {"png": out / f"{name}.png", "svg": out / f"{name}.svg", "pdf": out / f"{name}.pdf"}
     fig.savefig(paths["png"], dpi=DPI, metadata={"Software": None})
-    # Text stays text in the SVG (editable in a paper's figure, searchable), not glyph outlines.
-    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "layergrad"}):
+    # Text stays text in the SVG and PDF (editable in a paper's figure, searchable), not glyph outlines.
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "layergrad", "pdf.fonttype": 42}):
         fig.savefig(paths["svg"], metadata={"Date": None})
+        fig.savefig(paths["pdf"], metadata={"CreationDate": None, "Creator": None, "Producer": None})
     return paths
+
+
+def layout_problems(fig: Figure) -> list[str]:
+    """What is wrong with ``fig``'s layout once drawn: a title (figure or axes) or legend reaching past the
+    figure's edge, and a title box intersecting a legend box. Empty when the layout is clean."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the layout as saved (savefig draws on an Agg canvas too)
+    canvas.draw()
+    r = canvas.get_renderer()
+    fb = fig.bbox
+    titles = [("suptitle", fig._suptitle)] if fig._suptitle is not None and fig._suptitle.get_text() else []
+    titles += [(f"axes title {ax.get_title()!r}", ax.title) for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    legends = [("figure legend", lg) for lg in fig.legends]
+    legends += [(f"legend of axes {ax.get_title()!r}", ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
+    boxes = [(n, t.get_window_extent(r)) for n, t in titles] + [(n, lg.get_window_extent(r)) for n, lg in legends]
+    out = [f"{n} reaches past the figure's edge" for n, b in boxes
+           if b.x0 < fb.x0 - 1 or b.x1 > fb.x1 + 1 or b.y0 < fb.y0 - 1 or b.y1 > fb.y1 + 1]
+    for tn, tb in boxes[:len(titles)]:
+        for ln, lb in boxes[len(titles):]:
+            if tb.overlaps(lb):
+                out.append(f"{tn} and {ln} overlap")
+    return out
 
 
 def _log_axis(axis) -> None:
@@ -123,6 +172,7 @@ def curves_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fig
             ax.text(0.5, 0.5, f"{metric} not stored\nfor this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_title(f"{g.label} (n={g.n})", fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
         if log:
@@ -130,7 +180,7 @@ def curves_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fig
             _log_axis(ax.yaxis)
         ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=colors[s], lw=2, label=s) for s in series]
-    fig.legend(handles=handles, loc="outside right upper", title="role", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "role")
     _title(fig, f"{metric_label(metric).capitalize()} per layer: mean over examples, 95% bootstrap CI", groups)
     return fig
 
@@ -157,14 +207,17 @@ def mad_figure(groups: list[Group], mad: pd.DataFrame, metric: str) -> Figure:
             ax.set_ylabel(f"MAD of {metric_label(metric)}")
         ax.grid(axis="y", alpha=0.3, lw=0.5)
     handles = [Patch(color=gcol[g.label], label=g.label) for g in groups]
-    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "group")
     _title(fig, f"MAD between consecutive layers of the mean {metric_label(metric)} curve (thirds of depth), 95% BC bootstrap CI", groups)
     return fig
 
 
 def auroc_figure(a: Group, b: Group, compare: pd.DataFrame, metrics: list[str], alpha: float = 0.05) -> Figure:
-    """Heat maps (role x layer) of AUROC(b vs a) per metric; dots mark BH-adjusted p < alpha."""
+    """Heat maps (role x layer) of AUROC(b vs a) per metric; dots mark adjusted p < alpha, the adjustment
+    named in words from compare.csv's ``correction`` column."""
     d = compare[(compare["group_a"] == a.label) & (compare["group_b"] == b.label)]
+    codes = list(dict.fromkeys(str(c) for c in d["correction"].dropna())) if "correction" in d else []
+    corr = " / ".join(CORRECTION_WORDS.get(c, c) for c in codes) or "FDR"
     metrics = [m for m in metrics if (d["metric"] == m).any()] or metrics[:1]
     series = a.series
     fig = Figure(figsize=(max(6.0, 0.2 * a.n_layers + 2.5), (0.18 * len(series) + 0.7) * len(metrics) + 1.0), layout="constrained")
@@ -184,7 +237,7 @@ def auroc_figure(a: Group, b: Group, compare: pd.DataFrame, metrics: list[str], 
         ax.set_ylabel(metric_label(m), fontsize=9)
     axes[-1].set_xlabel("layer")
     fig.colorbar(im, ax=list(axes), shrink=0.9, label=f"AUROC: P({b.label} > {a.label})")
-    _title(fig, f"Where {b.label!r} differs from {a.label!r}: AUROC per role and layer (dot: BH-adjusted p < {alpha})", [a, b])
+    _title(fig, f"Where {b.label!r} differs from {a.label!r}: AUROC per role and layer (dot: {corr}-adjusted p < {alpha})", [a, b])
     return fig
 
 
@@ -236,11 +289,12 @@ def cosine_figure(groups: list[Group], cos: pd.DataFrame, kind: str) -> Figure:
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_title(f"{g.label} (n={g.n})", fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel("gradient cosine similarity")
         ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=colors[s], lw=2, label=s) for s in series]
-    fig.legend(handles=handles, loc="outside right upper", title="role", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "role")
     _title(fig, f"Gradient cosine similarity ({what}): mean over examples, 95% bootstrap CI", groups)
     return fig
 
@@ -328,6 +382,7 @@ def overlay_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fi
             ax.fill_between(ds["layer"], ds["ci_low"], ds["ci_high"], color=gcol[g.label], alpha=0.18, lw=0)
         ax.set_title(s, fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
         if log:
@@ -335,6 +390,32 @@ def overlay_figure(groups: list[Group], curves: pd.DataFrame, metric: str) -> Fi
             _log_axis(ax.yaxis)
         ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=gcol[g.label], lw=2, label=f"{g.label} (n={g.n})") for g in groups]
-    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
+    legend_below(fig, handles, "group")
     _title(fig, f"{metric_label(metric).capitalize()} per layer, all groups on the same axes: mean over examples, 95% bootstrap CI", groups)
+    return fig
+
+
+def headline_figure(groups: list[Group], curves: pd.DataFrame, metric: str, role: str, why: str = "") -> Figure:
+    """The report's headline: every group's per-layer mean ``metric`` curve for one ``role`` on one axis,
+    95% bootstrap bands; legend outside the axes. ``why``: the role's reason, appended to the title."""
+    d = curves[(curves["metric"] == metric) & (curves["role"] == role)]
+    gcol = group_colors(groups)
+    fig = Figure(figsize=(7.0, 4.1), layout="constrained")
+    ax = fig.subplots()
+    log = _use_log(pd.concat([d["ci_low"], d["mean"]]), metric)
+    for g in groups:
+        ds = d[d["group"] == g.label]
+        if len(ds) == 0:
+            continue
+        ax.plot(ds["layer"], ds["mean"], color=gcol[g.label], lw=1.8, marker="o", ms=2.6, label=f"{g.label} (n={g.n})")
+        ax.fill_between(ds["layer"], ds["ci_low"], ds["ci_high"], color=gcol[g.label], alpha=0.2, lw=0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"{metric_label(metric)} of {role}" + (" (log scale)" if log else ""))
+    if log:
+        ax.set_yscale("log")
+        _log_axis(ax.yaxis)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, lw=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="group", fontsize=8, title_fontsize=8, frameon=False)
+    _title(fig, f"{metric_label(metric).capitalize()} per layer, role {role}{why}: mean over examples, 95% bootstrap CI", groups)
     return fig

@@ -1,4 +1,11 @@
-"""The report page: one static HTML file, no scripts, no network.
+"""Every layergrad page (report, cross-model, by-step, training, experiment overview): one static
+HTML file from one template (``templates/page.html``) and one stylesheet (``templates/style.css``,
+inlined so the page opens from disk), no scripts, no network.
+
+A page is, top to bottom: the header bar with the navigation, the title, the question in one line,
+the first screen (verdict table and headline figure), the findings, the notes, the sections
+(figures, then tables; a section with nothing to show is one line saying why), the runs and
+Methods last. Every part is optional, so the same template serves every kind of page.
 
 Figures are referenced relatively (``figures/*.png`` beside ``index.html``), so the output
 folder can be zipped, moved or opened from disk. Tables are rendered from the same DataFrames
@@ -7,91 +14,13 @@ that were written as CSV (``tables.to_html``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 
 import jinja2
 
-TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title>
-<style>
- body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f; margin: 0; background: #fafafa; }
- main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; }
- h1 { font-size: 26px; margin: 0 0 4px; }
- h2 { font-size: 20px; margin-top: 40px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
- h3 { font-size: 16px; margin-top: 28px; }
- .sub { color: #666; margin: 0 0 16px; }
- nav a { margin-right: 14px; }
- figure { margin: 16px 0 24px; }
- figure img { width: 100%; height: auto; border: 1px solid #eee; }
- figcaption { color: #444; font-size: 13px; }
- table.data { border-collapse: collapse; font-size: 12.5px; margin: 8px 0; }
- table.data th, table.data td { padding: 3px 9px; border-bottom: 1px solid #eee; text-align: left; }
- table.data th { background: #f3f3f3; position: sticky; top: 0; }
- table.data .num { text-align: right; font-variant-numeric: tabular-nums; }
- .notes { background: #fff8e5; border-left: 4px solid #e6a700; padding: 8px 16px; }
- .notes li { margin: 4px 0; }
- .methods li { margin: 6px 0; }
- details { margin: 8px 0 16px; }
- summary { cursor: pointer; color: #0b57d0; }
- .files a, .dl a { margin-right: 10px; font-size: 13px; }
- .scroll { max-height: 520px; overflow: auto; }
- code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
- #findings { background: #f4f8ff; border: 1px solid #c9dafc; border-radius: 6px; padding: 4px 18px 10px; margin-top: 16px; }
- #findings h2 { margin-top: 12px; }
- #findings h3 { margin: 14px 0 4px; }
- ul.findings li { margin: 6px 0; }
- a.fnum { color: inherit; text-decoration: underline dotted #0b57d0; font-variant-numeric: tabular-nums; }
- .verdict-holds-at-equal-length { border-left: 4px solid #1b9e77; padding-left: 8px; list-style: none; }
- .verdict-not-significant-at-equal-length, .verdict-not-separable-from-length { border-left: 4px solid #d95f02; padding-left: 8px; list-style: none; }
- .warn { background: #fdecea; border-left: 4px solid #c62828; padding: 6px 14px; }
-</style>
-</head>
-<body>
-<main>
-<h1>{{ title }}</h1>
-<p class="sub">{{ subtitle }}</p>
-<nav>{% for s in sections %}<a href="#{{ s.anchor }}">{{ s.title }}</a>{% endfor %}</nav>
-
-<section id="findings">
-<h2>Findings</h2>
-{% for w in warnings %}<p class="warn"><strong>Small sample.</strong> {{ w }}</p>{% endfor %}
-{{ findings }}
-{% if findings_files %}<p class="files">Every number links to its row of {% for f in findings_files %}<a href="{{ f }}">{{ f }}</a>{% endfor %}; definitions under Methods.</p>{% endif %}
-</section>
-
-<h2 id="runs">Runs</h2>
-{{ runs_table }}
-{% if notes %}
-<div class="notes"><strong>Read before the numbers</strong><ul>{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul></div>
-{% endif %}
-
-<h2 id="methods">Methods</h2>
-<ul class="methods">{% for m in methods %}<li>{{ m }}</li>{% endfor %}</ul>
-
-{% for s in sections if s.anchor not in ("findings", "runs", "methods") %}
-<h2 id="{{ s.anchor }}">{{ s.title }}</h2>
-{% if s.intro %}<p>{{ s.intro }}</p>{% endif %}
-{% for f in s.figures %}
-<figure>
-<img src="{{ f.png }}" alt="{{ f.caption }}" style="max-width: {{ f.width }}px">
-<figcaption>{{ f.caption }} <span class="dl"><a href="{{ f.png }}">PNG</a><a href="{{ f.svg }}">SVG</a></span></figcaption>
-</figure>
-{% endfor %}
-{% for t in s.tables %}
-<h3>{{ t.title }}</h3>
-{% if t.caption %}<p>{{ t.caption }}</p>{% endif %}
-{% if t.collapsed %}<details><summary>Show table ({{ t.n_rows }} rows)</summary><div class="scroll">{{ t.html }}</div></details>
-{% else %}<div class="scroll">{{ t.html }}</div>{% endif %}
-<p class="files">{% for ext, href in t.files %}<a href="{{ href }}">{{ href }}</a>{% endfor %}</p>
-{% endfor %}
-{% endfor %}
-</main>
-</body>
-</html>
-"""
+Markup = jinja2.utils.markupsafe.Markup
+KINDS = {"report": "report", "cross-model": "cross-model report", "by-step": "by-step report",
+         "training": "training report", "overview": "experiment overview"}
 
 
 @dataclass
@@ -100,12 +29,16 @@ class FigureRef:
     svg: str
     caption: str
     width: int = 1200  # display width cap in CSS px: the figure's size in inches at 96 px/inch
+    pdf: str = ""
+
+    def links(self) -> list[tuple[str, str]]:
+        return [(ext, href) for ext, href in (("PNG", self.png), ("SVG", self.svg), ("PDF", self.pdf)) if href]
 
 
 @dataclass
 class TableRef:
     title: str
-    html: jinja2.utils.markupsafe.Markup
+    html: Markup
     files: list[tuple[str, str]]
     n_rows: int
     caption: str = ""
@@ -119,14 +52,43 @@ class Section:
     intro: str = ""
     figures: list[FigureRef] = field(default_factory=list)
     tables: list[TableRef] = field(default_factory=list)
+    why: str = ""  # set: the section is left out, and this line says why
+
+    def empty(self) -> bool:
+        return not (self.figures or self.tables)
 
 
-def render(*, title: str, subtitle: str, runs_table: str, notes: list[str], methods: list[str], sections: list[Section],
-           findings: str = "", findings_files: list[str] = (), warnings: list[str] = ()) -> str:
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    nav = [Section("findings", "Findings"), Section("runs", "Runs"), Section("methods", "Methods"), *sections]
-    return env.from_string(TEMPLATE).render(
-        title=title, subtitle=subtitle, runs_table=jinja2.utils.markupsafe.Markup(runs_table), notes=notes,
-        methods=methods, sections=nav, findings=jinja2.utils.markupsafe.Markup(findings), findings_files=list(findings_files),
-        warnings=list(warnings),
-    )
+def left_out(anchor: str, title: str, why: str) -> Section:
+    """A section with nothing to show: rendered as one line, ``title: left out: why``."""
+    return Section(anchor, title, why=why)
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("layergrad.report", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def stylesheet() -> str:
+    return resources.files("layergrad.report").joinpath("templates", "style.css").read_text(encoding="utf-8")
+
+
+def render_page(*, kind: str, title: str, subtitle: str = "", question: str = "", verdicts: str = "",
+                headline: FigureRef | None = None, findings: str = "", findings_files=(), notes=(), warnings=(),
+                sections=(), runs_table: str = "", methods=(), home: str = "#") -> str:
+    """One page of ``kind`` (a key of ``KINDS``). ``verdicts``, ``findings``, ``runs_table``: HTML (trusted,
+    built by this package); every other text is escaped. A section whose ``why`` is set, or that has no figure
+    and no table, is one line saying why (a section with neither and no ``why`` is an error: say why)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown page kind {kind!r}; one of {', '.join(KINDS)}")
+    sections = list(sections)
+    for s in sections:
+        if not s.why and s.empty():
+            raise ValueError(f"section {s.anchor!r} has nothing to show and no reason why")
+    nav = ([("#first-screen", "Verdicts" if verdicts else "Headline")] if verdicts or headline else []) + ([("#findings", "Findings")] if findings else [])
+    nav += [(f"#{s.anchor}", s.title) for s in sections if not s.why]
+    nav += ([("#runs", "Runs")] if runs_table else []) + ([("#methods", "Methods")] if methods else [])
+    return _env().get_template("page.html").render(
+        kind=kind, kind_label=KINDS[kind], title=title, subtitle=subtitle, question=question, css=Markup(stylesheet()),
+        verdicts=Markup(verdicts), headline=headline, findings=Markup(findings), findings_files=list(findings_files),
+        notes=list(notes), warnings=list(warnings), sections=sections, runs_table=Markup(runs_table),
+        methods=list(methods), nav=nav, home=home)

@@ -20,7 +20,7 @@ from layergrad.store import load_shares
 from . import figures
 
 SEGMENT_ORDER = ("early", "middle", "late")
-SHADE = ("late", "mlp")  # the (segment, module group) whose shares shade the examples' text
+SHADE = ("late", ("mlp", "attn"))  # the segment and the module groups, first measured first, whose shares shade the examples' text
 CAPTIONS = {
     "token_shares": f"Mean over examples of the summed share of the response tokens in each of {N_BINS} bins of relative position "
                     "(0 = first response token, 1 = last); per segment (third of the depth) and module group.",
@@ -63,8 +63,9 @@ def curve_figure(groups: list[Group], curve: pd.DataFrame) -> Figure:
                 ax.set_ylabel("share of |G|² per bin")
             ax.grid(alpha=0.3, lw=0.5)
     handles = [Line2D([], [], color=colors[g.label], lw=2, label=g.label) for g in groups if g.label in set(curve["group"])]
-    fig.legend(handles=handles, loc="outside right upper", title="group", fontsize=8, title_fontsize=8)
-    figures._title(fig, "Where in the response the gradient comes from: mean token share per bin (dashed: 1/bins, all of it spread evenly over the response)", groups)
+    figures.legend_below(fig, handles, "group")
+    figures._title(fig, "Where in the response the gradient comes from: mean token share per bin "
+                        "(dashed: 1/bins, all of it spread evenly over the response)", groups)
     return fig
 
 
@@ -81,7 +82,7 @@ def shaded_html(rows: pd.DataFrame) -> str:
         style = f"background: rgba({rgb},{a:.3f})" + ("" if r.response else "; font-style: italic; color: #777")
         text = _html.escape(r.token or "")
         spans.append(f'<span style="{style}" title="position {r.position}: share {v:.4g}">{text}</span>')
-    return '<div style="white-space: pre-wrap; font-family: monospace; font-size: 13px; border: 1px solid #eee; padding: 8px">' + "".join(spans) + "</div>"
+    return '<div class="shaded">' + "".join(spans) + "</div>"
 
 
 def section(per_run, groups: list[Group], out: Path, fig, table, html, write_table):
@@ -100,11 +101,15 @@ def section(per_run, groups: list[Group], out: Path, fig, table, html, write_tab
     sec.figures.append(fig(curve_figure(groups, curve), out, "token_shares", CAPTIONS["token_shares"]))
     sec.tables.append(table("token_shares_summary.csv", summary, files["token_shares_summary"], None, False, "token_shares_summary"))
     sec.tables.append(table("token_shares.csv", curve, files["token_shares"], 2000, True, "token_shares"))
-    seg, mg = SHADE
-    for g in groups:
+    seg, wanted = SHADE
+    measured = set(shares.loc[shares["segment"] == seg, "module_group"])
+    mg = next((m for m in (*wanted, *sorted(measured)) if m in measured), None)
+    for g in groups if mg is not None else []:  # no shares of that segment at all: no shaded text (the curve says it)
         ids = [str(e) for e in g.ids if group_of.get(str(e)) == g.label]
         for eid in selected_examples(shares, ids):
             rows = shares[(shares["id"] == eid) & (shares["segment"] == seg) & (shares["module_group"] == mg)]
+            if not len(rows):
+                continue
             ref = html.TableRef(title=f"{g.label}: example {eid}, shaded by its {seg}-layer {mg} shares",
                                 html=html.jinja2.utils.markupsafe.Markup(shaded_html(rows)), files=[], n_rows=len(rows),
                                 caption="Background: |share| relative to the example's largest (orange positive, blue negative); "

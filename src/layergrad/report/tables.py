@@ -36,8 +36,14 @@ def fmt(value, column: str = "") -> str:
     return str(value)
 
 
-def _cells(df: pd.DataFrame) -> list[list[str]]:
-    return [[fmt(v, c) for c, v in zip(df.columns, row)] for row in df.itertuples(index=False)]
+WORDS = {"correction": {"maxt": "max-T (family-wise)", "by": "Benjamini-Yekutieli", "bh": "Benjamini-Hochberg"}}  # codes shown as words in HTML (CSV keeps codes)
+
+
+def _cells(df: pd.DataFrame, words: bool = False) -> list[list[str]]:
+    rows = [[fmt(v, c) for c, v in zip(df.columns, row)] for row in df.itertuples(index=False)]
+    if words:
+        rows = [[WORDS.get(c, {}).get(x, x) for c, x in zip(df.columns, row)] for row in rows]
+    return rows
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -80,7 +86,7 @@ def to_html(df: pd.DataFrame, max_rows: int | None = None, source: str = "") -> 
     out = ['<table class="data"><thead><tr>']
     out += [f'<th class="{"num" if n else ""}">{html.escape(str(c))}</th>' for c, n in zip(df.columns, num)]
     out.append("</tr></thead><tbody>")
-    for row in _cells(shown):
+    for row in _cells(shown, words=True):
         out.append("<tr>" + "".join(f'<td class="{"num" if n else ""}">{html.escape(c)}</td>' for c, n in zip(row, num)) + "</tr>")
     out.append("</tbody></table>")
     if len(shown) < len(df):
