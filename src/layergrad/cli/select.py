@@ -8,6 +8,8 @@ from layergrad.cli.outputs import add_force, refuse_existing
 
 METRIC_HELP = """\
 METRIC: ifd | ifd_ppl | loss | loss_no_prompt | n_response_tokens | n_prompt_tokens | n_tokens | response_chars
+        | loss_with_prompt | reward | instag | difficulty (a score directory of `layergrad score`)
+        | record:FIELD, a numeric field of the data's own records (record:reward, record:ifd_gpt2, record:diff)
         | SPECTRAL[:ROLES[:LAYERS]], the per-example mean of a spectral metric over the matching modules
   SPECTRAL  nuclear, spectral, frobenius, min_sigma, top1_share, effective_rank, stable_rank
   ROLES     all (default), attn, mlp, or roles such as q,k,v,o / gate,up,down
@@ -50,7 +52,7 @@ def add_parser(subparsers) -> None:
         epilog=SELECT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dir", help="run directory of `layergrad run`")
+    p.add_argument("dir", help="run directory of `layergrad run`, or score directory of `layergrad score`")
     p.add_argument("--by", required=True, metavar="METRIC", help="the score to rank by (see below)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--top", metavar="K|P%", help="the K (or P percent) eligible examples with the highest score")
@@ -126,7 +128,7 @@ def cmd_scores(a) -> int:
         table = score_table(results, [*_names(table), *a.metrics])
     examples = run_examples(results, a.data)
     ids = [i for i in table["id"] if i in examples]  # invalid records have no example to write
-    columns = _names(table)
+    columns = [c for c in _names(table) if not c.startswith("record:")]  # the records hold those already
     merged = merge_scores([examples[i] for i in ids], table, columns, a.prefix)
     out = write_records(merged, a.out)
     if a.csv:
