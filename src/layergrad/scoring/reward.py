@@ -85,8 +85,10 @@ def load_reward_model(name: str, *, revision: str | None = None, dtype: str = "a
             f"{', '.join(archs) or 'no architecture'}); a reward model is an *ForSequenceClassification checkpoint "
             "(e.g. sfairXC/FsfairX-LLaMA3-RM-v0.1). A causal LM scores IFD: pass it as --ifd-model")
     want = resolve_dtype(dtype)
-    if want == "auto":
-        want = torch.float32 if torch.device(device).type == "cpu" else "auto"
+    if want == "auto":  # as load_model: fp32 on CPU (fp64 checkpoints stay fp64), the checkpoint's dtype elsewhere
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        fp64 = str(stored).removeprefix("torch.") == "float64"
+        want = (torch.float64 if fp64 else torch.float32) if torch.device(device).type == "cpu" else "auto"
     try:
         model = AutoModelForSequenceClassification.from_pretrained(src, dtype=want, **hub)
         tokenizer = AutoTokenizer.from_pretrained(src, **hub)
