@@ -91,7 +91,7 @@ def test_ifd_equals_one_at_a_time_direct_computation(tmp_path, data, arch, bos, 
     folder, model, tok = _save(tmp_path, arch, bos)
     out = tmp_path / "scores"
     assert cli.main(["score", str(data), "--out", str(out), "--ifd-model", str(folder), "--ifd-convention", convention,
-                     "--batch-size", "4", "--no-progress"]) == 0
+                     "--batch-size", "4", "--max-pad", "1", "--no-progress"]) == 0  # padded batches
     res = load_results(out)
     ex = res.examples.set_index("index")
     assert len(ex) == len(RECORDS)
@@ -161,7 +161,8 @@ def oracle_reward(model, tok, rec: dict, head: int) -> float:
 def test_reward_equals_direct_computation(tmp_path, data, num_labels, pad, head):
     folder, model, tok = _reward_model(tmp_path, num_labels, pad)
     out = tmp_path / "scores"
-    args = ["score", str(data), "--out", str(out), "--reward-model", str(folder), "--batch-size", "4", "--no-progress"]
+    args = ["score", str(data), "--out", str(out), "--reward-model", str(folder), "--batch-size", "4", "--max-pad", "1",
+            "--no-progress"]
     assert cli.main(args + (["--reward-head", str(head)] if head is not None else [])) == 0
     res = load_results(out)
     ex = res.examples.set_index("index")

@@ -68,6 +68,8 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, default=16, help="examples per padded batch (default 16)")
     g.add_argument("--max-batch-tokens", type=int, default=16384, help="cap on batch size x longest sequence (default 16384)")
+    g.add_argument("--max-pad", type=float, default=None, help="a sequence shorter than (1 - MAX_PAD) x its batch's longest "
+                   "starts a new batch (default 0.1 on a CPU, where padding is wasted work; none elsewhere)")
     g.add_argument("--chunk-size", type=int, default=512, help="examples per committed part (default 512)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--dtype", default="auto", help="model dtype: auto (fp32 on CPU), float32, bfloat16, float16, float64")
@@ -83,6 +85,8 @@ def _check(a) -> list[str]:
             problems.append(f"--{flag.replace('_', '-')} must be at least 1, got {v}")
     if bool(a.judge_url) != bool(a.judge_model):
         problems.append("--judge-url and --judge-model go together: the server's base URL and the model it serves")
+    if a.max_pad is not None and not 0 <= a.max_pad <= 1:
+        problems.append(f"--max-pad must be in [0, 1], got {a.max_pad}")
     if a.reward_head is not None and not a.reward_model:
         problems.append("--reward-head needs --reward-model")
     return problems
@@ -119,6 +123,7 @@ def cmd_score(a) -> int:
             if seen[ex.source] <= a.limit:
                 kept.append(ex)
         examples = kept
+    max_pad = a.max_pad if a.max_pad is not None else (0.1 if str(a.device).startswith("cpu") else None)
     scorers = []
     if judge_cfg is not None:  # first: a judge that is gone fails before any model work
         from layergrad.scoring.judge import JudgeScorer
@@ -131,13 +136,14 @@ def cmd_score(a) -> int:
         loaded = load_model(MODEL_ALIASES.get(a.ifd_model, a.ifd_model), dtype=a.dtype, device=a.device,
                             progress=not a.no_progress)
         scorers.append(IFDScorer(loaded, convention=a.ifd_convention, max_length=a.max_length, prompt_mode=a.prompt_mode,
-                                 batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens, device=a.device))
+                                 batch_size=a.batch_size, max_batch_tokens=a.max_batch_tokens, max_pad=max_pad,
+                                 device=a.device))
     if a.reward_model:
         from layergrad.scoring.reward import RewardScorer, load_reward_model
 
         model, tok, prov = load_reward_model(a.reward_model, dtype=a.dtype, device=a.device)
         scorers.append(RewardScorer(model, tok, prov, head=a.reward_head, batch_size=a.batch_size,
-                                    max_batch_tokens=a.max_batch_tokens, device=a.device))
+                                    max_batch_tokens=a.max_batch_tokens, max_pad=max_pad, device=a.device))
     provenance, identity, columns = {}, {}, []
     for s in scorers:
         prov, ident = s.provenance(), s.identity()

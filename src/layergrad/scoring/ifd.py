@@ -77,7 +77,7 @@ class IFDScorer:
     columns = COLUMNS
 
     def __init__(self, loaded, *, convention: str = DEFAULT_CONVENTION, max_length: int | None = 1024,
-                 prompt_mode: str = "base", batch_size: int = 16, max_batch_tokens: int = 16384, device="cpu"):
+                 prompt_mode: str = "base", batch_size: int = 16, max_batch_tokens: int = 16384, max_pad: float | None = 0.1, device="cpu"):
         from layergrad.inputs.prompting import resolve_mode
         from layergrad.run.plan import pad_id_of
 
@@ -90,7 +90,7 @@ class IFDScorer:
         self.rule = NoPromptRule.for_tokenizer(self.tokenizer, convention)
         self.max_length = max_length
         self.mode = resolve_mode(prompt_mode, self.tokenizer)
-        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.batch_size, self.max_batch_tokens, self.max_pad = batch_size, max_batch_tokens, max_pad
         self.pad_id = pad_id_of(self.tokenizer)
         self.device = device
 
@@ -122,7 +122,7 @@ class IFDScorer:
         index = GatherIndex()
         with index.hooked(self.model) as hooked:
             idx = index if hooked else None
-            for b in plan_batches([encs[k].n_tokens for k in todo], self.batch_size, self.max_batch_tokens):
+            for b in plan_batches([encs[k].n_tokens for k in todo], self.batch_size, self.max_batch_tokens, self.max_pad):
                 ks = [todo[i] for i in b.items]
                 batch = [encs[k] for k in ks]
                 lp = conditioned_loss(self.model, batch, self.pad_id, self.device, idx)

@@ -131,7 +131,7 @@ class RewardScorer:
     columns = COLUMNS
 
     def __init__(self, model, tokenizer, provenance: dict, *, head: int | None = None, batch_size: int = 8,
-                 max_batch_tokens: int = 16384, device="cpu"):
+                 max_batch_tokens: int = 16384, max_pad: float | None = 0.1, device="cpu"):
         n = int(model.config.num_labels)
         if head is None:
             if n != 1:
@@ -143,7 +143,7 @@ class RewardScorer:
             raise RewardModelError(f"--reward-head {head}: the reward model has outputs 0-{n - 1}")
         self.model, self.tokenizer, self.head = model, tokenizer, head
         self.prov = {**provenance, "head": head, "head_label": (model.config.id2label or {}).get(head)}
-        self.batch_size, self.max_batch_tokens, self.device = batch_size, max_batch_tokens, device
+        self.batch_size, self.max_batch_tokens, self.max_pad, self.device = batch_size, max_batch_tokens, max_pad, device
 
     def provenance(self) -> dict:
         return dict(self.prov)
@@ -164,7 +164,7 @@ class RewardScorer:
                 out[k] = {"reward": math.nan, "reward_n_tokens": 0, "reward_reason": "the conversation has no tokens"}
         cfg_pad = (self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config")
                    else self.model.config).pad_token_id
-        for b in plan_batches([len(seqs[k]) for k in todo], self.batch_size, self.max_batch_tokens):
+        for b in plan_batches([len(seqs[k]) for k in todo], self.batch_size, self.max_batch_tokens, self.max_pad):
             ks = [todo[i] for i in b.items]
             rows = [seqs[k] for k in ks]
             pad_id = cfg_pad if cfg_pad is not None else min(set(range(len(rows) + 1)) - {r[-1] for r in rows})
