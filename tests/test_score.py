@@ -242,3 +242,33 @@ def test_bad_input_exits_2_naming_file_record_and_field(tmp_path, capsys):
     assert "bad.json: record 1, field 'output'" in err and "Traceback" not in err
     assert cli.main(["score", str(bad), "--out", str(tmp_path / "s"), "--judge-url", "http://127.0.0.1:9/v1"]) == 2
     assert "--judge-url and --judge-model go together" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_model_ifd_beside_the_papers_ifd_gpt2(tmp_path):
+    """A computed IFD by the default model and the data's own ``ifd_gpt2`` side by side in ``scores``;
+    two examples checked against the one-at-a-time computation (fp32 model: rel 1e-4)."""
+    from conftest import DATA
+
+    src = DATA / "quality_10k" / "ifd_gpt2_her_10k_lowest_200.json"
+    if not src.exists():
+        pytest.skip(f"{src} is absent (the shared data of the follow-up paper)")
+    recs = sorted(json.loads(src.read_text(encoding="utf-8")), key=lambda r: len(r["instruction"]) + len(r["output"]))[:6]
+    data = write_json(tmp_path / "d.json", recs)
+    out = tmp_path / "s"
+    assert cli.main(["score", str(data), "--out", str(out), "--ifd-model", "default", "--no-progress"]) == 0
+    csv = tmp_path / "t.csv"
+    assert cli.main(["scores", str(out), "--out", str(tmp_path / "m.json"), "--csv", str(csv), "--prefix", "lg_"]) == 0
+    table = pd.read_csv(csv)
+    assert table["record:ifd_gpt2"].tolist() == [float(r["ifd_gpt2"]) for r in recs]
+    assert table["ifd_ppl"].notna().all()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layergrad.inputs.models import default_model_folder
+
+    folder = default_model_folder()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    for i in (0, 1):
+        lp, l0 = oracle_ifd(model, tok, recs[i], "superfiltering")
+        assert table["ifd_ppl"][i] == pytest.approx(math.exp(lp - l0), rel=1e-4)

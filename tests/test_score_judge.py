@@ -3,6 +3,7 @@
 with every scorer (IFD, reward, judge)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -141,3 +142,30 @@ def test_kill_and_resume_with_every_scorer(tmp_path):
     cols = ["id", "ifd", "ifd_ppl", "loss_with_prompt", "loss_no_prompt", "reward", "instag", "difficulty"]
     assert len(b) == len(RECORDS)
     pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True), rtol=1e-12)
+
+
+def test_parsers_give_the_papers_own_values_on_its_records():
+    """The paper's records carry the judge's raw answers and the scores its parsers made of them."""
+    import glob
+
+    from conftest import DATA
+    from layergrad.scoring.prompts import parse_difficulty, parse_instag
+
+    files = sorted(glob.glob(str(DATA / "quality_10k" / "*.json")))
+    if not files:
+        pytest.skip(f"{DATA / 'quality_10k'} is absent (the shared data of the follow-up paper)")
+    n_tag = n_diff = n_unread = 0
+    for f in files[:6]:
+        for r in json.loads(Path(f).read_text(encoding="utf-8")):
+            if "raw_instag" in r:
+                assert parse_instag(r["raw_instag"]).value == float(r["instag"]), r["raw_instag"][:200]
+                n_tag += 1
+            if "raw_diff" in r:
+                got = parse_difficulty(r["raw_diff"])
+                if "diff" in r:
+                    assert got.value == float(r["diff"]), r["raw_diff"][:100]
+                    n_diff += 1
+                else:  # the paper's parser read nothing and left the field out: NaN with a reason here
+                    assert math.isnan(got.value) and got.reason
+                    n_unread += 1
+    assert n_tag > 500 and n_diff > 500 and n_unread > 0
