@@ -111,7 +111,7 @@ def cmd_score(a) -> int:
 
     from layergrad.inputs.data import Fields, load_examples
     from layergrad.scoring.records import score_fields
-    from layergrad.scoring.stage import score_examples
+    from layergrad.scoring.stage import describe, score_examples
     from layergrad.scoring.store import ScoreStore, build_manifest
 
     examples, _ = load_examples([str(p) for p in a.data], group=a.group, fields=Fields())
@@ -144,21 +144,8 @@ def cmd_score(a) -> int:
         model, tok, prov = load_reward_model(a.reward_model, dtype=a.dtype, device=a.device)
         scorers.append(RewardScorer(model, tok, prov, head=a.reward_head, batch_size=a.batch_size,
                                     max_batch_tokens=a.max_batch_tokens, max_pad=max_pad, device=a.device))
-    provenance, identity, columns = {}, {}, []
-    for s in scorers:
-        prov, ident = s.provenance(), s.identity()
-        if s.name == "judge":
-            provenance.update(prov)
-            identity.update(ident)
-        else:
-            provenance[s.name], identity[s.name] = prov, ident
-        columns += s.columns
     records = score_fields(examples, Fields())
-    from layergrad.scoring.records import PREFIX
-    import pyarrow as pa
-
-    taken = {f.name for f in columns}
-    columns = [pa.field(PREFIX + n, pa.float64()) for n in records if PREFIX + n not in taken] + columns
+    provenance, identity, columns = describe(scorers, records)
     manifest = build_manifest(data=a.data, fields={}, group=a.group, limit=a.limit, provenance=provenance,
                               identity=identity, record_fields=records)
     with ScoreStore.open(a.out, manifest, columns, examples) as store:

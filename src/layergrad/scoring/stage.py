@@ -10,10 +10,28 @@ from __future__ import annotations
 
 import sys
 
-from .records import record_columns
+import pyarrow as pa
+
+from .records import PREFIX, record_columns
 from .store import ScoreStore, base_row
 
-__all__ = ["plan_chunks", "score_examples"]
+__all__ = ["describe", "plan_chunks", "score_examples"]
+
+
+def describe(scorers, record_fields: list[str]) -> tuple[dict, dict, list[pa.Field]]:
+    """``(provenance, identity, columns)`` of a directory: per score name, where it came from and what
+    must match to resume; the columns: the records' own numbers (``record:<field>``), then each scorer's."""
+    provenance, identity, columns = {}, {}, []
+    for s in scorers:
+        if s.name == "judge":  # one scorer, several scores (instag, difficulty): keyed by score
+            provenance.update(s.provenance())
+            identity.update(s.identity())
+        else:
+            provenance[s.name], identity[s.name] = s.provenance(), s.identity()
+        columns += s.columns
+    taken = {f.name for f in columns}
+    records = [pa.field(PREFIX + n, pa.float64()) for n in record_fields if PREFIX + n not in taken]
+    return provenance, identity, records + columns
 
 
 def plan_chunks(examples, size: int) -> list[list[int]]:
