@@ -22,7 +22,7 @@ The reference loops are written here, faithful to the released code:
   ``labels = input_ids``; the model loaded with ``output_hidden_states=True`` as there.
 * reward: Gradient_Unified ``metrics/cal_reward.py``: ``pipeline("sentiment-analysis", model=RM)``
   called per record with ``apply_chat_template(...).replace(bos_token, "")``, ``function_to_apply="none"``,
-  ``return_all_scores=True``, ``batch_size=1``.
+  ``return_all_scores=True`` (``top_k=None`` in transformers 5), ``batch_size=1``.
 
 Prints one line: ``<what> <impl> n=<n> seconds=<s> examples_per_s=<r>`` (the scoring loop alone,
 after loading; the process timer measures the whole process).
@@ -99,7 +99,8 @@ def reward_reference(recs) -> float:
     tok = AutoTokenizer.from_pretrained(folder)
     pipe = pipeline("sentiment-analysis", model=str(folder), tokenizer=tok, device="cpu",
                     model_kwargs={"dtype": torch.float32})
-    kw = {"return_all_scores": True, "function_to_apply": "none", "batch_size": 1}
+    # the released call's return_all_scores=True is top_k=None in transformers 5 (every label's score)
+    kw = {"top_k": None, "function_to_apply": "none", "batch_size": 1}
     t0 = time.perf_counter()
     for r in recs:
         chat = [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]
