@@ -39,7 +39,10 @@ Writes every example of the run (all statuses but invalid records), in input ord
 field per score added to its record (null where a score is undefined). Default scores: loss,
 n_response_tokens, response_chars, ifd, ifd_ppl, loss_no_prompt (runs with --ifd) and each stored
 spectral metric averaged over all layers for attn, mlp and all (METRIC names, e.g.
-effective_rank:attn:mean). --csv FILE also writes the scores table (as `select` does).
+effective_rank:attn:mean); for a score directory of `layergrad score`, its scores (ifd, ifd_ppl,
+loss_with_prompt, loss_no_prompt, reward, instag, difficulty). The records' own numbers
+(record:FIELD) are in the --csv table only: the records hold them already.
+--csv FILE also writes the scores table (as `select` does).
 """
 
 
