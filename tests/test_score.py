@@ -108,17 +108,16 @@ def test_ifd_equals_one_at_a_time_direct_computation(tmp_path, data, arch, bos, 
 
 
 def test_one_token_response_without_bos_is_nan_with_reason_not_dropped(tmp_path):
-    recs = [{"instruction": "What is 12 plus 30?", "output": "no"}, RECORDS[0]]
+    recs = [{"instruction": "What is 12 plus 30?", "output": "7"}, RECORDS[0]]
     d = write_json(tmp_path / "d.json", recs)
-    folder, _, tok = _save(tmp_path, "gpt2", False)
-    assert len(tok(" no" if False else "\nno")["input_ids"]) >= 1
+    folder, _, _ = _save(tmp_path, "gpt2", False)
     out = tmp_path / "s"
     assert cli.main(["score", str(d), "--out", str(out), "--ifd-model", str(folder), "--no-progress"]) == 0
     ex = load_results(out).examples.set_index("index")
-    assert len(ex) == 2
-    n = ex.loc[0, "n_response_tokens"]
-    if n == 1:  # superfiltering without a BOS: nothing to predict the one response token from
-        assert math.isnan(ex.loc[0, "ifd"]) and "no response token" in ex.loc[0, "ifd_reason"]
+    assert len(ex) == 2 and ex.loc[0, "n_response_tokens"] == 1  # "7" is one token of the test tokenizer
+    # superfiltering without a BOS: nothing to predict the one response token from
+    assert math.isnan(ex.loc[0, "ifd"]) and "no response token" in ex.loc[0, "ifd_reason"]
+    assert math.isfinite(ex.loc[0, "loss_with_prompt"]) and not ex.loc[0, "ifd_out_of_range"]
     assert math.isfinite(ex.loc[1, "ifd"]) and pd.isna(ex.loc[1, "ifd_reason"])
 
 
