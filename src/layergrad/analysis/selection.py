@@ -2,11 +2,16 @@
 
 A METRIC names one number per example (``layergrad select --by METRIC``)::
 
-    METRIC  := SCALAR | SPECTRAL [":" ROLES [":" LAYERS]]
+    METRIC  := SCALAR | QUALITY | "record:" FIELD | SPECTRAL [":" ROLES [":" LAYERS]]
     SCALAR  := ifd | ifd_ppl | loss | loss_no_prompt | n_response_tokens | n_prompt_tokens | n_tokens | response_chars
+    QUALITY := loss_with_prompt | reward | instag | difficulty   (a score directory of `layergrad score`)
+    FIELD   := any numeric field of the data's records (``record:reward``, ``record:ifd_gpt2``, ``record:diff``)
     SPECTRAL:= nuclear | spectral | frobenius | min_sigma | top1_share | effective_rank | stable_rank
     ROLES   := all | attn | mlp | a comma list of roles and groups (q,k,v,o,qkv,gate,up,down,gate_up,unknown)
     LAYERS  := mean | all | early | middle | late | a comma list of layer indices N and inclusive ranges A-B
+
+``record:FIELD`` is the record's own number (a number or a numeric string such as ``"9.0"``): a score
+directory stores it as a column of that name; for a run it is read from the run's data files.
 
 ``ROLES`` defaults to ``all`` and ``LAYERS`` to ``mean`` (``all`` is the same thing): ``nuclear`` is
 ``nuclear:all:mean``. ``early``/``middle``/``late`` are the thirds of the depth of
@@ -47,9 +52,14 @@ __all__ = [
 ]
 
 #: Per-example columns of the results that are scores themselves.
-SCALARS = ("ifd", "ifd_ppl", "loss", "loss_no_prompt", "n_response_tokens", "n_prompt_tokens", "n_tokens", "response_chars")
+#: Per-example columns of a score directory (``layergrad score``, :mod:`layergrad.scoring`).
+QUALITY_SCORES = ("loss_with_prompt", "reward", "instag", "difficulty")
+SCALARS = ("ifd", "ifd_ppl", "loss", "loss_no_prompt", "n_response_tokens", "n_prompt_tokens", "n_tokens",
+           "response_chars") + QUALITY_SCORES
 IFD_SCORES = ("ifd", "ifd_ppl")
-INTEGER_SCORES = ("n_response_tokens", "n_prompt_tokens", "n_tokens", "response_chars")
+INTEGER_SCORES = ("n_response_tokens", "n_prompt_tokens", "n_tokens", "response_chars", "instag", "difficulty")
+#: ``record:FIELD``: a numeric field of the records (the data's own scores).
+RECORD_PREFIX = "record:"
 LAYER_WORDS = ("mean", "all", "early", "middle", "late")
 #: Columns of a score table that identify an example (then one column per score, then ifd_reason).
 ID_COLUMNS = ["id", "group", "source", "index", "order", "status"]
@@ -73,7 +83,8 @@ class Metric:
     """One parsed METRIC. ``name`` is canonical (``nuclear`` -> ``nuclear:all:mean``)."""
 
     name: str
-    column: str | None = None  # a SCALAR column of the examples table
+    column: str | None = None  # a SCALAR column of the examples table (``record:FIELD`` for a record field)
+    record: str | None = None  # FIELD of ``record:FIELD``
     spectral: str | None = None  # a SPECTRAL column of the modules table
     roles: frozenset = frozenset()
     layers: str = "mean"  # canonical LAYERS text
@@ -141,6 +152,11 @@ def _canonical_layers(text: str) -> str:
 
 def parse_metric(text: str) -> Metric:
     """Parse a METRIC (module docstring); raises :class:`MetricError` with a did-you-mean hint."""
+    if str(text).strip().startswith(RECORD_PREFIX):
+        name = str(text).strip()[len(RECORD_PREFIX):]
+        if not name:
+            raise MetricError(f"metric {text!r}: name the record field after 'record:' (e.g. record:reward)")
+        return Metric(RECORD_PREFIX + name, column=RECORD_PREFIX + name, record=name)
     parts = [p.strip() for p in str(text).strip().split(":")]
     head = parts[0].lower()
     if head in SCALARS:
@@ -151,7 +167,8 @@ def parse_metric(text: str) -> Metric:
         raise MetricError(
             f"unknown metric {parts[0]!r}{_did_you_mean(head, SCALARS + METRICS)} "
             f"available: {', '.join(SCALARS)}, or SPECTRAL[:ROLES[:LAYERS]] with SPECTRAL one of {', '.join(METRICS)} "
-            "(e.g. effective_rank:attn:mean, nuclear:mlp:late)"
+            "(e.g. effective_rank:attn:mean, nuclear:mlp:late); a numeric field of the data's records is "
+            f"record:FIELD (e.g. record:{parts[0]})"
         )
     if len(parts) > 3:
         raise MetricError(f"metric {text!r}: expected at most SPECTRAL:ROLES:LAYERS (3 parts), got {len(parts)}")
@@ -178,7 +195,21 @@ def metric_values(results, metric: Metric | str) -> pd.Series:
     """The metric of every stored example (``results.examples`` order), as float indexed by id."""
     m = parse_metric(metric) if isinstance(metric, str) else metric
     ex = results.examples
+    if m.record is not None:
+        if m.column in ex.columns:  # stored by `layergrad score`
+            return pd.Series(pd.to_numeric(ex[m.column], errors="coerce").astype(float).to_numpy(), index=ex["id"].to_numpy(), name=m.name)
+        from layergrad.scoring.records import record_values
+
+        by_id = run_examples(results)
+        ids = ex["id"].to_numpy()
+        found = [by_id[i] for i in ids if i in by_id]
+        vals = dict(zip((e.id for e in found), record_values(found, m.record)))
+        return pd.Series([vals.get(i, np.nan) for i in ids], index=ids, dtype=float, name=m.name)
     if m.column is not None:
+        if m.column in QUALITY_SCORES and m.column not in ex.columns:
+            flag = {"reward": "--reward-model", "instag": "--judge-url", "difficulty": "--judge-url"}.get(m.column, "--ifd-model")
+            raise MetricError(f"{results.path} has no {m.column!r} scores; compute them with `layergrad score DATA {flag} ... "
+                              "--out DIR` and select from DIR")
         if m.column not in ex.columns or (m.is_ifd and ex[m.column].isna().all() and not results.manifest.get("ifd")):
             hint = "rerun `layergrad run` with --ifd into a new --out directory" if m.column in ("ifd", "ifd_ppl", "loss_no_prompt") else "the run stores no such column"
             raise MetricError(f"{results.path} has no {m.column!r} scores; {hint}")
@@ -208,6 +239,10 @@ def default_metrics(results) -> list[Metric]:
     out = [parse_metric(c) for c in ("loss", "n_response_tokens", "response_chars") if c in ex.columns]
     if "ifd" in ex.columns and (results.manifest.get("ifd") or ex["ifd"].notna().any()):
         out = [parse_metric(c) for c in ("ifd", "ifd_ppl", "loss_no_prompt")] + out
+    for c in ("loss_with_prompt", *QUALITY_SCORES[1:]):  # a score directory's
+        if c in ex.columns and ex[c].notna().any() and c not in [m.name for m in out]:
+            out.append(parse_metric(c))
+    out += [parse_metric(c) for c in ex.columns if str(c).startswith(RECORD_PREFIX)]
     mods = results.modules
     roles = set(mods.loc[mods["layer"] >= 0, "role"].dropna()) if len(mods) else set()
     groups = [g for g in ("attn", "mlp") if roles & set(ROLE_GROUPS[g])]
@@ -307,7 +342,8 @@ class Selection:
         if self.metric.is_ifd:
             if self.ifd_filter:
                 nan, high = self.dropped.get(f"with {name} NaN", 0), self.dropped.get(f"with {name} > 1 (IFD filter)", 0)
-                lines.append(f"  IFD filter on (Cherry_LLM's filter; --no-ifd-filter turns it off): kept {name} <= 1; "
+                lines.append(f"  IFD filter on (Cherry_LLM's filter, and the follow-up paper's: values outside [0, 1] and NaN; "
+                             f"--no-ifd-filter turns it off): kept {name} <= 1; "
                              f"dropped {nan} with NaN and {high} with {name} > 1")
             else:
                 lines.append("  IFD filter off: values > 1 are eligible")

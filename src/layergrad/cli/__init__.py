@@ -1,7 +1,7 @@
 """The ``layergrad`` command: :func:`main`, the shared :class:`ArgumentParser` and
 :func:`build_parser`, which registers every subcommand from its own module: :mod:`.run`,
 :mod:`.modules`, :mod:`.paper` (``export``, ``import``), :mod:`.validate`, :mod:`.report`,
-:mod:`layergrad.experiment`, :mod:`.merge`, :mod:`.select` (``select``, ``scores``) and :mod:`.verify`.
+:mod:`layergrad.experiment`, :mod:`.merge`, :mod:`.select` (``select``, ``scores``), :mod:`.verify` and :mod:`.score`.
 
 Each command module has ``add_parser(sub)``; heavy imports (torch, transformers) happen inside
 the commands' handlers, so ``layergrad --help`` is instant. May import anything in the package.
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.commands = sub.choices  # name -> subparser: main() reports an unknown flag with the subcommand's flags
     for mod in ("layergrad.cli.run", "layergrad.cli.modules", "layergrad.cli.paper", "layergrad.cli.validate",
-                "layergrad.cli.report", "layergrad.experiment", "layergrad.cli.merge", "layergrad.cli.select", "layergrad.cli.verify"):
+                "layergrad.cli.report", "layergrad.experiment", "layergrad.cli.merge", "layergrad.cli.select", "layergrad.cli.verify",
+                "layergrad.cli.score"):
         __import__(mod, fromlist=["add_parser"]).add_parser(sub)
     return parser
 

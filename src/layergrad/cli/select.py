@@ -8,6 +8,8 @@ from layergrad.cli.outputs import add_force, refuse_existing
 
 METRIC_HELP = """\
 METRIC: ifd | ifd_ppl | loss | loss_no_prompt | n_response_tokens | n_prompt_tokens | n_tokens | response_chars
+        | loss_with_prompt | reward | instag | difficulty (a score directory of `layergrad score`)
+        | record:FIELD, a numeric field of the data's own records (record:reward, record:ifd_gpt2, record:diff)
         | SPECTRAL[:ROLES[:LAYERS]], the per-example mean of a spectral metric over the matching modules
         | field:NAME, a numeric field of the input records (the data's own scores: reward, instag, ...);
           NAME alone where it is no run metric, and always when SOURCE is a data file
@@ -46,7 +48,10 @@ Writes every example of the run (all statuses but invalid records), in input ord
 field per score added to its record (null where a score is undefined). Default scores: loss,
 n_response_tokens, response_chars, ifd, ifd_ppl, loss_no_prompt (runs with --ifd) and each stored
 spectral metric averaged over all layers for attn, mlp and all (METRIC names, e.g.
-effective_rank:attn:mean). --csv FILE also writes the scores table (as `select` does).
+effective_rank:attn:mean); for a score directory of `layergrad score`, its scores (ifd, ifd_ppl,
+loss_with_prompt, loss_no_prompt, reward, instag, difficulty). The records' own numbers
+(record:FIELD) are in the --csv table only: the records hold them already.
+--csv FILE also writes the scores table (as `select` does).
 """
 
 
@@ -59,7 +64,8 @@ def add_parser(subparsers) -> None:
         epilog=SELECT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dir", metavar="SOURCE", help="run directory of `layergrad run`, or a data file ranked by its own fields")
+    p.add_argument("dir", metavar="SOURCE", help="run directory of `layergrad run`, score directory of `layergrad score`, "
+                   "or a data file ranked by its own fields")
     p.add_argument("--by", required=True, metavar="METRIC", help="the score to rank by (see below)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--top", metavar="K|P%", help="the K (or P percent) eligible examples with the highest score")
@@ -200,7 +206,7 @@ def cmd_scores(a) -> int:
         table = score_table(results, [*_names(table), *a.metrics])
     examples = run_examples(results, a.data)
     ids = [i for i in table["id"] if i in examples]  # invalid records have no example to write
-    columns = _names(table)
+    columns = [c for c in _names(table) if not c.startswith("record:")]  # the records hold those already
     merged = merge_scores([examples[i] for i in ids], table, columns, a.prefix)
     out = write_records(merged, a.out)
     if a.csv:

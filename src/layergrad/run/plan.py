@@ -22,8 +22,12 @@ class Batch:
         return len(self.items) * self.max_len
 
 
-def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[Batch]:
-    """Longest first (an out-of-memory error comes at the start), ties by position."""
+def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int, max_pad: float | None = None) -> list[Batch]:
+    """Longest first (an out-of-memory error comes at the start), ties by position.
+
+    ``max_pad``: a sequence shorter than ``(1 - max_pad)`` times its batch's longest starts a new batch
+    (padding is pure waste where the compute is bound, as on a CPU); ``None``: no such bound.
+    """
     order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
     batches: list[Batch] = []
     cur: list[int] = []
@@ -31,7 +35,8 @@ def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> 
     for k in order:
         L = lengths[k]
         new_max = max(cur_max, L)
-        if cur and (len(cur) >= batch_size or new_max * (len(cur) + 1) > max_batch_tokens):
+        short = max_pad is not None and L < (1.0 - max_pad) * cur_max
+        if cur and (len(cur) >= batch_size or new_max * (len(cur) + 1) > max_batch_tokens or short):
             batches.append(Batch(len(batches), tuple(cur), cur_max))
             cur, new_max = [], L
         cur.append(k)
