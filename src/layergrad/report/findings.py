@@ -118,7 +118,7 @@ def tokens(r: dict) -> list:
             return [f"No inference on evenness of {b} vs {a}: {r['reason']}."]
         return [f"{_cap(r['verdict'])}: relative roughness of the mean {m} curve over all layers (noise-corrected, scale-free), "
                 f"{b} vs {a}: lower in ", _n(r, "roles_more_even"), " and higher in ", _n(r, "roles_less_even"), " of ", _n(r, "roles"),
-                " roles (95% intervals; evenness_compare.csv)."]
+                " roles (intervals Bonferroni-adjusted over the roles; evenness_compare.csv)."]
     v = r["verdict"]
     out: list = [f"{_cap(v)}. {_cap(m)} of {b} vs {a} (geometric mean over roles; "]
     if r["design"] == "paired":
