@@ -83,7 +83,7 @@ def quality_effects(cells: list[QualityCell], properties=PROPERTIES) -> pd.DataF
         return pd.DataFrame(columns=COLUMNS)
     df["p_holm"] = holm(df["p_value"].to_numpy(float))
     df["adj_p_holm"] = holm(df["adj_p_value"].to_numpy(float))
-    df["verdict"] = [verdict(r) for r in df.to_dict("records")]
+    df["verdict"] = [verdict({**r, "ci_low": r["ratio_ci_low"], "ci_high": r["ratio_ci_high"]}) for r in df.to_dict("records")]
     at_equal = df["length_control"].isin(["equal", "model"])
     df["basis"] = np.where(at_equal, "at equal length", "overall, not length-controlled")
     for col, adj, raw in (("effect", "adj_ratio", "ratio"), ("effect_ci_low", "adj_ci_low", "ratio_ci_low"),

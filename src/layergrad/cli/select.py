@@ -114,6 +114,8 @@ def _scored(a):
         files = [str(p) for p in (a.data or results.manifest.get("data") or [])]
         try:
             metric = S.field_metric(a.by) if a.by.startswith(S.FIELD_PREFIX) else S.parse_metric(a.by)
+            if metric.column in S.QUALITY_SCORES and metric.column not in results.examples.columns:
+                S.metric_values(results, metric)  # raises: not computed here; the records' own field may hold it
         except S.MetricError as e:
             examples = S.run_examples(results, a.data)
             if not any(a.by in ex.record for ex in examples.values()):

@@ -20,7 +20,7 @@ import jinja2
 
 Markup = jinja2.utils.markupsafe.Markup
 KINDS = {"report": "report", "cross-model": "cross-model report", "by-step": "by-step report",
-         "training": "training report", "overview": "experiment overview"}
+         "training": "training report", "overview": "experiment overview", "quality": "quality study"}
 
 
 @dataclass

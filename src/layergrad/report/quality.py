@@ -130,7 +130,9 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), n_p
                "effective rank rises with length for mechanical reasons, so an effect whose splits barely overlap in length "
                "(no common support: basis 'overall, not length-controlled', marked * in the figure) cannot be told apart from length "
                "by this page."]
-    page = html.render(title=title, subtitle="quality study: do the quality metrics agree?", runs_table=tables.to_html(runs, 400, ""),
+    page = html.render_page(kind="quality", title=title, subtitle="quality study: do the quality metrics agree?",
+                       question="Do the quality metrics agree? Each metric's high split against its low split, at equal length where "
+                                "the lengths overlap.", headline=fig_ref, runs_table=tables.to_html(runs, 400, ""),
                        notes=list(notes), methods=methods,
                        sections=[html.Section("agreement", "Agreement matrix", figures=[fig_ref], tables=[table]),
                                  *([html.Section("correlations", "Quality scores and spectra (exploratory)", intro=CORRELATION_CAPTION,
