@@ -54,8 +54,8 @@ def agreement_figure(effects: pd.DataFrame):
     ax.set_yticks(range(len(rows)), [" / ".join(x for x in r if x) for r in rows], fontsize=8)
     fig.colorbar(im, ax=ax, label="log2(ratio of geometric means high / low)")
     ax.set_title("Do the quality metrics agree? high vs low split per metric, at equal length\n"
-                 "\u2713 sign as the paper, \u2717 opposite, ? interval covers 1; * lengths do not overlap: overall, "
-                 "not length-controlled", fontsize=9)
+                 "\u2713 sign as the paper, \u2717 opposite, ? interval covers 1\n"
+                 "* lengths do not overlap: overall, not length-controlled", fontsize=9)
     return fig
 
 
