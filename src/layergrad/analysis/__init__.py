@@ -1,10 +1,12 @@
-"""Statistics on stored results: curves, MAD, group comparisons, length effects.
+"""Statistics on stored results: curves, MAD and evenness, the design of a comparison (units, pairing),
+the pre-specified primary analysis (overall and at equal length), cell comparisons with max-T, verdict
+rules, length tables, scores, selection and the quality study.
 
 Pure functions on arrays and DataFrames: no plotting, no file I/O except reading a run
 directory through :func:`layergrad.store.load_results` (:func:`load_group`), and data selection by
 scores (:mod:`.selection`, which writes the selected records back in their own format).
 
-May import: numpy, scipy, pandas, :mod:`layergrad.store`, :mod:`layergrad.vocab`; never torch or
+May import: numpy, scipy, statsmodels, pandas, :mod:`layergrad.store`, :mod:`layergrad.vocab`; never torch or
 the run loop.
 """
 from .compare import COMPARE_COLUMNS, CORRECTIONS, auroc, bh_adjust, by_adjust, compare_arrays, compare_groups, compare_table, superiority
