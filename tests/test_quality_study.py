@@ -87,7 +87,7 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
         assert r["median_tokens_high"] > r["median_tokens_low"]  # LONG vs SHORT outputs
     from layergrad.report.quality import write_page
 
-    index = write_page(cells, tmp_path / "page", title="t", n_perm=200, n_boot=400, scores=["score"])
+    index = write_page(cells, tmp_path / "page", title="t", scores=["score"])
     text = index.read_text()
     assert "Agreement matrix" in text and "at equal length" in text and "exploratory" in text
     assert (tmp_path / "page" / "figures" / "agreement.png").stat().st_size > 0

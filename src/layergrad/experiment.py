@@ -492,7 +492,7 @@ def run_experiment(config_path: str | Path, out: str | Path | None = None, *, re
     if "quality" in conf:
         from .report.quality import study_page
 
-        index = study_page(conf, jobs, out / "reports" / "quality", report_options(conf))
+        index = study_page(conf, jobs, out / "reports" / "quality")
         log(f"quality report: {index}")
         links.append(("all models", "quality: do the metrics agree?", index.relative_to(out), len(jobs)))
     overview = out / "index.html"

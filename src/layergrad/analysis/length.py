@@ -84,13 +84,17 @@ def partial_corr(y: np.ndarray, g: np.ndarray, x: np.ndarray) -> tuple[float, fl
     return r, float(2 * stats.t.sf(abs(t), n - 3))
 
 
+def inside_counts(la: np.ndarray, lb: np.ndarray) -> tuple[int, int]:
+    """How many values of ``la`` lie inside the range of ``lb``, and of ``lb`` inside the range of ``la`` (0, 0 if either is empty)."""
+    if len(la) == 0 or len(lb) == 0:
+        return 0, 0
+    return int(((la >= lb.min()) & (la <= lb.max())).sum()), int(((lb >= la.min()) & (lb <= la.max())).sum())
+
+
 def overlaps(la: np.ndarray, lb: np.ndarray) -> bool:
     """Whether two samples of lengths share enough common support: at least ``MIN_OVERLAP`` values and
     ``MIN_OVERLAP_FRACTION`` of each inside the other's range (the rule of :mod:`.primary`)."""
-    if len(la) == 0 or len(lb) == 0:
-        return False
-    in_a = int(((la >= lb.min()) & (la <= lb.max())).sum())
-    in_b = int(((lb >= la.min()) & (lb <= la.max())).sum())
+    in_a, in_b = inside_counts(la, lb)
     return min(in_a, in_b) >= MIN_OVERLAP and in_a >= MIN_OVERLAP_FRACTION * len(la) and in_b >= MIN_OVERLAP_FRACTION * len(lb)
 
 

@@ -41,7 +41,7 @@ import pandas as pd
 from . import effects
 from .design import Design, design
 from .groups import Group
-from .length import layer_mean, overlaps
+from .length import inside_counts, layer_mean, overlaps
 from .multiplicity import holm
 
 HEADLINE = ("nuclear", "effective_rank")
@@ -142,8 +142,7 @@ def effect(ya: np.ndarray, yb: np.ndarray, la: np.ndarray, lb: np.ndarray, paire
             out.update(length_control="equal", adj_ratio=out["ratio"], adj_ci_low=out["ci_low"], adj_ci_high=out["ci_high"],
                        adj_p_value=out["p_value"])
             return out
-        out["overlap_a"] = int(((la >= lb.min()) & (la <= lb.max())).sum())
-        out["overlap_b"] = int(((lb >= la.min()) & (lb <= la.max())).sum())
+        out["overlap_a"], out["overlap_b"] = inside_counts(la, lb)
         if not overlaps(la, lb) or len(ya) + len(yb) < 5:
             out["length_control"] = "no common support"
             return out

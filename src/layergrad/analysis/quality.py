@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .groups import Group
+from .length import inside_counts
 from .multiplicity import holm
 from .primary import ALL_ROLES, primary_table
 from .verdicts import verdict
@@ -53,7 +54,7 @@ def length_overlap(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if not len(a) or not len(b):
         return float("nan")
-    inside = ((a >= b.min()) & (a <= b.max())).sum() + ((b >= a.min()) & (b <= a.max())).sum()
+    inside = sum(inside_counts(a, b))
     return float(inside / (len(a) + len(b)))
 
 

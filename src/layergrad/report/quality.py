@@ -86,8 +86,8 @@ def example_frame(cells: list[QualityCell], scores: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), n_perm: int = 2000, n_boot: int = 2000,
-               seed: int = 0, properties=("nuclear", "effective_rank"), scores=None) -> Path:
+def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), properties=("nuclear", "effective_rank"),
+               scores=None) -> Path:
     """Compute the effects (and, for ``scores``, the correlations) and write the page under ``out``;
     returns ``out/index.html``. ``scores`` default: the cells' metric names that are fields of the records."""
     import warnings
@@ -176,10 +176,9 @@ def study_cells(conf: dict, jobs) -> tuple[list[QualityCell], list[str]]:
     return cells, notes
 
 
-def study_page(conf: dict, jobs, out: Path, opts: dict) -> Path:
+def study_page(conf: dict, jobs, out: Path) -> Path:
     """The experiment's quality page (``reports/quality/index.html``)."""
     cells, notes = study_cells(conf, jobs)
     props = tuple(conf["quality"].get("properties", ("nuclear", "effective_rank")))
-    return write_page(cells, out, title=f"{conf['name']}: quality metrics", notes=notes, n_perm=opts.get("n_perm", 2000),
-                      n_boot=opts.get("n_boot", 2000), seed=opts.get("seed", 0), properties=props,
+    return write_page(cells, out, title=f"{conf['name']}: quality metrics", notes=notes, properties=props,
                       scores=conf["quality"].get("scores"))
