@@ -15,8 +15,13 @@ from layergrad.inputs.prompting import encode
 from layergrad.store import load_results
 
 
+@pytest.mark.parametrize("route", ["auto", "gram", "dense"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_cosines_equal_dense_gradients(tmp_path, tokenizer, records, arch):
+def test_cosines_equal_dense_gradients(tmp_path, tokenizer, records, arch, route, monkeypatch):
+    from layergrad.spectra import products
+
+    if route != "auto":  # each way of taking the products (factors or dense gradients) against the oracle
+        monkeypatch.setattr(products, "inner_route", lambda *a, **k: route)
     model = make_model(arch, len(tokenizer))
     data = write_json(tmp_path / "d.json", records)
     cfg = RunConfig(data=[str(data)], out=str(tmp_path / "r"), progress=False, stats_dtype="float64", cosine=True, batch_size=3, prompt_mode="base")

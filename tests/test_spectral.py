@@ -106,6 +106,33 @@ def test_cosine_from_factors_equals_dense():
     torch.testing.assert_close(S.gradient_cosine(Xa, Da, Xa, Da), torch.ones(2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("route", ["gram", "dense"])
+def test_inner_operand_routes_equal_an_einsum_oracle(route):
+    from layergrad.spectra.products import InnerOperand
+
+    g = torch.Generator().manual_seed(5)
+    Xa, Xb = torch.randn(2, 3, 7, 6, dtype=torch.float64, generator=g)
+    Da, Db = torch.randn(2, 3, 7, 4, dtype=torch.float64, generator=g)
+    Xa[1, 5:], Da[1, 5:], Xb[1, 5:], Db[1, 5:] = 0, 0, 0, 0  # a padded example
+    oracle = {k: torch.einsum("nto,nti->noi", D, X) for k, (X, D) in {"a": (Xa, Da), "b": (Xb, Db)}.items()}
+    want = torch.einsum("noi,noi->n", oracle["a"], oracle["b"]) / (
+        torch.einsum("noi,noi->n", oracle["a"], oracle["a"]).sqrt() * torch.einsum("noi,noi->n", oracle["b"], oracle["b"]).sqrt())
+    a, b = InnerOperand(Xa, Da, route), InnerOperand(Xb, Db, route)
+    torch.testing.assert_close(a.cosine(b), want, rtol=1e-12, atol=1e-14)
+    mixed = InnerOperand(Xb, Db, "gram" if route == "dense" else "dense")  # one of each: still exact
+    torch.testing.assert_close(a.cosine(mixed), want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a.sq, torch.einsum("noi,noi->n", oracle["a"], oracle["a"]), rtol=1e-12, atol=1e-14)
+
+
+def test_inner_route_forms_the_dense_gradient_only_for_long_texts():
+    from layergrad.spectra.products import inner_route
+
+    assert inner_route(50, 576, 576, pairs=3) == "gram"      # (t, t) matrices are small
+    assert inner_route(4096, 576, 576, pairs=3) == "dense"   # 4096^2 x 1152 per product vs 576^2 after one 4096 x 576^2
+    assert inner_route(100, 576, 576, pairs=1) == "gram"
+    assert inner_route(100, 576, 576, pairs=60) == "dense"   # every pair of layers: many products per module
+
+
 def test_choose_method_prefers_factored_for_short_and_dense_for_long():
     assert S.choose_method(50, 2048, 2048) == "factored"
     assert S.choose_method(8000, 64, 64) == "dense"

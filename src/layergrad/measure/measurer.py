@@ -32,12 +32,13 @@ With ``token_shares``, also each token's part ``<d_t x_t^T, G>`` of ``||G||_F^2`
 float64, from the ``(T, T)`` Gram matrices (``K_X`` shared with the Gram path and across q/k/v),
 summed over the calls of a module and over the modules of a layer's role group (attn, mlp).
 
-With ``cosine``, the cosines of pairs of gradients (next layer, q~o, k~v) from the factors
-(:func:`~layergrad.spectra.products.gradient_cosine`); with ``cosine_layers`` also every pair of layers
-of one role (kinds ``gap2``, ``gap3``, ...: the follow-up paper's layer x layer matrices). Those keep
-every module's masked ``X`` and ``D`` until the batch's end and cost ``(T^2)(i + o)`` per pair, about
-``L^2 / 2`` pairs per role: cheap for short texts; past ``T ~ i o / (L (i + o))`` forming the dense
-gradients would be cheaper (not done: the factors are exact and need no ``o x i`` matrix).
+With ``cosine``, the cosines of pairs of gradients (next layer, q~o, k~v)
+(:class:`~layergrad.spectra.products.InnerOperand`); with ``cosine_layers`` also every pair of layers
+of one role (kinds ``gap2``, ``gap3``, ...: the follow-up paper's layer x layer matrices). A module
+waits for its partners with its masked ``X`` and ``D`` (each product then costs ``T^2 (i + o)``) or,
+for long texts, its dense gradient ``D^T X`` (formed once for ``T i o``, then ``i o`` per product):
+whichever :func:`~layergrad.spectra.products.inner_route` finds cheaper for the module's number of
+partners (about ``L`` per module with ``cosine_layers``). Both are exact.
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ class Measurer:
         self._grams: dict[tuple, list[dict[str, Tensor]]] = {}  # per shared input, per example: K_X, F_X
         self._rows: dict[int, list] = {}
         self._by_layer_role = by_layer_role
-        self._pending: dict[str, tuple[Tensor, Tensor]] = {}
+        self._pending: dict[str, products.InnerOperand] = {}
         self._bgrams: dict[tuple, dict[str, Tensor]] = {}  # batched: per shared input, K_X and F_X (n, t, t)
         self._queue: list[tuple[ModuleResult, Tensor, int, Tensor]] = []  # batched: (result, S, r, k) to solve
         self._queue_bytes = 0
@@ -343,13 +344,13 @@ class Measurer:
         return [(k, a, b) for k, a, b in out if (a.out_features, a.in_features) == (b.out_features, b.in_features)]
 
     def _cosine(self, t: Target, Xm: Tensor, Dm: Tensor) -> None:
-        self._pending[t.name] = (Xm, Dm, products.gradient_inner(Xm, Dm, Xm, Dm))  # |G|^2 once per module
-        for kind, a, b in self._partners(t):
+        partners = self._partners(t)
+        route = products.inner_route(Xm.shape[-2], Xm.shape[-1], Dm.shape[-1], pairs=len(partners))
+        self._pending[t.name] = products.InnerOperand(Xm, Dm, route)  # |G|^2 once per module
+        for kind, a, b in partners:
             other = b if a.name == t.name else a
             if other.name in self._pending:
-                Xa, Da, aa = self._pending[a.name]
-                Xb, Db, bb = self._pending[b.name]
-                cos = products.gradient_cosine(Xa, Da, Xb, Db, aa=aa, bb=bb)
+                cos = self._pending[a.name].cosine(self._pending[b.name])
                 self.cosines.append((kind, a.name, b.name, cos.to("cpu", torch.float64)))
         # a module's factors are needed until each of its partners has arrived
         for name in list(self._pending):

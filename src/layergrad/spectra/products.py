@@ -56,3 +56,42 @@ def gradient_cosine(Xa: Tensor, Da: Tensor, Xb: Tensor, Db: Tensor, *, aa: Tenso
     aa = gradient_inner(Xa, Da, Xa, Da) if aa is None else aa
     bb = gradient_inner(Xb, Db, Xb, Db) if bb is None else bb
     return ab / (aa.clamp_min(0).sqrt() * bb.clamp_min(0).sqrt())
+
+
+def inner_route(t: int, i: int, o: int, pairs: int = 1) -> str:
+    """``"dense"`` or ``"gram"``: the cheaper way to take one module's gradient inner products with its
+    own gradient and with ``pairs`` partners, for a batch padded to ``t`` tokens.
+
+    From the factors each product costs ``t^2 (i + o)`` multiply-adds (two ``(t, t)`` matrices), the
+    module's ``1 + pairs / 2`` products (a pair is shared by its two modules) ``(1 + pairs / 2) t^2 (i + o)``;
+    forming the dense gradient costs ``t i o`` once, after which a product is ``i o``. Both are exact.
+    """
+    gram_cost = (1 + pairs / 2) * t * t * (i + o)
+    dense_cost = t * i * o + (1 + pairs / 2) * i * o
+    return "dense" if dense_cost < gram_cost else "gram"
+
+
+class InnerOperand:
+    """One module's per-example gradients ready for inner products: the factors ``(X, D)`` or the dense
+    ``G = D^T X`` (``route``, :func:`inner_route`), and the squared norms ``sq = <G, G>``, ``(n,)``."""
+
+    def __init__(self, X: Tensor, D: Tensor, route: str):
+        if route == "dense":
+            self.X = self.D = None
+            self.G = dense_gradient(X, D)
+            self.sq = (self.G * self.G).sum(dim=(-2, -1))
+        else:
+            self.X, self.D, self.G = X, D, None
+            self.sq = gradient_inner(X, D, X, D)
+
+    def dense(self) -> Tensor:
+        return self.G if self.G is not None else dense_gradient(self.X, self.D)
+
+    def inner(self, other: "InnerOperand") -> Tensor:
+        """``<G_self, G_other>_F`` per example (same-shaped gradients, one batch)."""
+        if self.G is None and other.G is None:
+            return gradient_inner(self.X, self.D, other.X, other.D)
+        return (self.dense() * other.dense()).sum(dim=(-2, -1))
+
+    def cosine(self, other: "InnerOperand") -> Tensor:
+        return self.inner(other) / (self.sq.clamp_min(0).sqrt() * other.sq.clamp_min(0).sqrt())
