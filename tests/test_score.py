@@ -201,8 +201,12 @@ def test_record_fields_are_scores_by_name(tmp_path, data, capsys):
     assert [r["reward"] for r in json.loads(pick.read_text())] == ["9.0", 2.25]  # input order; NaN not eligible
     assert "not eligible: 2 with record:reward NaN" in capsys.readouterr().out
     assert cli.main(["select", str(out), "--by", "record:note", "--top", "2", "--out", str(tmp_path / "x.json")]) == 2
-    err = capsys.readouterr().err
-    assert "record 2, field 'note': is not a number" in err
+    err = capsys.readouterr().err  # a field with no number in any record: nothing to select
+    assert "--by record:note: no example of" in err and "6 with record:note NaN; of these, 5 without a value of 'note', 1 whose 'note' is not a number" in err
+    # the earlier spelling field:NAME and a bare field name select the same records as record:NAME
+    for by in ("field:reward", "reward"):
+        assert cli.main(["select", str(out), "--by", by, "--top", "2", "--out", str(tmp_path / f"{by[:2]}.json"), "--force"]) == 0
+        assert json.loads((tmp_path / f"{by[:2]}.json").read_text()) == json.loads(pick.read_text())
 
 
 def test_ifd_and_the_datas_own_score_side_by_side(tmp_path, data, capsys):

@@ -1,4 +1,4 @@
-"""``select``: the high/low design (``--split``), the data's own scores (``field:NAME``), CSV in, CSV out;
+"""``select``: the high/low design (``--split``), the data's own scores (``record:NAME``, or ``field:NAME``, its earlier spelling), CSV in, CSV out;
 NaN, missing and non-numeric scores not eligible and counted; ties across the cut stated."""
 from __future__ import annotations
 
@@ -48,13 +48,13 @@ def test_split_of_a_csv_file_writes_csv_rows_as_read(tmp_path, capsys):
     assert _rows(high) == [rows[i] for i in _brute("top", 3)]  # every cell as read, input order
     assert _rows(low) == [rows[i] for i in _brute("bottom", 3)]
     assert _brute("top", 3) == [1, 4, 7]  # three tie at 3.0: all in; the cut falls between 3.0 and 2.5
-    assert "not eligible: 1 without a value of 'score'" in out and "not eligible: 1 whose 'score' is not a number" in out
+    assert "not eligible: 2 with record:score NaN\n    of these, 1 without a value of 'score', 1 whose 'score' is not a number" in out
     table = pd.read_csv(tmp_path / "picked" / "pool_score.scores.csv", keep_default_na=False)
     assert list(table["selected"]) == ["high" if i in (1, 4, 7) else "low" if i in (3, 6, 8) else "" for i in range(10)]
     # a cut inside a tie is stated: top 2 of three 3.0s
     assert cli.main(["select", str(src), "--by", "field:score", "--top", "2", "--out", str(tmp_path / "two.csv")]) == 0
     out = capsys.readouterr().out
-    assert "ties at the cut: 3 eligible examples have field:score = 3; 2 selected, 1 left out by input order" in out
+    assert "ties at the cut: 3 eligible examples have record:score = 3; 2 selected, 1 left out by input order" in out
     assert _rows(tmp_path / "two.csv") == [rows[1], rows[4]]
     # a fraction of the 8 eligible: floor(0.25 * 8) = 2 at each end
     assert cli.main(["select", str(src), "--by", "score", "--split", "25%", "--out", str(tmp_path / "f.tsv")]) == 0

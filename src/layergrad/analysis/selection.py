@@ -449,22 +449,26 @@ def merge_scores(examples: list, table: pd.DataFrame, columns: list[str], prefix
 # Scores that are fields of the records themselves (a data file's own scores)
 # ---------------------------------------------------------------------------------------
 
-FIELD_PREFIX = "field:"  # METRIC "field:NAME": the numeric field NAME of each input record
+LEGACY_RECORD_PREFIX = "field:"  # an earlier spelling of record:FIELD, still read
 
 
 def field_metric(text: str) -> Metric:
-    """``field:NAME`` (or ``NAME``) -> the metric of a record field, named ``field:NAME``."""
-    name = text[len(FIELD_PREFIX):] if text.startswith(FIELD_PREFIX) else text
+    """``record:NAME`` (or the earlier ``field:NAME``, or ``NAME`` alone) -> the metric of the records'
+    own field NAME, named ``record:NAME`` (as :func:`parse_metric` names it)."""
+    text = str(text).strip()
+    name = next((text[len(p):] for p in (RECORD_PREFIX, LEGACY_RECORD_PREFIX) if text.startswith(p)), text)
     if not name.strip():
-        raise MetricError(f"--by {text!r}: no field name; write field:NAME (e.g. field:reward)")
-    return Metric(name=FIELD_PREFIX + name)
+        raise MetricError(f"--by {text!r}: no field name; write record:NAME (e.g. record:reward)")
+    return Metric(RECORD_PREFIX + name, column=RECORD_PREFIX + name, record=name)
 
 
 def field_values(examples: list, metric: Metric) -> tuple[np.ndarray, dict[str, int]]:
     """Each example's field value as a float ``(n,)`` (NaN where missing or not a number), and how many
     records lacked the field or held something that is not a number (a number written as text, as CSV
-    cells are, counts as a number; booleans do not)."""
-    name = metric.name[len(FIELD_PREFIX):]
+    cells are, counts as a number; booleans do not: :func:`layergrad.scoring.records.numeric`)."""
+    from layergrad.scoring.records import numeric
+
+    name = metric.record
     out = np.full(len(examples), np.nan)
     missing = not_numeric = 0
     for k, e in enumerate(examples):
@@ -472,12 +476,11 @@ def field_values(examples: list, metric: Metric) -> tuple[np.ndarray, dict[str, 
         if v is None or v == "":
             missing += 1
             continue
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            out[k] = float(v)
-        except (TypeError, ValueError):
+        x = numeric(v)
+        if x is None:
             not_numeric += 1
+        else:
+            out[k] = x
     return out, {f"without a value of {name!r}": missing, f"whose {name!r} is not a number": not_numeric}
 
 

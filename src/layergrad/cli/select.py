@@ -11,8 +11,8 @@ METRIC: ifd | ifd_ppl | loss | loss_no_prompt | n_response_tokens | n_prompt_tok
         | loss_with_prompt | reward | instag | difficulty (a score directory of `layergrad score`)
         | record:FIELD, a numeric field of the data's own records (record:reward, record:ifd_gpt2, record:diff)
         | SPECTRAL[:ROLES[:LAYERS]], the per-example mean of a spectral metric over the matching modules
-        | field:NAME, a numeric field of the input records (the data's own scores: reward, instag, ...);
-          NAME alone where it is no run metric, and always when SOURCE is a data file
+          (NAME alone where it is no run metric, and always when SOURCE is a data file; field:NAME, an
+          earlier spelling, is read as record:NAME)
   SPECTRAL  nuclear, spectral, frobenius, min_sigma, top1_share, effective_rank, stable_rank
   ROLES     all (default), attn, mlp, or roles such as q,k,v,o / gate,up,down
   LAYERS    mean (default; = all), early, middle, late (thirds of the depth), 3, 0-9, 0-4,20-29
@@ -108,12 +108,13 @@ def _scored(a):
         exs, _ = load_examples([str(a.dir)])
         metric = S.field_metric(a.by)
         table, examples, files = S.examples_table(exs), {e.id: e for e in exs}, [str(a.dir)]
+        from_records = True
     else:
         results = load_results(a.dir)
         table = S.score_table(results, None)
         files = [str(p) for p in (a.data or results.manifest.get("data") or [])]
         try:
-            metric = S.field_metric(a.by) if a.by.startswith(S.FIELD_PREFIX) else S.parse_metric(a.by)
+            metric = S.field_metric(a.by) if a.by.startswith(S.LEGACY_RECORD_PREFIX) else S.parse_metric(a.by)
             if metric.column in S.QUALITY_SCORES and metric.column not in results.examples.columns:
                 S.metric_values(results, metric)  # raises: not computed here; the records' own field may hold it
         except S.MetricError as e:
@@ -123,12 +124,14 @@ def _scored(a):
             metric = S.field_metric(a.by)
         else:
             examples = None
-        if metric.name not in table.columns and not metric.name.startswith(S.FIELD_PREFIX):
+        # a record field is read from the records, unless `layergrad score` stored it (a score directory)
+        from_records = metric.record is not None and metric.column not in results.examples.columns
+        if not from_records and metric.name not in table.columns:
             table = S.score_table(results, [*_names(table), metric.name])
         examples = examples if examples is not None else S.run_examples(results, a.data)
     notes = []
-    if metric.name.startswith(S.FIELD_PREFIX):
-        name = metric.name[len(S.FIELD_PREFIX):]
+    if from_records:
+        name = metric.record
         fields = list(dict.fromkeys(k for ex in examples.values() for k in ex.record))
         if name not in fields:
             from layergrad.vocab import did_you_mean
@@ -138,7 +141,8 @@ def _scored(a):
         present = [i for i in table["id"] if i in examples]  # invalid records of a run have no example
         values, bad = S.field_values([examples[i] for i in present], metric)
         table[metric.name] = table["id"].map(dict(zip(present, values))).astype(float)
-        notes = [f"  not eligible: {n} {why}" for why, n in bad.items() if n]
+        if any(bad.values()):  # what the NaN count of the summary is made of
+            notes = ["    of these, " + ", ".join(f"{n} {why}" for why, n in bad.items() if n)]
     return table, metric, examples, files, notes
 
 
@@ -150,7 +154,7 @@ def _outputs(a, metric, amounts: dict, files: list[str]) -> tuple[dict, Path]:
                 if len(amounts) == 2 else {d: a.out for d in amounts})
         stem = a.out.with_name(a.out.stem)
     else:  # a folder: the input's own format, named like the paper's files
-        base = f"{Path(files[0]).stem if files else 'selected'}_{metric.name.removeprefix('field:').replace(':', '-').replace(',', '+')}"
+        base = f"{Path(files[0]).stem if files else 'selected'}_{(metric.record or metric.name).replace(':', '-').replace(',', '+')}"
         words = {"top": "highest", "bottom": "lowest"} if len(amounts) == 2 else {"top": "top", "bottom": "bottom"}
         outs = {d: a.out / f"{base}_{words[d]}_{amt.describe().split(' ', 1)[1].replace('%', 'pct')}{ext}" for d, amt in amounts.items()}
         stem = a.out / base
@@ -176,6 +180,11 @@ def cmd_select(a) -> int:
         n = sels["top"].n_eligible
         raise MetricError(f"--split {a.split}: the highest and the lowest {len(sels['top'].ids)} of the {n} eligible examples "
                           f"by {metric.name} would overlap; ask for at most {n // 2} (or {100 * (n // 2) / max(n, 1):.4g}%)")
+    if not next(iter(sels.values())).n_eligible:
+        first = next(iter(sels.values()))
+        why = "; ".join(f"{n} {w}" for w, n in first.dropped.items() if n) + "".join(n.replace("    of these,", "; of these,") for n in notes)
+        raise MetricError(f"--by {a.by}: no example of {', '.join(files) or a.dir} has a usable value ({why}); choose a "
+                          "numeric score the examples have")
     scores = table.set_index("id")[metric.name]
     ranked = next(iter(sels.values())).ranked if "top" not in sels else sels["top"].ranked
     rank = {i: r + 1 for r, i in enumerate(ranked)}
@@ -187,8 +196,12 @@ def cmd_select(a) -> int:
         keep = set(sel.ids)
         picked = [examples[i] for i in sel.ids] if a.order == "score" else [examples[i] for i in table["id"] if i in keep]
         written.append((write_records(picked, outs[d]), len(picked)))
-        lines = sel.summary(scores) + notes if k == 0 else [line for line in sel.summary(scores)  # eligibility said once
-                                                           if not line.startswith(("  not eligible", "  IFD filter"))]
+        lines = sel.summary(scores)
+        if k == 0:  # the NaN count's parts right below it
+            at = next((j + 1 for j, line in enumerate(lines) if line.endswith(f"with {metric.name} NaN")), len(lines))
+            lines[at:at] = notes
+        else:  # eligibility said once
+            lines = [line for line in lines if not line.startswith(("  not eligible", "  IFD filter"))]
         print("\n".join(lines + [t for t in [cut_ties(sel, scores)] if t]))
     _write_csv(table, csv)
     print("wrote " + " and ".join(f"{n} records to {p}" for p, n in written) + f", and {len(table)} rows of scores to {csv} "
