@@ -207,6 +207,24 @@ def test_an_unreachable_hub_fails_at_once_saying_what_to_do(tmp_path, hub):
     assert "Retrying in" not in proc.stderr
 
 
+def test_an_unreachable_hub_tokenizer_fails_at_once_or_comes_from_the_cache(tmp_path, hub):
+    """`import --tokenizer ORG/NAME` (the tokenizer alone) without network: as a model, no retries."""
+    folder, _, _ = hub
+    home = tmp_path / "hf-home"
+    env = {"HF_HOME": str(home), "HF_ENDPOINT": "http://nonexistent.invalid"}
+    paper = tmp_path / "paper.jsonl"
+    paper.write_text(json.dumps({"id": 0, "instruction": "Q?", "output": "A.", "nuclear_norm": {}}) + "\n")
+    argv = ["import", str(paper), "--to", str(tmp_path / "imp")]
+    proc, _ = _fresh_process(tmp_path, env, *argv, "--tokenizer", "Qwen/Qwen2.5-0.5B")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Retrying in" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot be reached" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+    add_snapshot(home / "hub", "org/tiny", folder, SHA)
+    proc, _ = _fresh_process(tmp_path, env, *argv, "--tokenizer", "org/tiny")
+    assert "Retrying in" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot be reached" not in proc.stderr  # the tokenizer came from the cache; whatever the import says next
+
+
 def test_an_unreachable_hub_dataset_fails_at_once(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": "http://nonexistent.invalid"}
     proc, _ = _fresh_process(tmp_path, env, "validate", "someorg/somedata")
