@@ -8,7 +8,7 @@ import pytest
 
 from conftest import DATA, write_json
 from layergrad.analysis.groups import load_group
-from layergrad.analysis.quality import CLAIM, QualityCell, length_overlap, quality_effects
+from layergrad.analysis.quality import CLAIM, QualityCell, cosine_summary, length_overlap, quality_effects, score_correlations
 from layergrad.experiment import ExperimentError, load_config, plan, run_experiment
 from layergrad.report.quality import study_cells
 from layergrad.store import load_results
@@ -33,6 +33,7 @@ data_root = "data"
 [run]
 prompt_mode = "base"
 modules = "q,k,v,o"
+cosine = true
 progress = false
 [[models]]
 name = "tiny"
@@ -79,8 +80,9 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
         assert r["n_high"] == 4 and r["n_low"] == 4
         assert r["ratio"] == pytest.approx(np.exp(np.log(hi).mean() - np.log(lo).mean()), rel=1e-10)
         assert r["ratio_ci_low"] <= r["ratio"] <= r["ratio_ci_high"]
-        lo_e, hi_e = r["effect_ci_low"], r["effect_ci_high"]
-        sign = 1 if lo_e > 1 else -1 if hi_e < 1 else 0
+        p_basis = r["adj_p_holm"] if r["basis"] == "at equal length" else r["p_holm"]  # the verdicts' rule: Holm, 0.05
+        assert r["effect_p_holm"] == p_basis
+        sign = (1 if r["effect"] > 1 else -1) if p_basis < 0.05 else 0
         assert r["sign"] == sign and r["verdict"]
         assert r["agrees"] == ("unsettled" if sign == 0 else "yes" if sign == CLAIM[r["property"]] else "no")
         assert r["median_tokens_high"] == np.median(len_hi) and r["median_tokens_low"] == np.median(len_lo)
@@ -109,7 +111,42 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
         x, y, z = (stats.rankdata(a) for a in (xs, ys, zs))
         assert r["spearman"] == pytest.approx(stats.spearmanr(xs, ys)[0], abs=1e-12)
         rxy, rxz, ryz = np.corrcoef(x, y)[0, 1], np.corrcoef(x, z)[0, 1], np.corrcoef(y, z)[0, 1]
+        assert r["length_support"]  # every score value has a long (high split) and a short (low split) example
         assert r["partial_spearman"] == pytest.approx((rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2)), abs=1e-10)
+    # cosines per split and kind, against the stored cosine rows: each example's mean over its rows, then a t interval
+    cos = cosine_summary(cells)
+    assert set(cos["kind"]) == {"next_layer", "q_o", "k_v"} and len(cos) == 2 * 2 * 3
+    for _, r in cos.iterrows():
+        rows = load_results(runs[f"{r['metric']} / {r['split']}"]).cosine
+        per_ex = rows[rows["kind"] == r["kind"]].groupby("id")["cosine"].mean()
+        lo, hi = stats.t.interval(0.95, len(per_ex) - 1, loc=per_ex.mean(), scale=stats.sem(per_ex))
+        assert r["n"] == 4 and r["mean"] == pytest.approx(per_ex.mean(), abs=1e-12)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
+        assert r["mean_abs"] == pytest.approx(rows[rows["kind"] == r["kind"]]["cosine"].abs().groupby(rows["id"]).mean().mean(), abs=1e-12)
+    assert "Gradient cosines" in text and (tmp_path / "page" / "quality_cosines.csv").exists()
+
+
+def test_score_correlations_are_partial_on_length_only_where_the_lengths_overlap():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    n = 40
+    score = rng.normal(size=n)
+    apart = np.where(score > np.median(score), 1000.0, 10.0) + rng.uniform(0, 5, n)  # high scores: long; low: short
+    mixed = rng.uniform(10, 1000, n)
+    prop = rng.normal(size=n) + 0.5 * score
+    frame = pd.DataFrame({"model": "m", "pool": "p", "score": score, "nuclear": prop, "n_response_tokens": apart})
+    frame = pd.concat([frame, frame.assign(pool="q", n_response_tokens=mixed)])
+    c = score_correlations(frame, ["score"], ["nuclear"]).set_index("pool")
+    assert c.loc["p", "spearman"] == pytest.approx(stats.spearmanr(score, prop)[0], abs=1e-12)
+    assert not c.loc["p", "length_support"] and np.isnan(c.loc["p", "partial_spearman"]) and np.isnan(c.loc["p", "partial_p_value"])
+    assert c.loc["q", "length_support"]
+    x, y, z = (stats.rankdata(a) for a in (score, prop, mixed))
+    rxy, rxz, ryz = np.corrcoef(x, y)[0, 1], np.corrcoef(x, z)[0, 1], np.corrcoef(y, z)[0, 1]
+    r = (rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2))
+    assert c.loc["q", "partial_spearman"] == pytest.approx(r, abs=1e-10)
+    t = r * np.sqrt((n - 3) / (1 - r * r))
+    assert c.loc["q", "partial_p_value"] == pytest.approx(2 * stats.t.sf(abs(t), n - 3), rel=1e-9)
 
 
 def test_length_overlap():

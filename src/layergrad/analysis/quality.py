@@ -9,7 +9,8 @@ group + ln length``). Holm's adjustment runs over every cell and property of the
 for the overall p-values, one for those at equal length), and each row gets its verdict word
 (:mod:`.verdicts`). The SIGN compared with the paper's claim is that of the effect at equal length
 where there is one (``basis = "at equal length"``), else of the overall effect (``basis = "overall,
-not length-controlled"``): +1 / -1 where its 95% interval lies above / below 1, 0 where it covers 1.
+not length-controlled"``): +1 / -1 where it lies above / below 1 with a Holm-adjusted p below 0.05
+(``effect_p_holm``, the verdicts' rule), 0 otherwise.
 
 The follow-up paper's claim (Li et al. 2025, arXiv:2504.10766): higher-quality data have lower nuclear
 norms and higher effective ranks (:data:`CLAIM`: the expected sign of log(high / low)).
@@ -22,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from .groups import Group
-from .length import inside_counts
+from .length import inside_counts, overlaps, partial_corr
 from .multiplicity import holm
 from .primary import ALL_ROLES, primary_table
-from .verdicts import verdict
+from .verdicts import ALPHA, verdict
 
 #: property -> the sign of log(high / low) the paper reports (-1: high quality has the lower value)
 CLAIM = {"nuclear": -1, "effective_rank": +1}
@@ -34,7 +35,7 @@ ANALYSIS = ("ratio of geometric means high/low (geometric mean over roles of eac
             "length (ln y ~ 1 + group + ln length, HC3) where the lengths overlap; Holm over the study")
 COLUMNS = ["model", "pool", "metric", "property", "n_high", "n_low", "ratio", "ratio_ci_low", "ratio_ci_high", "p_holm",
            "length_control", "adj_ratio", "adj_ci_low", "adj_ci_high", "adj_p_holm", "verdict", "basis", "effect", "effect_ci_low",
-           "effect_ci_high", "sign", "claim", "agrees", "median_tokens_high", "median_tokens_low", "length_overlap", "analysis"]
+           "effect_ci_high", "effect_p_holm", "sign", "claim", "agrees", "median_tokens_high", "median_tokens_low", "length_overlap", "analysis"]
 
 
 @dataclass
@@ -58,11 +59,12 @@ def length_overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float(inside / (len(a) + len(b)))
 
 
-def _sign(low: float, high: float) -> int:
-    """+1 / -1 when the interval of the ratio lies above / below 1, else 0 (the sign is not settled)."""
-    if not (np.isfinite(low) and np.isfinite(high)):
+def _sign(effect: float, p_holm: float) -> int:
+    """+1 / -1 when the effect is above / below 1 with a Holm-adjusted p below :data:`.verdicts.ALPHA` (the
+    verdicts' rule), else 0 (the sign is not settled)."""
+    if not (np.isfinite(effect) and np.isfinite(p_holm)) or p_holm >= ALPHA:
         return 0
-    return 1 if low > 1 else -1 if high < 1 else 0
+    return 1 if effect > 1 else -1 if effect < 1 else 0
 
 
 def quality_effects(cells: list[QualityCell], properties=PROPERTIES) -> pd.DataFrame:
@@ -90,40 +92,25 @@ def quality_effects(cells: list[QualityCell], properties=PROPERTIES) -> pd.DataF
     for col, adj, raw in (("effect", "adj_ratio", "ratio"), ("effect_ci_low", "adj_ci_low", "ratio_ci_low"),
                           ("effect_ci_high", "adj_ci_high", "ratio_ci_high")):
         df[col] = np.where(at_equal, df[adj], df[raw])
-    df["sign"] = [_sign(lo, hi) for lo, hi in zip(df["effect_ci_low"], df["effect_ci_high"])]
+    df["effect_p_holm"] = np.where(at_equal, df["adj_p_holm"], df["p_holm"])
+    df["sign"] = [_sign(e, p) for e, p in zip(df["effect"], df["effect_p_holm"])]
     df["claim"] = [CLAIM.get(p) for p in df["property"]]
     df["agrees"] = ["" if cl is None else "unsettled" if sg == 0 else "yes" if sg == cl else "no" for sg, cl in zip(df["sign"], df["claim"])]
     return df[COLUMNS]
 
 
 # -- exploratory: the records' own quality scores against the spectral summaries --------------------
-CORRELATION_COLUMNS = ["model", "pool", "score", "property", "n", "spearman", "p_value", "partial_spearman", "partial_p_value"]
-
-
-def _partial_rank_correlation(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[float, float]:
-    """Spearman correlation of ``x`` and ``y`` controlling for ``z``: the Pearson correlation of the ranks
-    of ``x`` and ``y`` after a least-squares fit on the ranks of ``z`` is removed from each; its p-value
-    from Student's t with ``n - 3`` degrees of freedom."""
-    from scipy import stats
-
-    rx, ry, rz = (stats.rankdata(v) for v in (x, y, z))
-    A = np.column_stack([np.ones_like(rz), rz])
-    ex = rx - A @ np.linalg.lstsq(A, rx, rcond=None)[0]
-    ey = ry - A @ np.linalg.lstsq(A, ry, rcond=None)[0]
-    if not (ex.std() > 0 and ey.std() > 0):
-        return float("nan"), float("nan")
-    r = float(np.corrcoef(ex, ey)[0, 1])
-    df = len(x) - 3
-    if df < 1 or abs(r) >= 1:
-        return r, float("nan") if df < 1 else 0.0
-    t = r * np.sqrt(df / (1 - r * r))
-    return r, float(2 * stats.t.sf(abs(t), df))
+CORRELATION_COLUMNS = ["model", "pool", "score", "property", "n", "spearman", "p_value", "length_support", "partial_spearman",
+                       "partial_p_value"]
 
 
 def score_correlations(frame: pd.DataFrame, scores: list[str], properties=PROPERTIES) -> pd.DataFrame:
     """Per model and pool, each score against each property over the scored examples (``frame``: one row
     per example with ``model``, ``pool``, ``n_response_tokens``, the scores and the properties): Spearman's
-    rho (``scipy.stats.spearmanr``) and the partial rank correlation on response length. Exploratory."""
+    rho (``scipy.stats.spearmanr``) and the partial rank correlation on response length (:func:`.length.partial_corr`
+    on midranks). The partial one only where the lengths of the examples above the score's median and of
+    those at or below it overlap (``length_support``, :func:`.length.overlaps`, the primary analysis's rule):
+    elsewhere it would be extrapolation, and it is NaN. Exploratory."""
     from scipy import stats
 
     rows = []
@@ -133,8 +120,40 @@ def score_correlations(frame: pd.DataFrame, scores: list[str], properties=PROPER
                 d = g[[s, p, "n_response_tokens"]].apply(pd.to_numeric, errors="coerce").dropna()
                 if len(d) < 4 or d[s].nunique() < 2 or d[p].nunique() < 2:
                     continue
-                rho, pv = stats.spearmanr(d[s], d[p])
-                prho, ppv = _partial_rank_correlation(d[s].to_numpy(float), d[p].to_numpy(float), d["n_response_tokens"].to_numpy(float))
+                x, y, n_tok = (d[c].to_numpy(float) for c in (s, p, "n_response_tokens"))
+                rho, pv = stats.spearmanr(x, y)
+                above = x > np.median(x)
+                support = bool(above.any() and (~above).any() and overlaps(n_tok[above], n_tok[~above]))
+                prho, ppv = (partial_corr(stats.rankdata(y), stats.rankdata(x), stats.rankdata(n_tok)) if support
+                             else (float("nan"), float("nan")))
                 rows.append({"model": model, "pool": pool, "score": s, "property": p, "n": len(d), "spearman": float(rho),
-                             "p_value": float(pv), "partial_spearman": prho, "partial_p_value": ppv})
+                             "p_value": float(pv), "length_support": support, "partial_spearman": prho, "partial_p_value": ppv})
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+
+
+# -- the gradients' cosines per split (the paper: near zero within a layer and between adjacent layers)
+COSINE_COLUMNS = ["model", "pool", "metric", "split", "kind", "n", "mean", "ci_low", "ci_high", "mean_abs"]
+
+
+def cosine_summary(cells: list[QualityCell], level: float = 0.95) -> pd.DataFrame:
+    """Per cell, split (high, low) and cosine kind (``next_layer``, ``q_o``, ``k_v``, ``gapK``): each
+    example's mean cosine over roles and layers, and over the examples their mean with a Student t
+    interval (``level``) and the mean of each example's mean absolute cosine. No rows where the runs
+    hold no cosines (made without ``cosine = true``)."""
+    from scipy import stats
+
+    rows = []
+    for c in cells:
+        for split, g in (("high", c.high), ("low", c.low)):
+            for kind, (_, arr) in g.cosine.items():
+                flat = arr.reshape(len(arr), -1)
+                seen = np.isfinite(flat).any(axis=1)
+                if not seen.any():
+                    continue
+                per_ex = np.nanmean(flat[seen], axis=1)
+                per_abs = np.nanmean(np.abs(flat[seen]), axis=1)
+                n, mean = len(per_ex), float(per_ex.mean())
+                half = float(stats.t.ppf(0.5 + level / 2, n - 1) * per_ex.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+                rows.append({"model": c.model, "pool": c.pool, "metric": c.metric, "split": split, "kind": kind, "n": n,
+                             "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "mean_abs": float(per_abs.mean())})
+    return pd.DataFrame(rows, columns=COSINE_COLUMNS)

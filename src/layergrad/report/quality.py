@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, quality_effects, score_correlations
+from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, cosine_summary, quality_effects, score_correlations
 
 from . import figures, html, tables
 
 CAPTION = ("Per model, pool and quality metric: the high split against the low split on each spectral property "
            "(the primary analysis: ratio of geometric means high/low overall and at equal length, 95% t intervals, "
            "Holm-adjusted p over the study, verdict); effect: at equal length where the lengths overlap, else overall "
-           "(basis); sign +1/-1 where its interval lies above/below 1; agrees: the sign the follow-up paper reports "
+           "(basis); sign +1/-1 where it is above/below 1 with a Holm-adjusted p below 0.05 (effect_p_holm); agrees: the sign the follow-up paper reports "
            "(nuclear lower and effective rank higher for high quality); lengths: median response tokens and the share of "
            "examples inside the other split's length range.")
 
@@ -54,14 +54,48 @@ def agreement_figure(effects: pd.DataFrame):
     ax.set_yticks(range(len(rows)), [" / ".join(x for x in r if x) for r in rows], fontsize=8)
     fig.colorbar(im, ax=ax, label="log2(ratio of geometric means high / low)")
     ax.set_title("Do the quality metrics agree? high vs low split per metric, at equal length\n"
-                 "\u2713 sign as the paper, \u2717 opposite, ? interval covers 1\n"
+                 "\u2713 sign as the paper, \u2717 opposite (Holm p < 0.05), ? not significant\n"
                  "* lengths do not overlap: overall, not length-controlled", fontsize=9)
+    return fig
+
+
+COSINE_CAPTION = ("Gradient cosine similarities per split and kind (next_layer: a module and the same role one layer up; "
+                  "q_o, k_v: two modules of one layer): each example's mean over roles and layers, their mean over the "
+                  "examples with a 95% t interval, and the mean absolute cosine. The follow-up paper reports them near zero.")
+
+
+def cosine_figure(cos: pd.DataFrame):
+    """One panel per cosine kind: per model / pool / metric the high and the low split's mean cosine with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(dict.fromkeys(cos["kind"]))
+    rows = list(dict.fromkeys(zip(cos["model"], cos["pool"], cos["metric"])))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(2.0 + 3.0 * len(kinds), 1.2 + 0.45 * len(rows)), sharey=True,
+                             layout="constrained", squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for split, dy, colour in (("high", -0.15, "tab:blue"), ("low", 0.15, "tab:orange")):
+            d = cos[(cos["kind"] == kind) & (cos["split"] == split)]
+            y = [rows.index(k) + dy for k in zip(d["model"], d["pool"], d["metric"])]
+            ax.errorbar(d["mean"], y, xerr=[d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]], fmt="o", ms=4, color=colour,
+                        label=f"{split} split", capsize=2)
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel("mean gradient cosine (95% t CI)")
+    axes[0][0].set_yticks(range(len(rows)), [" / ".join(x for x in r if x) for r in rows], fontsize=8)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Gradient cosines per split: near zero?", fontsize=10)
     return fig
 
 
 CORRELATION_CAPTION = ("Exploratory: over every scored example of a model and pool (each record once, whatever its splits), "
                        "Spearman's rho between a record's own quality score and its spectral summary (mean over layers and "
-                       "roles), and the partial rank correlation controlling for the number of response tokens.")
+                       "roles), and the partial rank correlation controlling for the number of response tokens, only where the "
+                       "lengths of the examples above the score's median and of those below overlap (length_support; the "
+                       "primary analysis's rule); elsewhere it would be extrapolation and is left empty.")
 
 
 def example_frame(cells: list[QualityCell], scores: list[str]) -> pd.DataFrame:
@@ -103,6 +137,17 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), pro
         warnings.simplefilter("ignore", RuntimeWarning)  # constant inputs are skipped by score_correlations
         corr = score_correlations(frame, present, properties) if present else pd.DataFrame()
     corr_files = tables.write_table(corr, out, "quality_correlations", CORRELATION_CAPTION) if len(corr) else {}
+    cos = cosine_summary(cells)
+    cos_section = [html.left_out("cosines", "Gradient cosines", "the runs hold no cosines (measure them with cosine = true in [run])")]
+    if len(cos):
+        cos_files = tables.write_table(cos, out, "quality_cosines", COSINE_CAPTION)
+        cfig = cosine_figure(cos)
+        figures.save(cfig, out / "figures", "cosines")
+        cos_section = [html.Section("cosines", "Gradient cosines", intro=COSINE_CAPTION, figures=[html.FigureRef(
+            "figures/cosines.png", "figures/cosines.svg", "Mean gradient cosine per split and kind, 95% t intervals.",
+            int(cfig.get_size_inches()[0] * 96))], tables=[html.TableRef(
+                title="quality_cosines.csv", html=html.jinja2.utils.markupsafe.Markup(tables.to_html(cos, 400, "quality_cosines.csv")),
+                files=[(ext, p.name) for ext, p in cos_files.items()], n_rows=len(cos), caption=COSINE_CAPTION)])]
     fig = agreement_figure(effects)
     figures.save(fig, out / "figures", "agreement")
     fig_ref = html.FigureRef("figures/agreement.png", "figures/agreement.svg",
@@ -139,7 +184,8 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), pro
                                                  tables=[html.TableRef(title="quality_correlations.csv", html=html.jinja2.utils.markupsafe.Markup(
                                                      tables.to_html(corr, 400, "quality_correlations.csv")),
                                                      files=[(ext, p.name) for ext, p in corr_files.items()], n_rows=len(corr),
-                                                     caption=CORRELATION_CAPTION)])] if len(corr) else [])],
+                                                     caption=CORRELATION_CAPTION)])] if len(corr) else []),
+                                 *cos_section],
                        findings="<ul>" + "".join(words) + "</ul>")
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
