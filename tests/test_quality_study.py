@@ -147,6 +147,19 @@ def test_score_correlations_are_partial_on_length_only_where_the_lengths_overlap
     assert c.loc["q", "partial_spearman"] == pytest.approx(r, abs=1e-10)
     t = r * np.sqrt((n - 3) / (1 - r * r))
     assert c.loc["q", "partial_p_value"] == pytest.approx(2 * stats.t.sf(abs(t), n - 3), rel=1e-9)
+    # an integer score where most examples share the top value (instag, difficulty): split below the top value
+    tied = np.where(np.arange(n) < 0.6 * n, 9.0, np.arange(n) % 3)
+    t_frame = pd.DataFrame({"model": "m", "pool": "p", "score": tied, "nuclear": prop, "n_response_tokens": mixed})
+    c = score_correlations(t_frame, ["score"], ["nuclear"]).iloc[0]
+    assert c["length_support"] and np.isfinite(c["partial_spearman"])
+
+
+def test_the_agreement_sign_follows_the_verdicts_rule():
+    from layergrad.analysis.quality import _sign
+
+    assert _sign(0.5, 0.01) == -1 and _sign(2.0, 0.049) == 1  # significant after Holm: the effect's side of 1
+    assert _sign(0.5, 0.05) == 0 and _sign(2.0, 0.3) == 0      # not significant: unsettled, whatever the ratio
+    assert _sign(np.nan, 0.01) == 0 and _sign(0.5, np.nan) == 0
 
 
 def test_length_overlap():

@@ -130,7 +130,8 @@ def test_inner_route_forms_the_dense_gradient_only_for_long_texts():
     assert inner_route(50, 576, 576, pairs=3) == "gram"      # (t, t) matrices are small
     assert inner_route(4096, 576, 576, pairs=3) == "dense"   # 4096^2 x 1152 per product vs 576^2 after one 4096 x 576^2
     assert inner_route(100, 576, 576, pairs=1) == "gram"
-    assert inner_route(100, 576, 576, pairs=60) == "dense"   # every pair of layers: many products per module
+    assert inner_route(400, 576, 576, pairs=60) == "dense"   # every pair of layers: many products per module
+    assert inner_route(100, 576, 576, pairs=60) == "gram"    # ... but a 576 x 576 gradient is larger than 100 x (576 + 576) factors
 
 
 def test_choose_method_prefers_factored_for_short_and_dense_for_long():

@@ -109,7 +109,7 @@ def score_correlations(frame: pd.DataFrame, scores: list[str], properties=PROPER
     per example with ``model``, ``pool``, ``n_response_tokens``, the scores and the properties): Spearman's
     rho (``scipy.stats.spearmanr``) and the partial rank correlation on response length (:func:`.length.partial_corr`
     on midranks). The partial one only where the lengths of the examples above the score's median and of
-    those at or below it overlap (``length_support``, :func:`.length.overlaps`, the primary analysis's rule):
+    those at or below it (at or above and below, where more than half share the top value) overlap (``length_support``, :func:`.length.overlaps`, the primary analysis's rule):
     elsewhere it would be extrapolation, and it is NaN. Exploratory."""
     from scipy import stats
 
@@ -123,6 +123,8 @@ def score_correlations(frame: pd.DataFrame, scores: list[str], properties=PROPER
                 x, y, n_tok = (d[c].to_numpy(float) for c in (s, p, "n_response_tokens"))
                 rho, pv = stats.spearmanr(x, y)
                 above = x > np.median(x)
+                if not above.any():  # more than half share the top value (integer scores): split below it
+                    above = x >= np.median(x)
                 support = bool(above.any() and (~above).any() and overlaps(n_tok[above], n_tok[~above]))
                 prho, ppv = (partial_corr(stats.rankdata(y), stats.rankdata(x), stats.rankdata(n_tok)) if support
                              else (float("nan"), float("nan")))

@@ -100,6 +100,8 @@ def add_parser(subparsers) -> None:
 
 def _scored(a):
     """``(score table, metric, examples by id, input files, notes)`` for SOURCE and --by."""
+    import pandas as pd
+
     from layergrad.analysis import selection as S
     from layergrad.inputs.data import load_examples
     from layergrad.store import RunStore, load_results
@@ -138,7 +140,8 @@ def _scored(a):
 
             raise S.MetricError(f"--by {a.by!r}: no record of {', '.join(files)} has a field {name!r}{did_you_mean(name, fields, default=';')} "
                                 f"fields: {', '.join(fields)}")
-        present = [i for i in table["id"] if i in examples]  # invalid records of a run have no example
+        ok = table["status"] == "ok" if "status" in table else pd.Series(True, index=table.index)
+        present = [i for i in table.loc[ok, "id"] if i in examples]  # as the NaN count: ok examples (invalid records have none)
         values, bad = S.field_values([examples[i] for i in present], metric)
         table[metric.name] = table["id"].map(dict(zip(present, values))).astype(float)
         if any(bad.values()):  # what the NaN count of the summary is made of
@@ -198,8 +201,8 @@ def cmd_select(a) -> int:
         written.append((write_records(picked, outs[d]), len(picked)))
         lines = sel.summary(scores)
         if k == 0:  # the NaN count's parts right below it
-            at = next((j + 1 for j, line in enumerate(lines) if line.endswith(f"with {metric.name} NaN")), len(lines))
-            lines[at:at] = notes
+            at = next((j + 1 for j, line in enumerate(lines) if line.endswith(f"with {metric.name} NaN")), None)
+            lines[at:at] = notes if at is not None else []
         else:  # eligibility said once
             lines = [line for line in lines if not line.startswith(("  not eligible", "  IFD filter"))]
         print("\n".join(lines + [t for t in [cut_ties(sel, scores)] if t]))

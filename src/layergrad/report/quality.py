@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from layergrad.analysis.groups import COSINE_KINDS
 from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, cosine_summary, quality_effects, score_correlations
 
 from . import figures, html, tables
@@ -60,7 +61,7 @@ def agreement_figure(effects: pd.DataFrame):
 
 
 COSINE_CAPTION = ("Gradient cosine similarities per split and kind (next_layer: a module and the same role one layer up; "
-                  "q_o, k_v: two modules of one layer): each example's mean over roles and layers, their mean over the "
+                  "q_o, k_v: two modules of one layer; gapK, in runs of every pair of layers: K layers apart, table only): each example's mean over roles and layers, their mean over the "
                   "examples with a 95% t interval, and the mean absolute cosine. The follow-up paper reports them near zero.")
 
 
@@ -71,7 +72,8 @@ def cosine_figure(cos: pd.DataFrame):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = list(dict.fromkeys(cos["kind"]))
+    kinds = [k for k in COSINE_KINDS if k in set(cos["kind"])]  # gapK (every pair of layers): the table only
+    cos = cos[cos["kind"].isin(kinds)]
     rows = list(dict.fromkeys(zip(cos["model"], cos["pool"], cos["metric"])))
     fig, axes = plt.subplots(1, len(kinds), figsize=(2.0 + 3.0 * len(kinds), 1.2 + 0.45 * len(rows)), sharey=True,
                              layout="constrained", squeeze=False)
@@ -94,7 +96,7 @@ def cosine_figure(cos: pd.DataFrame):
 CORRELATION_CAPTION = ("Exploratory: over every scored example of a model and pool (each record once, whatever its splits), "
                        "Spearman's rho between a record's own quality score and its spectral summary (mean over layers and "
                        "roles), and the partial rank correlation controlling for the number of response tokens, only where the "
-                       "lengths of the examples above the score's median and of those below overlap (length_support; the "
+                       "lengths of the examples above the score's median and of those at or below it overlap (length_support; the "
                        "primary analysis's rule); elsewhere it would be extrapolation and is left empty.")
 
 
@@ -141,13 +143,15 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), pro
     cos_section = [html.left_out("cosines", "Gradient cosines", "the runs hold no cosines (measure them with cosine = true in [run])")]
     if len(cos):
         cos_files = tables.write_table(cos, out, "quality_cosines", COSINE_CAPTION)
-        cfig = cosine_figure(cos)
-        figures.save(cfig, out / "figures", "cosines")
-        cos_section = [html.Section("cosines", "Gradient cosines", intro=COSINE_CAPTION, figures=[html.FigureRef(
-            "figures/cosines.png", "figures/cosines.svg", "Mean gradient cosine per split and kind, 95% t intervals.",
-            int(cfig.get_size_inches()[0] * 96))], tables=[html.TableRef(
-                title="quality_cosines.csv", html=html.jinja2.utils.markupsafe.Markup(tables.to_html(cos, 400, "quality_cosines.csv")),
-                files=[(ext, p.name) for ext, p in cos_files.items()], n_rows=len(cos), caption=COSINE_CAPTION)])]
+        cos_figs = []
+        if cos["kind"].isin(COSINE_KINDS).any():
+            cfig = cosine_figure(cos)
+            figures.save(cfig, out / "figures", "cosines")
+            cos_figs = [html.FigureRef("figures/cosines.png", "figures/cosines.svg", "Mean gradient cosine per split and kind, "
+                                       "95% t intervals.", int(cfig.get_size_inches()[0] * 96))]
+        cos_section = [html.Section("cosines", "Gradient cosines", intro=COSINE_CAPTION, figures=cos_figs, tables=[html.TableRef(
+            title="quality_cosines.csv", html=html.jinja2.utils.markupsafe.Markup(tables.to_html(cos, 400, "quality_cosines.csv")),
+            files=[(ext, p.name) for ext, p in cos_files.items()], n_rows=len(cos), caption=COSINE_CAPTION)])]
     fig = agreement_figure(effects)
     figures.save(fig, out / "figures", "agreement")
     fig_ref = html.FigureRef("figures/agreement.png", "figures/agreement.svg",
@@ -170,7 +174,8 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), pro
     methods = [f"Statistic: {ANALYSIS} (layergrad.analysis.quality.quality_effects; the primary analysis of the reports' Methods, "
                "independent samples). Verdict words: layergrad.analysis.verdicts.RULES.",
                "Claim checked: the follow-up paper (Li et al. 2025) reports lower nuclear norms and higher effective ranks "
-               "for higher-quality data; 'agrees' compares the sign of the interval with that claim.",
+               "for higher-quality data; 'agrees' compares with that claim the sign of the effect where its Holm-adjusted p "
+               "(effect_p_holm) is below 0.05.",
                "Length: the splits differ in response length for some metrics (e.g. OpenHermes reward); a norm falls and an "
                "effective rank rises with length for mechanical reasons, so an effect whose splits barely overlap in length "
                "(no common support: basis 'overall, not length-controlled', marked * in the figure) cannot be told apart from length "

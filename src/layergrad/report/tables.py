@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-_P_COLUMNS = {"p_value", "p_adjusted", "min_p_adjusted", "pearson_p", "spearman_p", "partial_pearson_p", "partial_spearman_p"}
+_P_COLUMNS = {"p_value", "p_adjusted", "min_p_adjusted", "pearson_p", "spearman_p", "partial_pearson_p", "partial_spearman_p",
+               "p_holm", "adj_p_holm", "effect_p_holm", "partial_p_value"}
 NAN = "–"
 
 

@@ -65,10 +65,13 @@ def inner_route(t: int, i: int, o: int, pairs: int = 1) -> str:
     From the factors each product costs ``t^2 (i + o)`` multiply-adds (two ``(t, t)`` matrices), the
     module's ``1 + pairs / 2`` products (a pair is shared by its two modules) ``(1 + pairs / 2) t^2 (i + o)``;
     forming the dense gradient costs ``t i o`` once, after which a product is ``i o``. Both are exact.
+    Dense only where it is also no larger than the factors it replaces (``o i <= t (i + o)``): a module
+    waits for its partners until the batch's end with ``cosine_layers``, and the memory budget counts
+    the factors.
     """
     gram_cost = (1 + pairs / 2) * t * t * (i + o)
     dense_cost = t * i * o + (1 + pairs / 2) * i * o
-    return "dense" if dense_cost < gram_cost else "gram"
+    return "dense" if dense_cost < gram_cost and o * i <= t * (i + o) else "gram"
 
 
 class InnerOperand:
