@@ -8,7 +8,8 @@ import pytest
 
 from conftest import DATA, write_json
 from layergrad.analysis.groups import load_group
-from layergrad.analysis.quality import CLAIM, QualityCell, cosine_summary, length_overlap, quality_effects, score_correlations
+from layergrad.analysis.quality import (CLAIM, QualityCell, cosine_summary, length_overlap, quality_effects, reasoning_effects,
+                                        score_correlations)
 from layergrad.experiment import ExperimentError, load_config, plan, run_experiment
 from layergrad.report.quality import study_cells
 from layergrad.store import load_results
@@ -20,8 +21,14 @@ LONG = ["Step 1: add 3 and 4. Step 2: the sum is 7. The answer is 7.",
         "Ava had 3 apples, bought 4 more, and now holds 3 + 4 = 7 apples in total."]
 
 
+REASONING = ["Let me think. 3 + 4: three, then four more, five, six, seven. Check: 7 - 4 = 3. So the answer is 7.",
+             "Hmm, 12 + 30. Tens: 10 + 30 = 40; units: 2. Total 42. Verify: 42 - 30 = 12. Answer: 42.",
+             "Wait, can a lion salute? Salutes are human military customs; a lion has no such custom. So no."]
+
+
 def _toml(tmp_path, model, metrics=("m1", "m2"), quality="", report=""):
     (tmp_path / "data").mkdir(exist_ok=True)
+    write_json(tmp_path / "data" / "reasoning.json", [{"instruction": f"R{i}?", "output": o} for i, o in enumerate(REASONING)])
     for m in metrics:
         for level, outs in (("highest", LONG), ("lowest", SHORT)):
             write_json(tmp_path / "data" / f"{m}_pool_{level}.json",
@@ -38,6 +45,9 @@ progress = false
 [[models]]
 name = "tiny"
 model = "{model}"
+[[groups]]
+label = "traces"
+data = "reasoning.json"
 [matrix]
 data = "{{metric}}_pool_{{level}}.json"
 label = "{{metric}} / {{level}}"
@@ -65,11 +75,11 @@ def _per_example(run_dir, prop, geometric=False):
 
 
 def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_folder):
-    path = _toml(tmp_path, tiny_folder, quality="[quality]\nmetric = \"metric\"\nlevel = \"level\"")
+    path = _toml(tmp_path, tiny_folder, quality="[quality]\nmetric = \"metric\"\nlevel = \"level\"\nreasoning = [\"traces\"]")
     run_experiment(path, reports=False, log=lambda *_: None)
     conf = load_config(path)
     jobs, _ = plan(conf)
-    cells, notes = study_cells(conf, jobs)
+    cells, reasoning, notes = study_cells(conf, jobs)
     assert [(c.model, c.pool, c.metric) for c in cells] == [("tiny", "", "m1"), ("tiny", "", "m2")] and not notes
     eff = quality_effects(cells)
     assert len(eff) == 4
@@ -89,7 +99,16 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
         assert r["median_tokens_high"] > r["median_tokens_low"]  # LONG vs SHORT outputs
     from layergrad.report.quality import write_page
 
-    index = write_page(cells, tmp_path / "page", title="t", scores=["score"])
+    # the reasoning group against each of the four splits, ratio traces / split
+    assert [(c.reasoning.label, c.against.label) for c in reasoning] == [("traces", f"{m} / {lv}") for m in ("m1", "m2") for lv in ("high", "low")]
+    reff = reasoning_effects(reasoning)
+    assert len(reff) == 8
+    for _, r in reff.iterrows():
+        other, _ = _per_example(runs[r["against"]], r["property"], geometric=True)
+        mine, _ = _per_example(runs["traces"], r["property"], geometric=True)
+        assert r["n_reasoning"] == 3 and r["ratio"] == pytest.approx(np.exp(np.log(mine).mean() - np.log(other).mean()), rel=1e-10)
+        assert (r["claim"] == 1) == (r["property"] == "effective_rank")  # the paper: reasoning data have the highest effective ranks
+    index = write_page(cells, tmp_path / "page", title="t", scores=["score"], reasoning=reasoning)
     text = index.read_text()
     assert "Agreement matrix" in text and "at equal length" in text and "exploratory" in text
     assert (tmp_path / "page" / "figures" / "agreement.png").stat().st_size > 0
@@ -104,6 +123,8 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
     for _, r in corr.iterrows():
         xs, ys, zs = [], [], []
         for j in jobs:
+            if j.label == "traces":  # not a split: no score, not in the correlations
+                continue
             v, n_tok = _per_example(j.cfg.out, r["property"])
             xs += list(range(4))  # "score" = i of Q{i}, in record order (= run order here)
             ys += list(v)
@@ -124,6 +145,7 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
         assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
         assert r["mean_abs"] == pytest.approx(rows[rows["kind"] == r["kind"]]["cosine"].abs().groupby(rows["id"]).mean().mean(), abs=1e-12)
     assert "Gradient cosines" in text and (tmp_path / "page" / "quality_cosines.csv").exists()
+    assert "Reasoning traces against the instruction splits" in text and "traces, effective_rank" in text
 
 
 def test_score_correlations_are_partial_on_length_only_where_the_lengths_overlap():
@@ -170,10 +192,11 @@ def test_length_overlap():
 
 @pytest.mark.slow  # a whole experiment: one full comparison report (figures) besides the quality page, ~20 s of CPU
 def test_the_experiment_writes_the_quality_page_and_refuses_bad_quality_keys(tmp_path, tiny_folder):
-    bad = _toml(tmp_path, tiny_folder, metrics=("m1",), quality="[quality]\nmetrc = \"metric\"\nproperties = [\"nuclearr\"]")
+    bad = _toml(tmp_path, tiny_folder, metrics=("m1",), quality="[quality]\nmetrc = \"metric\"\nproperties = [\"nuclearr\"]\nreasoning = [\"tracs\"]")
     with pytest.raises(ExperimentError) as e:
         load_config(bad)
     assert "unknown key 'metrc' (did you mean 'metric'?)" in str(e.value) and "did you mean 'nuclear'?" in str(e.value)
+    assert "[quality] reasoning: 'tracs' is no group's label (did you mean 'traces'?)" in str(e.value)
     path = _toml(tmp_path, tiny_folder, metrics=("m1",), quality="[quality]", report="[report]\nn_boot = 100\nn_perm = 100")
     overview = run_experiment(path, log=lambda *_: None)
     assert "quality/index.html" in overview.read_text()

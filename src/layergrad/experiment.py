@@ -80,6 +80,7 @@ low on each property, and the agreement matrix (metrics x properties)::
     properties = ["nuclear", "effective_rank"]   # default
     scores = ["reward", "instag"]  # records' own score fields to correlate with the properties
                                    # (default: the metric labels that are fields of the records)
+    reasoning = ["gsm8k / R1 traces"]  # groups (e.g. reasoning traces) compared with every split
 
 [[groups]] written out take part through ``axes = { metric = "reward", level = "high", pool = "her" }``.
 
@@ -110,7 +111,7 @@ TOP_KEYS = ("name", "out", "data_root", "run", "models", "groups", "comparisons"
 MATRIX_KEYS = ("data", "label", "comparisons", "truncated")
 MATRIX_COMPARISON_KEYS = ("title", "each", "fix", "order")
 MATRIX_TRUNCATED_KEYS = ("axis", "from", "to", "label", "fix")
-QUALITY_KEYS = ("metric", "level", "high", "low", "properties", "scores")
+QUALITY_KEYS = ("metric", "level", "high", "low", "properties", "scores", "reasoning")
 GROUP_KEYS = ("label", "data", "run", "axes", "truncate_to", "truncate_response")  # axes: {axis: label}, set by [matrix] (read by [quality])
 
 
@@ -195,6 +196,13 @@ def _problems(conf: dict) -> list[str]:
         unknown = [g for g in c.get("groups", []) if g not in labels]
         if unknown or len(c.get("groups", [])) < 1:
             problems.append(f"comparisons[{i}] ({c.get('title')!r}) names unknown group(s) {unknown}; groups are: {', '.join(labels)}")
+    q = conf.get("quality") if isinstance(conf.get("quality"), dict) else {}
+    reasoning = q.get("reasoning", [])
+    if not isinstance(reasoning, list) or not all(isinstance(r, str) for r in reasoning):
+        problems.append(f"[quality] reasoning must be a list of group labels, got {reasoning!r}")
+    else:
+        problems += [f"[quality] reasoning: {r!r} is no group's label{did_you_mean(r, labels, template=' (did you mean {!r}?)')}; "
+                     f"groups are: {', '.join(labels)}" for r in reasoning if r not in labels]
     runs: dict[str, list[str]] = {}  # problem -> the runs it concerns, as plan() reports them
     for m in models:
         for g in groups:

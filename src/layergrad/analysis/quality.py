@@ -67,23 +67,21 @@ def _sign(effect: float, p_holm: float) -> int:
     return 1 if effect > 1 else -1 if effect < 1 else 0
 
 
-def quality_effects(cells: list[QualityCell], properties=PROPERTIES) -> pd.DataFrame:
-    """One row per cell and property (:data:`COLUMNS`, module docstring): high vs low, and whether the effect's
-    sign agrees with the paper's claim (``agrees``: yes | no | unsettled, or empty where the paper claims none)."""
-    rows = []
-    for c in cells:
-        t = primary_table([c.low, c.high], list(properties), pairing="none")
-        for _, r in t[t["role"] == ALL_ROLES].iterrows():
-            rows.append({"model": c.model, "pool": c.pool, "metric": c.metric, "property": r["metric"], "n_high": r["n_b"],
-                         "n_low": r["n_a"], "ratio": r["ratio"], "ratio_ci_low": r["ci_low"], "ratio_ci_high": r["ci_high"],
-                         "p_value": r["p_value"], "length_control": r["length_control"], "adj_ratio": r["adj_ratio"],
-                         "adj_ci_low": r["adj_ci_low"], "adj_ci_high": r["adj_ci_high"], "adj_p_value": r["adj_p_value"],
-                         "median_tokens_high": float(np.nanmedian(c.high.lengths)) if np.isfinite(c.high.lengths).any() else np.nan,
-                         "median_tokens_low": float(np.nanmedian(c.low.lengths)) if np.isfinite(c.low.lengths).any() else np.nan,
-                         "length_overlap": length_overlap(c.high.lengths, c.low.lengths), "analysis": ANALYSIS})
-    df = pd.DataFrame(rows)
-    if len(df) == 0:
-        return pd.DataFrame(columns=COLUMNS)
+def _effect_row(ref: Group, other: Group, properties) -> list[dict]:
+    """The primary analysis of ``other`` against ``ref`` (independent samples), one dict per property: the ratio
+    other / ref overall and at equal length, with the lengths of both."""
+    t = primary_table([ref, other], list(properties), pairing="none")
+    med = lambda g: float(np.nanmedian(g.lengths)) if np.isfinite(g.lengths).any() else np.nan  # noqa: E731
+    return [{"property": r["metric"], "n_other": r["n_b"], "n_ref": r["n_a"], "ratio": r["ratio"], "ratio_ci_low": r["ci_low"],
+             "ratio_ci_high": r["ci_high"], "p_value": r["p_value"], "length_control": r["length_control"], "adj_ratio": r["adj_ratio"],
+             "adj_ci_low": r["adj_ci_low"], "adj_ci_high": r["adj_ci_high"], "adj_p_value": r["adj_p_value"],
+             "median_tokens_other": med(other), "median_tokens_ref": med(ref), "length_overlap": length_overlap(other.lengths, ref.lengths)}
+            for _, r in t[t["role"] == ALL_ROLES].iterrows()]
+
+
+def _judge(df: pd.DataFrame, claim: dict) -> pd.DataFrame:
+    """Holm over the rows (overall and at equal length apart), the verdict words, the effect on its basis and its
+    sign, and whether that sign is ``claim``'s (property -> expected sign of log(ratio))."""
     df["p_holm"] = holm(df["p_value"].to_numpy(float))
     df["adj_p_holm"] = holm(df["adj_p_value"].to_numpy(float))
     df["verdict"] = [verdict({**r, "ci_low": r["ratio_ci_low"], "ci_high": r["ratio_ci_high"]}) for r in df.to_dict("records")]
@@ -94,9 +92,50 @@ def quality_effects(cells: list[QualityCell], properties=PROPERTIES) -> pd.DataF
         df[col] = np.where(at_equal, df[adj], df[raw])
     df["effect_p_holm"] = np.where(at_equal, df["adj_p_holm"], df["p_holm"])
     df["sign"] = [_sign(e, p) for e, p in zip(df["effect"], df["effect_p_holm"])]
-    df["claim"] = [CLAIM.get(p) for p in df["property"]]
+    df["claim"] = [claim.get(p) for p in df["property"]]
     df["agrees"] = ["" if cl is None else "unsettled" if sg == 0 else "yes" if sg == cl else "no" for sg, cl in zip(df["sign"], df["claim"])]
-    return df[COLUMNS]
+    return df
+
+
+def quality_effects(cells: list[QualityCell], properties=PROPERTIES) -> pd.DataFrame:
+    """One row per cell and property (:data:`COLUMNS`, module docstring): high vs low, and whether the effect's
+    sign agrees with the paper's claim (``agrees``: yes | no | unsettled, or empty where the paper claims none)."""
+    names = {"n_other": "n_high", "n_ref": "n_low", "median_tokens_other": "median_tokens_high", "median_tokens_ref": "median_tokens_low"}
+    rows = [{"model": c.model, "pool": c.pool, "metric": c.metric, **{names.get(k, k): v for k, v in r.items()}, "analysis": ANALYSIS}
+            for c in cells for r in _effect_row(c.low, c.high, properties)]
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    return _judge(pd.DataFrame(rows), CLAIM)[COLUMNS]
+
+
+# -- reasoning traces against the instruction splits ---------------------------------------------
+#: The follow-up paper: reasoning data (R1 traces) have the highest effective ranks; no claim on the nuclear norm.
+REASONING_CLAIM = {"effective_rank": +1}
+REASONING_COLUMNS = ["model", "reasoning", "against", "property", "n_reasoning", "n_against", "ratio", "ratio_ci_low", "ratio_ci_high",
+                     "p_holm", "length_control", "adj_ratio", "adj_ci_low", "adj_ci_high", "adj_p_holm", "verdict", "basis", "effect",
+                     "effect_ci_low", "effect_ci_high", "effect_p_holm", "sign", "claim", "agrees", "median_tokens_reasoning",
+                     "median_tokens_against", "length_overlap"]
+
+
+@dataclass
+class ReasoningCell:
+    """A reasoning group (e.g. R1 traces) and one instruction split, measured on one model."""
+
+    model: str
+    reasoning: Group
+    against: Group
+
+
+def reasoning_effects(cells: list[ReasoningCell], properties=PROPERTIES) -> pd.DataFrame:
+    """One row per cell and property: the reasoning group over the instruction split (ratio reasoning / split),
+    by the same analysis as :func:`quality_effects`, Holm over these rows; ``agrees`` against :data:`REASONING_CLAIM`."""
+    names = {"n_other": "n_reasoning", "n_ref": "n_against", "median_tokens_other": "median_tokens_reasoning",
+             "median_tokens_ref": "median_tokens_against"}
+    rows = [{"model": c.model, "reasoning": c.reasoning.label, "against": c.against.label, **{names.get(k, k): v for k, v in r.items()}}
+            for c in cells for r in _effect_row(c.against, c.reasoning, properties)]
+    if not rows:
+        return pd.DataFrame(columns=REASONING_COLUMNS)
+    return _judge(pd.DataFrame(rows), REASONING_CLAIM)[REASONING_COLUMNS]
 
 
 # -- exploratory: the records' own quality scores against the spectral summaries --------------------

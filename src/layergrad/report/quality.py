@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from layergrad.analysis.groups import COSINE_KINDS
-from layergrad.analysis.quality import ANALYSIS, CLAIM, QualityCell, cosine_summary, quality_effects, score_correlations
+from layergrad.analysis.quality import (ANALYSIS, CLAIM, QualityCell, ReasoningCell, cosine_summary, quality_effects, reasoning_effects,
+                                         score_correlations)
 
 from . import figures, html, tables
 
@@ -93,6 +94,12 @@ def cosine_figure(cos: pd.DataFrame):
     return fig
 
 
+REASONING_CAPTION = ("Each reasoning group (e.g. DeepSeek-R1 traces) against every high and low split of its model, by the "
+                     "same analysis as the agreement matrix: the ratio of geometric means reasoning / split overall and at equal "
+                     "length where the lengths overlap, 95% t intervals, Holm over these rows, verdict; agrees: the follow-up "
+                     "paper reports the highest effective ranks for reasoning data (no claim on the nuclear norm).")
+
+
 CORRELATION_CAPTION = ("Exploratory: over every scored example of a model and pool (each record once, whatever its splits), "
                        "Spearman's rho between a record's own quality score and its spectral summary (mean over layers and "
                        "roles), and the partial rank correlation controlling for the number of response tokens, only where the "
@@ -123,7 +130,7 @@ def example_frame(cells: list[QualityCell], scores: list[str]) -> pd.DataFrame:
 
 
 def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), properties=("nuclear", "effective_rank"),
-               scores=None) -> Path:
+               scores=None, reasoning: list[ReasoningCell] = ()) -> Path:
     """Compute the effects (and, for ``scores``, the correlations) and write the page under ``out``;
     returns ``out/index.html``. ``scores`` default: the cells' metric names that are fields of the records."""
     import warnings
@@ -152,6 +159,21 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), pro
         cos_section = [html.Section("cosines", "Gradient cosines", intro=COSINE_CAPTION, figures=cos_figs, tables=[html.TableRef(
             title="quality_cosines.csv", html=html.jinja2.utils.markupsafe.Markup(tables.to_html(cos, 400, "quality_cosines.csv")),
             files=[(ext, p.name) for ext, p in cos_files.items()], n_rows=len(cos), caption=COSINE_CAPTION)])]
+    reasoning_section, items = [], []
+    if reasoning:
+        reff = reasoning_effects(list(reasoning), properties)
+        r_files = tables.write_table(reff, out, "quality_reasoning", REASONING_CAPTION)
+        for (model, label, prop), g in reff.groupby(["model", "reasoning", "property"], sort=False):
+            counts = g["verdict"].value_counts()
+            items.append(f"<li><strong>{htmlmod.escape(model)} / {htmlmod.escape(label)}, {htmlmod.escape(prop)}</strong> against "
+                         f"{len(g)} instruction splits (n = {int(g['n_reasoning'].iloc[0])} vs {int(g['n_against'].min())}-"
+                         f"{int(g['n_against'].max())}; median response tokens {g['median_tokens_reasoning'].iloc[0]:.0f} vs "
+                         f"{g['median_tokens_against'].min():.0f}-{g['median_tokens_against'].max():.0f}): "
+                         f"{htmlmod.escape('; '.join(f'{n} {w}' for w, n in counts.items()))}</li>")
+        reasoning_section = [html.Section("reasoning", "Reasoning traces against the instruction splits", intro=REASONING_CAPTION,
+                                          tables=[html.TableRef(title="quality_reasoning.csv", html=html.jinja2.utils.markupsafe.Markup(
+                                              tables.to_html(reff, 400, "quality_reasoning.csv")), files=[(ext, p.name) for ext, p in r_files.items()],
+                                              n_rows=len(reff), caption=REASONING_CAPTION)])]
     fig = agreement_figure(effects)
     figures.save(fig, out / "figures", "agreement")
     fig_ref = html.FigureRef("figures/agreement.png", "figures/agreement.svg",
@@ -190,16 +212,17 @@ def write_page(cells: list[QualityCell], out: Path, *, title: str, notes=(), pro
                                                      tables.to_html(corr, 400, "quality_correlations.csv")),
                                                      files=[(ext, p.name) for ext, p in corr_files.items()], n_rows=len(corr),
                                                      caption=CORRELATION_CAPTION)])] if len(corr) else []),
-                                 *cos_section],
-                       findings="<ul>" + "".join(words) + "</ul>")
+                                 *reasoning_section, *cos_section],
+                       findings="<ul>" + "".join(words + items) + "</ul>")
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
 
 
-def study_cells(conf: dict, jobs) -> tuple[list[QualityCell], list[str]]:
+def study_cells(conf: dict, jobs) -> tuple[list[QualityCell], list[ReasoningCell], list[str]]:
     """The cells of an experiment's ``[quality]`` table (see :mod:`layergrad.experiment`) from its runs
-    (``jobs``), and a note for each metric whose high or low split has no run."""
+    (``jobs``): high vs low per metric, each ``reasoning`` group against every split of its model, and a
+    note for each metric whose high or low split has no run."""
     from layergrad.analysis.groups import load_group
     from layergrad.experiment import ExperimentError
 
@@ -224,12 +247,17 @@ def study_cells(conf: dict, jobs) -> tuple[list[QualityCell], list[str]]:
             notes.append(f"{model} / {pool} / {metric}: only the {next(iter(by_level))!r} split was run; no comparison")
             continue
         cells.append(QualityCell(model, pool, metric, load_group(*by_level[high]), load_group(*by_level[low])))
-    return cells, notes
+    reasoning = []
+    for job in jobs:  # each reasoning group against every split of its model
+        if job.label in q.get("reasoning", []):
+            group = load_group(job.label, job.cfg.out)
+            reasoning += [ReasoningCell(job.model_name, group, split) for c in cells if c.model == job.model_name for split in (c.high, c.low)]
+    return cells, reasoning, notes
 
 
 def study_page(conf: dict, jobs, out: Path) -> Path:
     """The experiment's quality page (``reports/quality/index.html``)."""
-    cells, notes = study_cells(conf, jobs)
+    cells, reasoning, notes = study_cells(conf, jobs)
     props = tuple(conf["quality"].get("properties", ("nuclear", "effective_rank")))
     return write_page(cells, out, title=f"{conf['name']}: quality metrics", notes=notes, properties=props,
-                      scores=conf["quality"].get("scores"))
+                      scores=conf["quality"].get("scores"), reasoning=reasoning)
