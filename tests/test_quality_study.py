@@ -108,6 +108,8 @@ def test_effects_equal_a_recomputation_and_the_page_is_written(tmp_path, tiny_fo
         mine, _ = _per_example(runs["traces"], r["property"], geometric=True)
         assert r["n_reasoning"] == 3 and r["ratio"] == pytest.approx(np.exp(np.log(mine).mean() - np.log(other).mean()), rel=1e-10)
         assert (r["claim"] == 1) == (r["property"] == "effective_rank")  # the paper: reasoning data have the highest effective ranks
+        if r["property"] == "nuclear":  # no claim, so no agreement either way, whatever the sign
+            assert r["agrees"] == ""
     index = write_page(cells, tmp_path / "page", title="t", scores=["score"], reasoning=reasoning)
     text = index.read_text()
     assert "Agreement matrix" in text and "at equal length" in text and "exploratory" in text

@@ -92,8 +92,9 @@ def _judge(df: pd.DataFrame, claim: dict) -> pd.DataFrame:
         df[col] = np.where(at_equal, df[adj], df[raw])
     df["effect_p_holm"] = np.where(at_equal, df["adj_p_holm"], df["p_holm"])
     df["sign"] = [_sign(e, p) for e, p in zip(df["effect"], df["effect_p_holm"])]
-    df["claim"] = [claim.get(p) for p in df["property"]]
-    df["agrees"] = ["" if cl is None else "unsettled" if sg == 0 else "yes" if sg == cl else "no" for sg, cl in zip(df["sign"], df["claim"])]
+    claims = [claim.get(p) for p in df["property"]]  # None where the paper claims nothing (NaN in the column)
+    df["claim"] = claims
+    df["agrees"] = ["" if cl is None else "unsettled" if sg == 0 else "yes" if sg == cl else "no" for sg, cl in zip(df["sign"], claims)]
     return df
 
 

@@ -79,17 +79,21 @@ def cosine_figure(cos: pd.DataFrame):
     fig, axes = plt.subplots(1, len(kinds), figsize=(2.0 + 3.0 * len(kinds), 1.2 + 0.45 * len(rows)), sharey=True,
                              layout="constrained", squeeze=False)
     for ax, kind in zip(axes[0], kinds):
+        k = cos[cos["kind"] == kind]
+        top = float(np.nanmax(np.abs(k[["ci_low", "ci_high", "mean"]].to_numpy(float)))) if len(k) else 0.0
+        exp = int(np.floor(np.log10(top))) if np.isfinite(top) and top > 0 else 0  # cosines near 0: 1e-4 .. 1e-2
         for split, dy, colour in (("high", -0.15, "tab:blue"), ("low", 0.15, "tab:orange")):
-            d = cos[(cos["kind"] == kind) & (cos["split"] == split)]
-            y = [rows.index(k) + dy for k in zip(d["model"], d["pool"], d["metric"])]
-            ax.errorbar(d["mean"], y, xerr=[d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]], fmt="o", ms=4, color=colour,
-                        label=f"{split} split", capsize=2)
+            d = k[k["split"] == split]
+            y = [rows.index(key) + dy for key in zip(d["model"], d["pool"], d["metric"])]
+            m, lo, hi = (d[c].to_numpy(float) / 10.0**exp for c in ("mean", "ci_low", "ci_high"))
+            ax.errorbar(m, y, xerr=[m - lo, hi - m], fmt="o", ms=4, color=colour, label=f"{split} split", capsize=2)
         ax.axvline(0, color="0.5", lw=0.8)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
         ax.set_title(kind, fontsize=9)
-        ax.set_xlabel("mean gradient cosine (95% t CI)")
+        ax.set_xlabel(f"mean gradient cosine (x 1e{exp}), 95% t CI" if exp else "mean gradient cosine, 95% t CI", fontsize=8)
     axes[0][0].set_yticks(range(len(rows)), [" / ".join(x for x in r if x) for r in rows], fontsize=8)
     axes[0][0].invert_yaxis()
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle("Gradient cosines per split: near zero?", fontsize=10)
     return fig
 
