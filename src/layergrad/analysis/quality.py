@@ -147,10 +147,11 @@ CORRELATION_COLUMNS = ["model", "pool", "score", "property", "n", "spearman", "p
 def score_correlations(frame: pd.DataFrame, scores: list[str], properties=PROPERTIES) -> pd.DataFrame:
     """Per model and pool, each score against each property over the scored examples (``frame``: one row
     per example with ``model``, ``pool``, ``n_response_tokens``, the scores and the properties): Spearman's
-    rho (``scipy.stats.spearmanr``) and the partial rank correlation on response length (:func:`.length.partial_corr`
-    on midranks). The partial one only where the lengths of the examples above the score's median and of
-    those at or below it (at or above and below, where more than half share the top value) overlap (``length_support``, :func:`.length.overlaps`, the primary analysis's rule):
-    elsewhere it would be extrapolation, and it is NaN. Exploratory."""
+    rho (``scipy.stats.spearmanr``) and the partial rank correlation on response length
+    (:func:`.length.partial_corr` on midranks). The partial one only where the lengths of the examples
+    above the score's median and of those at or below it overlap (``length_support``,
+    :func:`.length.overlaps`, the primary analysis's rule; where more than half share the top value,
+    the split is below that value): elsewhere it would be extrapolation, and it is NaN. Exploratory."""
     from scipy import stats
 
     rows = []

@@ -9,10 +9,10 @@ from layergrad.cli.outputs import add_force, refuse_existing
 METRIC_HELP = """\
 METRIC: ifd | ifd_ppl | loss | loss_no_prompt | n_response_tokens | n_prompt_tokens | n_tokens | response_chars
         | loss_with_prompt | reward | instag | difficulty (a score directory of `layergrad score`)
-        | record:FIELD, a numeric field of the data's own records (record:reward, record:ifd_gpt2, record:diff)
+        | record:FIELD, a numeric field of the data's own records (record:reward, record:ifd_gpt2, record:diff);
+          FIELD alone where it is no run metric, and always when SOURCE is a data file (field:FIELD, an
+          earlier spelling, is read as record:FIELD)
         | SPECTRAL[:ROLES[:LAYERS]], the per-example mean of a spectral metric over the matching modules
-          (NAME alone where it is no run metric, and always when SOURCE is a data file; field:NAME, an
-          earlier spelling, is read as record:NAME)
   SPECTRAL  nuclear, spectral, frobenius, min_sigma, top1_share, effective_rank, stable_rank
   ROLES     all (default), attn, mlp, or roles such as q,k,v,o / gate,up,down
   LAYERS    mean (default; = all), early, middle, late (thirds of the depth), 3, 0-9, 0-4,20-29
