@@ -202,7 +202,8 @@ def cmd_select(a) -> int:
         lines = sel.summary(scores)
         if k == 0:  # the NaN count's parts right below it
             at = next((j + 1 for j, line in enumerate(lines) if line.endswith(f"with {metric.name} NaN")), None)
-            lines[at:at] = notes if at is not None else []
+            if at is not None:
+                lines[at:at] = notes
         else:  # eligibility said once
             lines = [line for line in lines if not line.startswith(("  not eligible", "  IFD filter"))]
         print("\n".join(lines + [t for t in [cut_ties(sel, scores)] if t]))
