@@ -102,8 +102,9 @@ def test_cosine_from_factors_equals_dense():
     Da, Db = torch.randn(2, 2, 5, 4, dtype=torch.float64, generator=g)
     Ga, Gb = S.dense_gradient(Xa, Da), S.dense_gradient(Xb, Db)
     want = (Ga * Gb).sum((-2, -1)) / (Ga.norm(dim=(-2, -1)) * Gb.norm(dim=(-2, -1)))
-    torch.testing.assert_close(S.gradient_cosine(Xa, Da, Xb, Db), want)
-    torch.testing.assert_close(S.gradient_cosine(Xa, Da, Xa, Da), torch.ones(2, dtype=torch.float64))
+    a, b = S.InnerOperand(Xa, Da, "gram"), S.InnerOperand(Xb, Db, "gram")  # from the factors
+    torch.testing.assert_close(a.cosine(b), want)
+    torch.testing.assert_close(a.cosine(a), torch.ones(2, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("route", ["gram", "dense"])

@@ -46,18 +46,6 @@ def token_shares(X: Tensor, D: Tensor, K_X: Tensor | None = None) -> Tensor:
     return c / total if bool(total != 0) else torch.full_like(c, float("nan"))
 
 
-def gradient_cosine(Xa: Tensor, Da: Tensor, Xb: Tensor, Db: Tensor, *, aa: Tensor | None = None,
-                    bb: Tensor | None = None) -> Tensor:
-    """Cosine similarity of two same-shaped per-example gradients, from their factors: ``(n,)``.
-
-    ``aa``, ``bb``: the squared norms ``gradient_inner(Xa, Da, Xa, Da)`` (and of ``b``) when already formed.
-    """
-    ab = gradient_inner(Xa, Da, Xb, Db)
-    aa = gradient_inner(Xa, Da, Xa, Da) if aa is None else aa
-    bb = gradient_inner(Xb, Db, Xb, Db) if bb is None else bb
-    return ab / (aa.clamp_min(0).sqrt() * bb.clamp_min(0).sqrt())
-
-
 def inner_route(t: int, i: int, o: int, pairs: int = 1) -> str:
     """``"dense"`` or ``"gram"``: the cheaper way to take one module's gradient inner products with its
     own gradient and with ``pairs`` partners, for a batch padded to ``t`` tokens.
