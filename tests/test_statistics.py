@@ -172,3 +172,41 @@ def test_cells_compare_against_an_independent_oracle():
     assert r["ratio"] == pytest.approx(np.exp(d.mean()), rel=1e-12)
     assert (r["ratio_ci_low"], r["ratio_ci_high"]) == pytest.approx((np.exp(ci.low), np.exp(ci.high)), rel=1e-10)
     assert r["design"] == "paired" and r["n_pairs"] == 9
+
+
+def test_quality_cosine_interval_coverage():
+    """The quality page's cosine interval (each example's mean over roles and layers, then a t interval over 24
+    examples): >= 93% coverage of the true mean cosine, examples varying and cells noisy and skewed."""
+    from layergrad.analysis.quality import QualityCell, cosine_summary
+
+    rng = np.random.default_rng(11)
+    n, R, L, mu, hits = 24, 2, 6, 0.002, 0
+    for _ in range(R_SIM):
+        cells = []
+        for split in ("high", "low"):
+            g = group(split, curves(rng, n, R, L))
+            g.cosine = {"q_o": (["q"], mu + rng.normal(0, 0.002, (n, 1, 1)) + rng.exponential(0.01, (n, 1, L)) - 0.01)}
+            cells.append(g)
+        row = cosine_summary([QualityCell("m", "p", "x", *cells)]).iloc[0]
+        hits += row["ci_low"] <= mu <= row["ci_high"]
+    assert hits / R_SIM >= 0.93
+
+
+def test_quality_partial_rank_correlation_null_rate_under_a_pure_length_effect():
+    """The quality page's exploratory partial rank correlation on length: a score and a property that both
+    follow length and nothing else (n = 60, lengths overlapping) are flagged at about 5%."""
+    import pandas as pd
+
+    from layergrad.analysis.quality import score_correlations
+
+    rng = np.random.default_rng(12)
+    rejections = supported = 0
+    for _ in range(R_SIM):
+        length = rng.uniform(20, 800, 60)
+        frame = pd.DataFrame({"model": "m", "pool": "p", "n_response_tokens": length,
+                              "score": 0.004 * length + rng.normal(0, 1, 60), "nuclear": -0.003 * length + rng.normal(0, 1, 60)})
+        row = score_correlations(frame, ["score"], ["nuclear"]).iloc[0]
+        supported += bool(row["length_support"])  # without support the partial is NaN: never flagged
+        rejections += row["partial_p_value"] < 0.05
+    assert supported >= 0.9 * R_SIM
+    assert within_binomial(int(rejections), supported)
